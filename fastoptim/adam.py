@@ -10,7 +10,7 @@ __all__ = ['adam_algorithm', 'adam_scalars', 'adam_reference', 'adam_foreach', '
 # %% ../nbs/11_adam.ipynb #62f7df45
 import torch
 from torch import Tensor
-from .core import Algorithm, FastOptimizer, as_math, update_param, make_partial
+from .core import Algorithm, FastOptimizer, as_math, write_back, make_partial
 from .foreach import with_l2, update_params
 from .triton_engine import triton_jit, tl, locate_block, tensor_ptr, scalar, load_math, store, store_param
 
@@ -21,13 +21,14 @@ def adam_scalars(lr, decay, l2, mom, sqr_mom, eps, step, **_):
 
 def adam_reference(p: Tensor, g: Tensor, grad_avg: Tensor, sqr_avg: Tensor, lr: float, decay: float, l2: float,
                    mom: float, sqr_mom: float, debias1: float, debias2: float, eps: float):
-    p_math, g = as_math(p), as_math(g)
+    p_math, g, m, v = as_math(p), as_math(g), as_math(grad_avg), as_math(sqr_avg)
     if l2 != 0: g = g + l2 * p_math
-    m = as_math(grad_avg) * mom + (1 - mom) * g
-    v = as_math(sqr_avg) * sqr_mom + (1 - sqr_mom) * g * g
-    grad_avg.copy_(m)
-    sqr_avg.copy_(v)
-    update_param(p, p_math, m / ((v / debias2).sqrt() + eps), -lr / debias1, decay)
+    m.mul_(mom).add_(g, alpha=1 - mom)
+    v.mul_(sqr_mom).addcmul_(g, g, value=1 - sqr_mom)
+    p_math.mul_(1 - decay).addcdiv_(m, (v / debias2).sqrt_().add_(eps), value=-lr / debias1)
+    write_back(grad_avg, m)
+    write_back(sqr_avg, v)
+    write_back(p, p_math)
 
 # %% ../nbs/11_adam.ipynb #0c158cb1
 def adam_foreach(P, G, M, V, lr, decay, l2, mom, sqr_mom, debias1, debias2, eps):

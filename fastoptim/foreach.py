@@ -10,7 +10,7 @@ __all__ = ['flat', 'pieces', 'chunks', 'with_l2', 'update_params', 'stage', 'For
 # %% ../nbs/01_foreach.ipynb #c80ae768
 import numpy as np
 import torch
-from .core import backends
+from .core import backends, to_device
 
 # %% ../nbs/01_foreach.ipynb #703f48c5
 def flat(t):
@@ -67,13 +67,13 @@ class ForeachBackend:
             partials = [self._chunk(fn, cut, owner, lo, hi, scalars, sums) for lo, hi in bounds]
             if i < len(passes) - 1:
                 sums = torch.zeros(len(bucket), algorithm.reductions, device=bucket.device, dtype=torch.float32)
-                sums.index_add_(0, torch.as_tensor(owner, device=bucket.device), torch.cat(partials))
+                sums.index_add_(0, to_device(owner, bucket.device), torch.cat(partials))
 
     def _chunk(self, fn, cut, owner, lo, hi, scalars, sums):
         idx = owner[lo:hi]
         originals = [ts[lo:hi] for ts in cut]
         staged = [stage(ts) for ts in originals]
-        extra = {} if sums is None else {'sums': sums[torch.as_tensor(idx, device=sums.device)]}
+        extra = {} if sums is None else {'sums': sums[to_device(idx, sums.device)]}
         out = fn(*staged, **{k: np.asarray(v)[idx].tolist() for k, v in scalars.items()}, **extra)
         for k, (o, s) in enumerate(zip(originals, staged)):
             if k != 1 and s is not o: torch._foreach_copy_(o, s)

@@ -12,7 +12,7 @@ __all__ = ['lamb_algorithm', 'lamb_reference', 'trust_ratio', 'lamb_direction', 
 import numpy as np
 import torch
 from torch import Tensor
-from .core import Algorithm, FastOptimizer, as_math, update_param, make_partial, to_device
+from .core import Algorithm, FastOptimizer, as_math, write_back, make_partial, to_device
 from .foreach import with_l2, update_params
 from .adam import adam_scalars
 from .triton_engine import triton_jit, tl, locate_block, tensor_ptr, scalar, load_math, store, store_param
@@ -20,17 +20,18 @@ from .triton_engine import triton_jit, tl, locate_block, tensor_ptr, scalar, loa
 # %% ../nbs/12_lamb.ipynb #c9b40de3
 def lamb_reference(p: Tensor, g: Tensor, grad_avg: Tensor, sqr_avg: Tensor, lr: float, decay: float, l2: float,
                    mom: float, sqr_mom: float, debias1: float, debias2: float, eps: float):
-    p_math, g = as_math(p), as_math(g)
+    p_math, g, m, v = as_math(p), as_math(g), as_math(grad_avg), as_math(sqr_avg)
     if l2 != 0: g = g + l2 * p_math
-    m = as_math(grad_avg) * mom + (1 - mom) * g
-    v = as_math(sqr_avg) * sqr_mom + (1 - sqr_mom) * g * g
-    grad_avg.copy_(m)
-    sqr_avg.copy_(v)
-    u = (m / debias1) / ((v / debias2).sqrt() + eps)
-    r1 = (p_math * (1 - decay)).pow(2).mean().sqrt()
-    r2 = u.pow(2).mean().sqrt()
+    m.mul_(mom).add_(g, alpha=1 - mom)
+    v.mul_(sqr_mom).addcmul_(g, g, value=1 - sqr_mom)
+    u = (m / debias1).div_((v / debias2).sqrt_().add_(eps))
+    p_math.mul_(1 - decay)
+    r1, r2 = p_math.pow(2).mean().sqrt(), u.pow(2).mean().sqrt()
     q = torch.where((r1 == 0) | (r2 == 0), torch.ones_like(r1), (r1 / r2).clamp(max=10.))
-    update_param(p, p_math, u * q, -lr, decay)
+    p_math.add_(u.mul_(q), alpha=-lr)
+    write_back(grad_avg, m)
+    write_back(sqr_avg, v)
+    write_back(p, p_math)
 
 # %% ../nbs/12_lamb.ipynb #8793e4ea
 def trust_ratio(sums, decay):

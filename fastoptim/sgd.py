@@ -11,7 +11,7 @@ __all__ = ['sgd_algorithm', 'momentum_algorithm', 'sgd_scalars', 'sgd_reference'
 # %% ../nbs/10_sgd.ipynb #6304518e
 import torch
 from torch import Tensor
-from .core import Algorithm, FastOptimizer, as_math, update_param, make_partial
+from .core import Algorithm, FastOptimizer, as_math, write_back, make_partial
 from .foreach import with_l2, update_params
 from .triton_engine import triton_jit, tl, locate_block, tensor_ptr, scalar, load_math, store, store_param
 
@@ -21,7 +21,8 @@ def sgd_scalars(lr, decay, l2, **_): return dict(lr=lr, decay=decay, l2=l2)
 def sgd_reference(p: Tensor, g: Tensor, lr: float, decay: float, l2: float):
     p_math, g = as_math(p), as_math(g)
     if l2 != 0: g = g + l2 * p_math
-    update_param(p, p_math, g, -lr, decay)
+    p_math.mul_(1 - decay).add_(g, alpha=-lr)
+    write_back(p, p_math)
 
 def sgd_foreach(P, G, lr, decay, l2):
     update_params(P, with_l2(G, P, l2), [-x for x in lr], decay)
@@ -42,11 +43,12 @@ sgd_algorithm = Algorithm('SGD', dict(mom=0., wd=0.), (), sgd_scalars, sgd_refer
 def momentum_scalars(lr, decay, l2, mom, **_): return dict(lr=lr, decay=decay, l2=l2, mom=mom)
 
 def momentum_reference(p: Tensor, g: Tensor, grad_avg: Tensor, lr: float, decay: float, l2: float, mom: float):
-    p_math, g = as_math(p), as_math(g)
+    p_math, g, m = as_math(p), as_math(g), as_math(grad_avg)
     if l2 != 0: g = g + l2 * p_math
-    m = as_math(grad_avg) * mom + g
-    grad_avg.copy_(m)
-    update_param(p, p_math, m, -lr, decay)
+    m.mul_(mom).add_(g)
+    p_math.mul_(1 - decay).add_(m, alpha=-lr)
+    write_back(grad_avg, m)
+    write_back(p, p_math)
 
 def momentum_foreach(P, G, M, lr, decay, l2, mom):
     G = with_l2(G, P, l2)

@@ -1,0 +1,145 @@
+"""GPU check for the foundation: every backend on CUDA against the fp32 reference and fastai, no host sync
+inside `opt.step()`, and a first timing of AdamW on the LLM-like and ResNet-50-like parameter sets.
+
+Run on the GPU machine from the repository root (see ../shared/GPU.md for the wheels):
+    python3 bench/gpu_check.py --out results/gpu_check.md
+"""
+import argparse, datetime, math, os, sys, time, warnings
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+assert os.environ.get('TRITON_INTERPRET', '0') != '1', 'unset TRITON_INTERPRET to run the kernels on the GPU'
+
+import numpy as np
+import torch
+import triton
+import fastai
+from fastai.optimizer import SGD as FastaiSGD, Adam as FastaiAdam, Lamb as FastaiLamb
+from fastoptim.all import SGD, Adam, Lamb
+from fastoptim.testing import drive, rel_diff
+from shapes import llm_shapes, resnet50_shapes
+
+dev = torch.device('cuda')
+BACKENDS = ('forloop', 'foreach', 'jit', 'triton')
+ALGOS = {
+    'SGD-momentum': (lambda g, **kw: SGD(g, lr=1e-2, mom=0.9, wd=0.1, **kw), lambda g: FastaiSGD(g, lr=1e-2, mom=0.9, wd=0.1)),
+    'AdamW': (lambda g, **kw: Adam(g, lr=1e-2, wd=0.1, **kw), lambda g: FastaiAdam(g, lr=1e-2, wd=0.1)),
+    'LAMB': (lambda g, **kw: Lamb(g, lr=1e-2, wd=0.1, **kw), lambda g: FastaiLamb(g, lr=1e-2, wd=0.1)),
+}
+
+
+def correctness():
+    "rel_diff of each backend to fastai (fp32) and to the fp32 reference (bf16), all on the GPU"
+    rows = []
+    for name, (ours, fastai_opt) in ALGOS.items():
+        _, expected = drive(fastai_opt, device=dev)
+        _, ref16 = drive(lambda g: ours(g, forloop=True), device=dev, dtype=torch.bfloat16)
+        for b in BACKENDS:
+            _, a32 = drive(lambda g: ours(g, **{b: True}), device=dev)
+            _, a16 = drive(lambda g: ours(g, **{b: True}), device=dev, dtype=torch.bfloat16)
+            rows.append((name, b, rel_diff(a32, expected), rel_diff(a16, ref16)))
+    return rows
+
+
+def make_params(shapes, dtype, seed=0):
+    g = torch.Generator(device=dev).manual_seed(seed)
+    ps = []
+    for s in shapes:
+        p = torch.nn.Parameter(torch.randn(s, generator=g, device=dev, dtype=torch.float32).mul_(0.02).to(dtype))
+        p.grad = torch.randn(s, generator=g, device=dev, dtype=torch.float32).to(dtype)
+        ps.append(p)
+    return ps
+
+
+def no_sync():
+    "Does opt.step() run with torch.cuda.set_sync_debug_mode('error')? (after a first step that creates state)"
+    res = {}
+    for name, (ours, _) in ALGOS.items():
+        for b in BACKENDS:
+            opt = ours(make_params(resnet50_shapes()[:20], torch.float32), **{b: True})
+            opt.step(); torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode('error')
+            try: opt.step(); res[(name, b)] = 'ok'
+            except RuntimeError as e: res[(name, b)] = f'SYNC: {str(e).splitlines()[0][:80]}'
+            finally: torch.cuda.set_sync_debug_mode('default')
+    return res
+
+
+def copy_bandwidth(nbytes=2**30, reps=20):
+    "Device-to-device copy bandwidth in GB/s, counting bytes read and written"
+    a, b = torch.empty(nbytes, dtype=torch.uint8, device=dev), torch.empty(nbytes, dtype=torch.uint8, device=dev)
+    for _ in range(3): b.copy_(a)
+    ts = []
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record(); b.copy_(a); e.record(); e.synchronize(); ts.append(s.elapsed_time(e))
+    return 2 * nbytes / (np.median(ts) * 1e-3) / 1e9
+
+
+def step_ms(opt, warmup=5, reps=30):
+    for _ in range(warmup): opt.step()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record(); opt.step(); e.record(); e.synchronize(); ts.append(s.elapsed_time(e))
+    return float(np.median(ts))
+
+
+def timings(bw):
+    impls = {f'fastoptim {b}': (lambda ps, b=b: Adam(ps, lr=1e-3, wd=1e-2, **{b: True})) for b in ('foreach', 'jit', 'triton')}
+    thp = dict(lr=1e-3, weight_decay=1e-2, betas=(0.9, 0.99), eps=1e-5)
+    impls['fastai native'] = lambda ps: FastaiAdam(ps, lr=1e-3, wd=1e-2)
+    impls['torch foreach'] = lambda ps: torch.optim.AdamW(ps, foreach=True, **thp)
+    impls['torch fused'] = lambda ps: torch.optim.AdamW(ps, fused=True, **thp)
+    rows = []
+    for set_name, shapes in (('LLM-like', llm_shapes()), ('ResNet-50-like', resnet50_shapes())):
+        n = sum(math.prod(s) for s in shapes)
+        limit = 28 * n / (bw * 1e9) * 1e3
+        for name, make in impls.items():
+            if set_name == 'LLM-like' and name == 'fastai native': continue
+            ps = make_params(shapes, torch.float32)
+            opt = make(ps)
+            torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            opt.step(); torch.cuda.synchronize()
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            ms = step_ms(opt)
+            extra = (torch.cuda.max_memory_allocated() - base) / 2**20
+            rows.append((set_name, name, ms, limit / ms, extra))
+            del opt, ps
+            torch.cuda.empty_cache()
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument('--out', default=None)
+    args = ap.parse_args()
+    lines = [f'# GPU check: {torch.cuda.get_device_name()}', '',
+             f'{datetime.date.today()}; torch {torch.__version__}, triton {triton.__version__}, fastai {fastai.__version__}; '
+             f'command: `python3 bench/gpu_check.py`', '']
+    t0 = time.time()
+    rows = correctness()
+    lines += ['## Correctness on the GPU (the `drive` protocol of nbs/04_testing, 60 steps)', '',
+              '| algorithm | backend | fp32 rel. diff to fastai | bf16 rel. diff to fp32-math reference |', '|---|---|---|---|']
+    lines += [f'| {a} | {b} | {x:.2e} | {y:.2e} |' for a, b, x, y in rows]
+    sync = no_sync()
+    lines += ['', '## `opt.step()` under `torch.cuda.set_sync_debug_mode("error")`', '',
+              '| algorithm | ' + ' | '.join(BACKENDS) + ' |', '|---|' + '---|' * len(BACKENDS)]
+    lines += [f'| {a} | ' + ' | '.join(sync[(a, b)] for b in BACKENDS) + ' |' for a in ALGOS]
+    bw = copy_bandwidth()
+    trows = timings(bw)
+    lines += ['', f'## AdamW fp32 `opt.step()`: median of 30 (CUDA events); copy bandwidth {bw:.0f} GB/s (read+write), '
+              '28 bytes per parameter', '', '| set | implementation | ms | fraction of copy bandwidth | extra memory during step (MiB) |',
+              '|---|---|---|---|---|']
+    lines += [f'| {s} | {n} | {ms:.3f} | {f:.2f} | {x:.0f} |' for s, n, ms, f, x in trows]
+    lines += ['', f'total time {time.time() - t0:.0f} s']
+    text = '\n'.join(lines)
+    print(text)
+    if args.out:
+        os.makedirs(os.path.dirname(args.out) or '.', exist_ok=True)
+        open(args.out, 'w').write(text + '\n')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,298 @@
+"""The long matrix: every algorithm x backend x weight-decay mode x dtype against the for-loop reference,
+fastai's own optimizers, `p.grad` left alone, state_dict round trips across backends, and the error cases.
+
+CI has no GPU, so Triton runs in its CPU interpreter: TRITON_INTERPRET must be set before triton is imported."""
+import os
+os.environ.setdefault('TRITON_INTERPRET', '1')
+
+import copy, io, math, subprocess, sys
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import fastai.optimizer as fastai_optim
+import fastoptim.all  # registers every backend
+from fastoptim.all import SGD, Adam, Lamb, adam, sgd, lamb
+from fastoptim.core import backends
+from fastoptim.triton_engine import interpreting
+from fastoptim.testing import drive, rel_diff, param_groups
+
+REPO = Path(__file__).resolve().parents[1]
+# Every run here keeps lr <= max_lr per group: the decouple_lr warning would mean a test set its hypers wrongly
+pytestmark = pytest.mark.filterwarnings('error:lr .* exceeds max_lr:UserWarning')
+
+# ----------------------------------------------------------------------------------------------------------
+# The axes of the matrix
+
+ALGOS = {  # name: (fastoptim constructor, fastai constructor, extra kwargs)
+    'sgd':      (SGD,  fastai_optim.SGD,  {}),
+    'momentum': (SGD,  fastai_optim.SGD,  dict(mom=0.9)),
+    'adam':     (Adam, fastai_optim.Adam, {}),
+    'lamb':     (Lamb, fastai_optim.Lamb, {}),
+}
+ALL_BACKENDS = ('forloop', 'foreach', 'jit', 'triton')
+BACKENDS = ('foreach', 'jit', 'triton')  # compared against forloop
+# `drive` peaks at lr ≈ 1.18e-2 (slice over 3 groups); max_lr sits just above, so decay stays below wd
+WD_MODES = {
+    'l2':              dict(decouple_wd=False),
+    'decoupled':       dict(decouple_wd=True),
+    'fully_decoupled': dict(decouple_wd=True, decouple_lr=True, max_lr=slice(1.2e-3, 1.2e-2)),
+}
+DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16}
+TOL = {'fp32': 1e-5, 'bf16': 3e-2}
+WD = 0.1
+LR = 1e-2
+
+
+def make(algo, backend, mode='decoupled', wd=WD, lr=slice(LR / 10, LR)):
+    "A `make_opt` for `drive`: algorithm `algo` on `backend` in weight-decay `mode`"
+    ctor, _, extra = ALGOS[algo]
+    return lambda groups: ctor(groups, lr=lr, wd=wd, **extra, **WD_MODES[mode], **{backend: True})
+
+
+@lru_cache(maxsize=None)
+def reference(algo, mode, dtype_name, wd=WD):
+    "The for-loop run of `drive`, shared by the three backends compared against it"
+    _, params = drive(make(algo, 'forloop', mode, wd=wd), dtype=DTYPES[dtype_name])
+    return tuple(params)
+
+
+def test_triton_runs_in_the_interpreter():
+    assert 'triton' in backends and interpreting(), "TRITON_INTERPRET=1 must be set before triton is imported"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 2. Each backend against the for-loop reference
+
+@pytest.mark.parametrize('dtype_name', list(DTYPES))
+@pytest.mark.parametrize('mode', list(WD_MODES))
+@pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize('algo', list(ALGOS))
+def test_backend_matches_forloop(algo, backend, mode, dtype_name):
+    opt, actual = drive(make(algo, backend, mode), dtype=DTYPES[dtype_name])
+    assert set(opt.backends_used.values()) == {backend}
+    expected = reference(algo, mode, dtype_name)
+    assert all(p.dtype == DTYPES[dtype_name] for p in actual)
+    d = rel_diff(actual, list(expected))
+    assert d < TOL[dtype_name], f"{algo}/{backend}/{mode}/{dtype_name}: rel_diff {d:.3g} vs forloop"
+
+
+@pytest.mark.parametrize('mode', list(WD_MODES))
+@pytest.mark.parametrize('algo', list(ALGOS))
+def test_weight_decay_matters(algo, mode):
+    "wd=0.1 visibly changes the run, so the matrix above really checks the decay"
+    d = rel_diff(list(reference(algo, mode, 'fp32')), list(reference(algo, mode, 'fp32', wd=0.)))
+    assert d > 1e-3, f"{algo}/{mode}: wd={WD} changes the run by only {d:.3g}"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 3. fp32 against fastai's own optimizers (fastai has no decouple_lr); triton is covered through forloop above
+
+@pytest.mark.parametrize('backend', ('forloop', 'foreach', 'jit'))
+@pytest.mark.parametrize('mode', ('l2', 'decoupled'))
+@pytest.mark.parametrize('algo', list(ALGOS))
+def test_matches_fastai(algo, mode, backend):
+    _, fastai_ctor, extra = ALGOS[algo]
+    _, expected = drive(lambda groups: fastai_ctor(groups, lr=slice(LR / 10, LR), wd=WD, **extra, **WD_MODES[mode]))
+    actual = list(reference(algo, mode, 'fp32')) if backend == 'forloop' else drive(make(algo, backend, mode))[1]
+    d = rel_diff(actual, expected)
+    assert d < 1e-5, f"{algo}/{backend}/{mode}: rel_diff {d:.3g} vs fastai"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 4. step() leaves p.grad alone
+
+@pytest.mark.parametrize('dtype_name', list(DTYPES))
+@pytest.mark.parametrize('mode', list(WD_MODES))
+@pytest.mark.parametrize('backend', ALL_BACKENDS)
+@pytest.mark.parametrize('algo', list(ALGOS))
+def test_grad_unchanged(algo, backend, mode, dtype_name):
+    dtype = DTYPES[dtype_name]
+    groups = param_groups(dtype=dtype)
+    params = [p for g in groups for p in g]
+    opt = make(algo, backend, mode)(groups)
+    opt.state[params[1]]['do_wd'] = False
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(2):
+        for p in params: p.grad = torch.randn(p.shape, generator=gen).to(dtype)
+        before = [p.grad.clone() for p in params]
+        opt.step()
+        for i, (p, b) in enumerate(zip(params, before)):
+            assert torch.equal(p.grad, b), f"{algo}/{backend}/{mode}/{dtype_name}: step() changed the grad of param {i}"
+    assert set(opt.backends_used.values()) == {backend}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 5. state_dict round trip across backends
+
+RT_STEPS = 4
+
+def round_trip_grads(seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return [[torch.randn(p.shape, generator=gen) for p in sum(param_groups(), [])] for _ in range(2 * RT_STEPS)]
+
+def run_steps(opt, params, grads):
+    for gs in grads:
+        for p, g in zip(params, gs): p.grad = g.clone()
+        opt.step()
+
+def new_opt(algo, backend, groups):
+    ctor, _, extra = ALGOS[algo]
+    return ctor(groups, lr=slice(1e-3, 1e-2), wd=WD, **extra, **{backend: True})
+
+def clone_groups(groups):
+    return [[p.detach().clone().requires_grad_() for p in g] for g in groups]
+
+def state_tensors(opt, params):
+    return [t for p in params for k, t in sorted(opt.state[p].items()) if isinstance(t, torch.Tensor)]
+
+@lru_cache(maxsize=None)
+def uninterrupted(algo, backend):
+    groups = param_groups()
+    params = [p for g in groups for p in g]
+    opt = new_opt(algo, backend, groups)
+    for p in params:
+        if p.dim() == 1: opt.state[p]['do_wd'] = False
+    run_steps(opt, params, round_trip_grads())
+    return [p.detach().clone() for p in params], state_tensors(opt, params), [opt.state[p]['step'] for p in params]
+
+@pytest.mark.parametrize('second', ALL_BACKENDS)
+@pytest.mark.parametrize('first', ALL_BACKENDS)
+@pytest.mark.parametrize('algo', list(ALGOS))
+def test_state_dict_round_trip(algo, first, second):
+    grads = round_trip_grads()
+    groups = param_groups()
+    params = [p for g in groups for p in g]
+    opt = new_opt(algo, first, groups)
+    for p in params:
+        if p.dim() == 1: opt.state[p]['do_wd'] = False
+    run_steps(opt, params, grads[:RT_STEPS])
+    buf = io.BytesIO()
+    torch.save(opt.state_dict(), buf)
+    buf.seek(0)
+    sd = torch.load(buf, weights_only=True)
+
+    groups2 = clone_groups(groups)
+    params2 = [p for g in groups2 for p in g]
+    opt2 = new_opt(algo, second, groups2)
+    opt2.load_state_dict(sd)
+    run_steps(opt2, params2, grads[RT_STEPS:])
+    assert set(opt2.backends_used.values()) == {second}
+
+    expected, expected_state, expected_steps = uninterrupted(algo, first)
+    d = rel_diff([p.detach() for p in params2], expected)
+    assert d < 1e-6, f"{algo}: {first} -> {second}: params rel_diff {d:.3g} vs an uninterrupted {first} run"
+    ds = rel_diff(state_tensors(opt2, params2), expected_state)
+    assert ds < 1e-6, f"{algo}: {first} -> {second}: state rel_diff {ds:.3g} vs an uninterrupted {first} run"
+    assert [opt2.state[p]['step'] for p in params2] == expected_steps == [2 * RT_STEPS] * len(params2)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 6. Errors
+
+def one_param(dtype=torch.float32): return [torch.randn(4, 3, dtype=dtype, requires_grad=True)]
+
+def test_two_backend_flags():
+    with pytest.raises(ValueError, match=r"Choose one backend, got foreach=True and jit=True"):
+        Adam(one_param(), lr=1e-3, foreach=True, jit=True)
+    with pytest.raises(ValueError, match=r"Choose one backend, got forloop=True and triton=True"):
+        SGD(one_param(), lr=1e-3, forloop=True, triton=True)
+    with pytest.raises(ValueError, match=r"Choose one backend, got foreach=True and jit=True and triton=True"):
+        Lamb(one_param(), lr=1e-3, foreach=True, jit=True, triton=True)
+    with pytest.raises(ValueError, match=r"Choose one backend, got jit=True and triton=True"):
+        adam(jit=True, triton=True)
+
+@pytest.mark.parametrize('algo', list(ALGOS))
+def test_bad_mom(algo):
+    ctor, _, extra = ALGOS[algo]
+    with pytest.raises(ValueError, match=r"Hyperparameter `mom`=1\.0 is invalid: it must be in \[0, 1\)"):
+        ctor(one_param(), lr=1e-3, **{**extra, 'mom': 1.0})
+
+@pytest.mark.parametrize('ctor', [Adam, Lamb])
+def test_bad_sqr_mom(ctor):
+    with pytest.raises(ValueError, match=r"Hyperparameter `sqr_mom`=1\.0 is invalid: it must be in \[0, 1\)"):
+        ctor(one_param(), lr=1e-3, sqr_mom=1.0)
+
+@pytest.mark.parametrize('ctor', [Adam, Lamb])
+def test_bad_eps(ctor):
+    with pytest.raises(ValueError, match=r"Hyperparameter `eps`=0 is invalid: it must be in \(0, inf\)"):
+        ctor(one_param(), lr=1e-3, eps=0)
+
+@pytest.mark.parametrize('algo', list(ALGOS))
+def test_bad_lr_and_wd(algo):
+    ctor, _, extra = ALGOS[algo]
+    with pytest.raises(ValueError, match=r"Hyperparameter `lr`=-1 is invalid: it must be in \[0, inf\)"):
+        ctor(one_param(), lr=-1, **extra)
+    with pytest.raises(ValueError, match=r"Hyperparameter `wd`=-1 is invalid: it must be in \[0, inf\)"):
+        ctor(one_param(), lr=1e-3, wd=-1, **extra)
+
+@pytest.mark.parametrize('algo', list(ALGOS))
+def test_complex_and_integer_params(algo):
+    ctor, _, extra = ALGOS[algo]
+    with pytest.raises(TypeError, match=r"complex parameters \(torch\.complex64\) are not supported"):
+        ctor([torch.zeros(3, dtype=torch.complex64, requires_grad=True)], lr=1e-3, **extra)
+    with pytest.raises(TypeError, match=r"parameters must be floating point, got torch\.int64"):
+        ctor([torch.zeros(3, dtype=torch.int64)], lr=1e-3, **extra)
+
+@pytest.mark.parametrize('backend', ALL_BACKENDS)
+@pytest.mark.parametrize('algo', list(ALGOS))
+def test_sparse_grad(algo, backend):
+    torch.manual_seed(0)
+    emb, lin = nn.Embedding(10, 4, sparse=True), nn.Linear(4, 2)
+    params = [emb.weight, *lin.parameters()]
+    opt = make(algo, backend)([params])
+    for p in params: p.grad = torch.randn_like(p)  # a dense first step, so there is state to protect
+    opt.step()
+    params_before = [p.detach().clone() for p in params]
+    state_before = copy.deepcopy([opt.state[p] for p in params])
+
+    for p in params: p.grad = None
+    lin(emb(torch.tensor([1, 3, 3]))).sum().backward()
+    assert emb.weight.grad.is_sparse
+    with pytest.raises(RuntimeError, match=r"sparse gradients are not supported \(use a dense embedding, `sparse=False`\)"):
+        opt.step()
+
+    for p, b in zip(params, params_before): assert torch.equal(p.detach(), b)
+    for p, sb in zip(params, state_before):
+        s = opt.state[p]
+        assert s.keys() == sb.keys()
+        for k in sb:
+            if isinstance(sb[k], torch.Tensor): assert torch.equal(s[k], sb[k]), f"state {k} changed"
+            else: assert s[k] == sb[k], f"state {k} changed: {sb[k]} -> {s[k]}"
+
+TRITON_ON_CPU = """
+import torch
+from fastoptim.all import Adam
+from fastoptim.triton_engine import interpreting
+assert not interpreting()
+p = torch.randn(4, 3, requires_grad=True)
+auto = Adam([p], lr=1e-3)
+p.grad = torch.randn_like(p)
+auto.step()
+print(repr(auto), flush=True)
+opt = Adam([p], lr=1e-3, triton=True)
+p.grad = torch.randn_like(p)
+opt.step()
+"""
+
+def test_triton_on_cpu_without_interpreter():
+    env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
+    res = subprocess.run([sys.executable, '-c', TRITON_ON_CPU], env=env, cwd=REPO, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode != 0, res.stdout + res.stderr
+    assert 'RuntimeError' in res.stderr and 'TRITON_INTERPRET=1' in res.stderr, res.stderr[-3000:]
+    assert 'foreach on cpu' in res.stdout, res.stdout  # without the interpreter, no flag means foreach
+
+@pytest.mark.parametrize('algo', list(ALGOS))
+def test_auto_backend_on_cpu_is_foreach(algo):
+    ctor, _, extra = ALGOS[algo]
+    p = torch.randn(4, 3, requires_grad=True)
+    opt = ctor([p], lr=1e-3, **extra)
+    p.grad = torch.randn_like(p)
+    opt.step()
+    assert 'foreach on cpu' in repr(opt), repr(opt)
+    assert list(opt.backends_used.values()) == ['foreach']
