@@ -8,7 +8,7 @@ Docs: https://fastoptim.github.io/fastoptim/all.html.md"""
 __all__ = ['FastOptimizer', 'Algorithm', 'ForeachBackend', 'TorchScriptBackend', 'TritonBackend', 'SGD', 'sgd', 'Adam', 'adam',
            'Lamb', 'lamb']
 
-# %% ../nbs/99_all.ipynb #f7630949
+# %% ../nbs/99_all.ipynb #a4d0e6a1
 from .core import FastOptimizer, Algorithm
 from .foreach import ForeachBackend
 from .torchscript import TorchScriptBackend

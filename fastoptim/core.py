@@ -114,11 +114,10 @@ def backend_from_flags(**flags):
     return named[0] if named else None
 
 def auto_backend(device, dtype):
-    "The fastest registered backend that can run on `device` for `dtype`"
-    for name in ('triton', 'foreach'):
-        b = backends.get(name)
-        if b is not None and b.check(device, dtype) is None: return name
-    return 'forloop'
+    "Triton on CUDA where it can run, else foreach (never Triton's slow CPU interpreter)"
+    if device.type == 'cuda' and 'triton' in backends and backends['triton'].check(device, dtype) is None: return 'triton'
+    if 'foreach' not in backends: raise ImportError("No fast backend is loaded: import fastoptim.all.")
+    return 'foreach'
 
 # %% ../nbs/00_core.ipynb #5230a4c9
 def _param_error(p):
