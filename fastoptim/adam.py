@@ -39,9 +39,7 @@ def adam_foreach(P, G, M, V, lr, decay, l2, mom, sqr_mom, debias1, debias2, eps)
     denom = torch._foreach_div(V, debias2)
     torch._foreach_sqrt_(denom)
     torch._foreach_add_(denom, eps)
-    direction = torch._foreach_div(M, denom)
-    del denom
-    update_params(P, direction, [-l / d for l, d in zip(lr, debias1)], decay, scratch=True)
+    update_params(P, M, [-l / d for l, d in zip(lr, debias1)], decay, denom=denom)
 
 # %% ../nbs/11_adam.ipynb #19639beb
 @triton_jit

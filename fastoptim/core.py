@@ -6,8 +6,8 @@ Docs: https://fastoptim.github.io/fastoptim/core.html.md"""
 
 # %% auto #0
 __all__ = ['hyper_checks', 'backends', 'backend_flags', 'check_hyper', 'Algorithm', 'as_math', 'write_back', 'to_device',
-           'Bucket', 'scalar_rows', 'ForLoopBackend', 'backend_from_flags', 'auto_backend', 'FastOptimizer',
-           'make_partial']
+           'tensor_key', 'Bucket', 'scalar_rows', 'ForLoopBackend', 'backend_from_flags', 'auto_backend',
+           'FastOptimizer', 'make_partial']
 
 # %% ../nbs/00_core.ipynb #8eba332a
 import inspect, math, warnings
@@ -71,6 +71,11 @@ def to_device(a, device):
     return t.pin_memory().to(device, non_blocking=True) if device.type == 'cuda' else t
 
 # %% ../nbs/00_core.ipynb #68ab4961
+def tensor_key(tensor_lists):
+    "Addresses and sizes of all tensors in `tensor_lists`: changes when any tensor is replaced or moved"
+    return tuple(t.data_ptr() for ts in tensor_lists for t in ts) + tuple(t.numel() for t in tensor_lists[0])
+
+# %% ../nbs/00_core.ipynb #e44f638b
 class Bucket:
     "The parameters of one (device, dtype) that have a gradient this step, across all param groups"
     def __init__(self, device, dtype):
@@ -84,7 +89,7 @@ class Bucket:
     def __len__(self): return len(self.params)
     def __repr__(self): return f"Bucket({self.device}, {self.dtype}, {len(self)} tensors)"
 
-# %% ../nbs/00_core.ipynb #e44f638b
+# %% ../nbs/00_core.ipynb #50068ff2
 backends = {}
 
 def scalar_rows(scalars):
@@ -104,7 +109,7 @@ class ForLoopBackend:
 
 backends['forloop'] = ForLoopBackend()
 
-# %% ../nbs/00_core.ipynb #50068ff2
+# %% ../nbs/00_core.ipynb #027f4e05
 backend_flags = ('forloop', 'foreach', 'jit', 'triton')
 
 def backend_from_flags(**flags):
@@ -119,7 +124,7 @@ def auto_backend(device, dtype):
     if 'foreach' not in backends: raise ImportError("No fast backend is loaded: import fastoptim.all.")
     return 'foreach'
 
-# %% ../nbs/00_core.ipynb #5230a4c9
+# %% ../nbs/00_core.ipynb #75b7de83
 def _param_error(p):
     if p.is_complex(): return f"complex parameters ({p.dtype}) are not supported"
     if not p.is_floating_point(): return f"parameters must be floating point, got {p.dtype}"
@@ -137,7 +142,7 @@ def _dense(t):
     return t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)) \
         or (t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d))
 
-# %% ../nbs/00_core.ipynb #2994cdf5
+# %% ../nbs/00_core.ipynb #c1c36238
 class FastOptimizer(Optimizer):
     "A fastai `Optimizer` running `algorithm` over (device, dtype) buckets with one backend call per bucket"
     def __init__(self,
@@ -269,7 +274,7 @@ class FastOptimizer(Optimizer):
                 f"{len(self.param_lists)} param groups; {h}; decouple_wd={self.decouple_wd}"
                 f"{', decouple_lr=True' if self.decouple_lr else ''})")
 
-# %% ../nbs/00_core.ipynb #c1c36238
+# %% ../nbs/00_core.ipynb #f27fd39e
 def make_partial(constructor, **kwargs):
     "A partial of `constructor` for `Learner(opt_func=...)`, its arguments checked now"
     allowed = set(inspect.signature(constructor).parameters) - {'params'}

@@ -10,7 +10,7 @@ __all__ = ['flat', 'pieces', 'chunks', 'with_l2', 'update_params', 'stage', 'For
 # %% ../nbs/01_foreach.ipynb #c80ae768
 import numpy as np
 import torch
-from .core import backends, to_device
+from .core import backends, to_device, tensor_key
 
 # %% ../nbs/01_foreach.ipynb #703f48c5
 def flat(t):
@@ -39,9 +39,10 @@ def with_l2(grads, params, l2):
     torch._foreach_add_(res, grads)
     return res
 
-def update_params(params, direction, scale, decay, scratch=False):
-    "params ← params·(1-decay) + scale·direction; `scale` is floats or 0-d tensors; `direction` is overwritten if `scratch`"
+def update_params(params, direction, scale, decay, denom=None, scratch=False):
+    "params ← params·(1-decay) + scale·direction[/denom]; `scale` is floats or 0-d tensors; `direction` is overwritten if `scratch`"
     if any(decay): torch._foreach_mul_(params, [1 - d for d in decay])
+    if denom is not None: return torch._foreach_addcdiv_(params, direction, denom, scale)
     if scratch: torch._foreach_mul_(direction, scale)
     else: direction = torch._foreach_mul(direction, scale)
     torch._foreach_add_(params, direction)
@@ -52,15 +53,19 @@ def stage(tensors):
     return [t.float() for t in tensors] if tensors and tensors[0].element_size() < 4 else tensors
 
 class ForeachBackend:
-    "Run an algorithm's foreach function over chunks of at most `chunk_numel` elements of a bucket"
+    "Run an algorithm's foreach function over chunks of at most `chunk_numel[device type]` elements of a bucket"
     name = 'foreach'
-    def __init__(self, chunk_numel=2**23): self.chunk_numel = chunk_numel
+    def __init__(self, chunk_numel=None): self.chunk_numel = chunk_numel or {'cuda': 2**23, 'cpu': 2**20}
     def check(self, device, dtype): return None
 
     def step(self, algorithm, bucket, scalars, cache):
         tensors = [bucket.params, bucket.grads, *[bucket.state(n) for n in algorithm.state_names]]
-        owner, cut = pieces(tensors, self.chunk_numel)
-        bounds = chunks([q.numel() for q in cut[0]], self.chunk_numel)
+        key = tensor_key(tensors)
+        if cache.get('key') != key:
+            limit = self.chunk_numel.get(bucket.device.type, 2**23)
+            owner, cut = pieces(tensors, limit)
+            cache.update(key=key, owner=owner, cut=cut, bounds=chunks([q.numel() for q in cut[0]], limit))
+        owner, cut, bounds = cache['owner'], cache['cut'], cache['bounds']
         passes = algorithm.foreach if algorithm.reductions else (algorithm.foreach,)
         sums = None
         for i, fn in enumerate(passes):

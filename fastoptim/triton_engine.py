@@ -12,7 +12,7 @@ __all__ = ['BLOCK', 'NUM_WARPS', 'tl_dtypes', 'locate_block', 'tensor_ptr', 'sca
 import numpy as np
 import torch
 from types import SimpleNamespace
-from .core import backends, to_device
+from .core import backends, to_device, tensor_key
 
 try:
     import triton
@@ -106,7 +106,7 @@ class TritonBackend:
 
     def step(self, algorithm, bucket, scalars, cache):
         tensors = [bucket.params, bucket.grads, *[bucket.state(n) for n in algorithm.state_names]]
-        key = tuple(t.data_ptr() for ts in tensors for t in ts) + tuple(p.numel() for p in bucket.params)
+        key = tensor_key(tensors)
         if cache.get('key') != key:
             cache['table'], cache['block_tensors'], cache['n_blocks'] = build_tables(tensors, bucket.device)
             cache['sums'] = torch.zeros(len(bucket), max(algorithm.reductions, 1), device=bucket.device)

@@ -11,7 +11,7 @@ if ! "$PY" -c 'import torch' 2>/dev/null; then
   "$PY" -m pip install -q --disable-pip-version-check "torch==${FASTOPTIM_TORCH:-2.13.0}" 2>&1 | quiet
 fi
 constraints=.venv/torch-constraint.txt
-"$PY" -c 'import torch; print("torch==" + torch.__version__.split("+")[0])' > "$constraints"
+"$PY" -c 'import torch; print("torch==" + torch.__version__.split("+")[0])' 2>/dev/null > "$constraints"
 if ! "$PY" -c 'import fastoptim, fastai, nbdev, sklearn, triton, pytest' 2>/dev/null; then
   "$PY" -m pip install -q --disable-pip-version-check -c "$constraints" -e ".[dev]" 2>&1 | quiet
 fi

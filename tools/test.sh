@@ -11,5 +11,6 @@ if [ "${CI:-}" = true ] && [ -n "$(git status --porcelain -- fastoptim 2>/dev/nu
   git status --porcelain -- fastoptim >&2
   exit 1
 fi
+python tools/readme.py --check
 nbdev-test --n-workers 2
 python -m pytest tests -q -p no:cacheprovider
