@@ -10,7 +10,9 @@ __all__ = ['adam_algorithm', 'adam_scalars', 'adam_reference', 'adam_foreach', '
 # %% ../nbs/11_adam.ipynb #62f7df45
 import torch
 from torch import Tensor
-from .core import Algorithm, FastOptimizer, as_math, write_back, make_partial
+from fastcore.meta import delegates
+from typing import Optional
+from .core import Algorithm, FastOptimizer, as_math, write_back, update_param, make_partial
 from .foreach import with_l2, update_params
 from .triton_engine import triton_jit, tl, locate_block, tensor_ptr, scalar, load_math, store, store_param
 
@@ -20,18 +22,17 @@ def adam_scalars(lr, decay, l2, mom, sqr_mom, eps, step, **_):
                 debias2=1 - sqr_mom**step, eps=eps)
 
 def adam_reference(p: Tensor, g: Tensor, grad_avg: Tensor, sqr_avg: Tensor, lr: float, decay: float, l2: float,
-                   mom: float, sqr_mom: float, debias1: float, debias2: float, eps: float):
+                   mom: float, sqr_mom: float, debias1: float, debias2: float, eps: float, comp: Optional[Tensor], seed: int):
     p_math, g, m, v = as_math(p), as_math(g), as_math(grad_avg), as_math(sqr_avg)
     if l2 != 0: g = g + l2 * p_math
     m.mul_(mom).add_(g, alpha=1 - mom)
     v.mul_(sqr_mom).addcmul_(g, g, value=1 - sqr_mom)
-    p_math.mul_(1 - decay).addcdiv_(m, (v / debias2).sqrt_().add_(eps), value=-lr / debias1)
     write_back(grad_avg, m)
     write_back(sqr_avg, v)
-    write_back(p, p_math)
+    update_param(p, p_math, m, -lr / debias1, decay, (v / debias2).sqrt_().add_(eps), comp, seed)
 
 # %% ../nbs/11_adam.ipynb #0c158cb1
-def adam_foreach(P, G, M, V, lr, decay, l2, mom, sqr_mom, debias1, debias2, eps):
+def adam_foreach(P, G, M, V, lr, decay, l2, mom, sqr_mom, debias1, debias2, eps, rounding=None):
     G = with_l2(G, P, l2)
     torch._foreach_lerp_(M, G, [1 - b for b in mom])
     torch._foreach_mul_(V, sqr_mom)
@@ -39,36 +40,34 @@ def adam_foreach(P, G, M, V, lr, decay, l2, mom, sqr_mom, debias1, debias2, eps)
     denom = torch._foreach_div(V, debias2)
     torch._foreach_sqrt_(denom)
     torch._foreach_add_(denom, eps)
-    update_params(P, M, [-l / d for l, d in zip(lr, debias1)], decay, denom=denom)
+    update_params(P, M, [-l / d for l, d in zip(lr, debias1)], decay, denom=denom, rounding=rounding)
 
 # %% ../nbs/11_adam.ipynb #19639beb
 @triton_jit
 def adam_kernel(table, block_tensors, scalars, sums, WIDTH: tl.constexpr, K: tl.constexpr,
-                DTYPE: tl.constexpr, BLOCK: tl.constexpr):
+                DTYPE: tl.constexpr, BLOCK: tl.constexpr, ROUNDING: tl.constexpr):
     row, t, offsets, mask = locate_block(table, block_tensors, WIDTH, BLOCK)
     lr, decay, l2 = scalar(scalars, t, 0, K), scalar(scalars, t, 1, K), scalar(scalars, t, 2, K)
     mom, sqr_mom = scalar(scalars, t, 3, K), scalar(scalars, t, 4, K)
     debias1, debias2, eps = scalar(scalars, t, 5, K), scalar(scalars, t, 6, K), scalar(scalars, t, 7, K)
-    p_ptr, m_ptr, v_ptr = tensor_ptr(row, 0, DTYPE), tensor_ptr(row, 2, DTYPE), tensor_ptr(row, 3, DTYPE)
-    p = load_math(p_ptr, offsets, mask)
+    m_ptr, v_ptr = tensor_ptr(row, 2, DTYPE), tensor_ptr(row, 3, DTYPE)
+    p = load_math(tensor_ptr(row, 0, DTYPE), offsets, mask)
     g = load_math(tensor_ptr(row, 1, DTYPE), offsets, mask) + l2 * p
     m = mom * load_math(m_ptr, offsets, mask) + (1 - mom) * g
     v = sqr_mom * load_math(v_ptr, offsets, mask) + (1 - sqr_mom) * g * g
     store(m_ptr, offsets, m, mask, DTYPE)
     store(v_ptr, offsets, v, mask, DTYPE)
-    store_param(p_ptr, offsets, mask, p, m / (tl.sqrt(v / debias2) + eps), -lr / debias1, decay, DTYPE)
+    store_param(row, t, offsets, mask, p, m / (tl.sqrt(v / debias2) + eps), -lr / debias1, decay, scalars, K, WIDTH,
+                DTYPE, ROUNDING)
 
 # %% ../nbs/11_adam.ipynb #c92d4def
 adam_algorithm = Algorithm('Adam', dict(mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0.01), ('grad_avg', 'sqr_avg'),
                            adam_scalars, adam_reference, adam_foreach, (adam_kernel,))
 
-def Adam(params, lr:float|slice, mom:float=0.9, sqr_mom:float=0.99, eps:float=1e-5, wd:float=0.01,
-         decouple_wd:bool=True, decouple_lr:bool=False, max_lr=None,
-         forloop:bool=False, foreach:bool=False, jit:bool=False, triton:bool=False) -> FastOptimizer:
+@delegates(FastOptimizer)
+def Adam(params, lr:float|slice, mom:float=0.9, sqr_mom:float=0.99, eps:float=1e-5, wd:float=0.01, **kwargs) -> FastOptimizer:
     "Adam with fastai's defaults; AdamW when `decouple_wd` (the default)"
-    return FastOptimizer(params, adam_algorithm, lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd,
-                         decouple_wd=decouple_wd, decouple_lr=decouple_lr, max_lr=max_lr,
-                         forloop=forloop, foreach=foreach, jit=jit, triton=triton)
+    return FastOptimizer(params, adam_algorithm, lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd, **kwargs)
 
 def adam(**kwargs):
     "A partial of `Adam` for `Learner(opt_func=...)`, e.g. `adam(triton=True)`"

@@ -12,26 +12,26 @@ __all__ = ['lamb_algorithm', 'lamb_reference', 'trust_ratio', 'lamb_direction', 
 import numpy as np
 import torch
 from torch import Tensor
-from .core import Algorithm, FastOptimizer, as_math, write_back, make_partial, to_device
+from fastcore.meta import delegates
+from typing import Optional
+from .core import Algorithm, FastOptimizer, as_math, write_back, update_param, make_partial, to_device
 from .foreach import with_l2, update_params
 from .adam import adam_scalars
 from .triton_engine import triton_jit, tl, locate_block, tensor_ptr, scalar, load_math, store, store_param
 
 # %% ../nbs/12_lamb.ipynb #c9b40de3
 def lamb_reference(p: Tensor, g: Tensor, grad_avg: Tensor, sqr_avg: Tensor, lr: float, decay: float, l2: float,
-                   mom: float, sqr_mom: float, debias1: float, debias2: float, eps: float):
+                   mom: float, sqr_mom: float, debias1: float, debias2: float, eps: float, comp: Optional[Tensor], seed: int):
     p_math, g, m, v = as_math(p), as_math(g), as_math(grad_avg), as_math(sqr_avg)
     if l2 != 0: g = g + l2 * p_math
     m.mul_(mom).add_(g, alpha=1 - mom)
     v.mul_(sqr_mom).addcmul_(g, g, value=1 - sqr_mom)
-    u = (m / debias1).div_((v / debias2).sqrt_().add_(eps))
-    p_math.mul_(1 - decay)
-    r1, r2 = p_math.pow(2).mean().sqrt(), u.pow(2).mean().sqrt()
-    q = torch.where((r1 == 0) | (r2 == 0), torch.ones_like(r1), (r1 / r2).clamp(max=10.))
-    p_math.add_(u.mul_(q), alpha=-lr)
     write_back(grad_avg, m)
     write_back(sqr_avg, v)
-    write_back(p, p_math)
+    u = (m / debias1).div_((v / debias2).sqrt_().add_(eps))
+    r1, r2 = p_math.pow(2).mean().sqrt() * abs(1 - decay), u.pow(2).mean().sqrt()
+    q = torch.where((r1 == 0) | (r2 == 0), torch.ones_like(r1), (r1 / r2).clamp(max=10.))
+    update_param(p, p_math, u.mul_(q), -lr, decay, None, comp, seed)
 
 # %% ../nbs/12_lamb.ipynb #8793e4ea
 def trust_ratio(sums, decay):
@@ -56,11 +56,11 @@ def lamb_foreach_sums(P, G, M, V, lr, decay, l2, mom, sqr_mom, debias1, debias2,
     u = lamb_direction(M, V, debias1, debias2, eps)
     return torch.stack([torch.stack(torch._foreach_norm(P)), torch.stack(torch._foreach_norm(u))], 1) ** 2
 
-def lamb_foreach_update(P, G, M, V, lr, decay, l2, mom, sqr_mom, debias1, debias2, eps, sums):
+def lamb_foreach_update(P, G, M, V, lr, decay, l2, mom, sqr_mom, debias1, debias2, eps, sums, rounding=None):
     u = lamb_direction(M, V, debias1, debias2, eps)
     host = to_device(np.array([decay, lr], dtype=np.float32), sums.device)
     scale = -host[1] * trust_ratio(sums, host[0])
-    update_params(P, u, list(scale.unbind()), decay, scratch=True)
+    update_params(P, u, list(scale.unbind()), decay, scratch=True, rounding=rounding)
 
 # %% ../nbs/12_lamb.ipynb #78e0c24b
 @triton_jit
@@ -81,7 +81,7 @@ def lamb_moments(row, t, offsets, mask, scalars, K: tl.constexpr, DTYPE: tl.cons
 
 @triton_jit
 def lamb_sums_kernel(table, block_tensors, scalars, sums, WIDTH: tl.constexpr, K: tl.constexpr,
-                     DTYPE: tl.constexpr, BLOCK: tl.constexpr):
+                     DTYPE: tl.constexpr, BLOCK: tl.constexpr, ROUNDING: tl.constexpr):
     row, t, offsets, mask = locate_block(table, block_tensors, WIDTH, BLOCK)
     p, u = lamb_moments(row, t, offsets, mask, scalars, K, DTYPE, True)
     tl.atomic_add(sums + 2 * t, tl.sum(p * p, axis=0))
@@ -89,27 +89,24 @@ def lamb_sums_kernel(table, block_tensors, scalars, sums, WIDTH: tl.constexpr, K
 
 @triton_jit
 def lamb_update_kernel(table, block_tensors, scalars, sums, WIDTH: tl.constexpr, K: tl.constexpr,
-                       DTYPE: tl.constexpr, BLOCK: tl.constexpr):
+                       DTYPE: tl.constexpr, BLOCK: tl.constexpr, ROUNDING: tl.constexpr):
     row, t, offsets, mask = locate_block(table, block_tensors, WIDTH, BLOCK)
     p, u = lamb_moments(row, t, offsets, mask, scalars, K, DTYPE, False)
     lr, decay = scalar(scalars, t, 0, K), scalar(scalars, t, 1, K)
     r1 = tl.sqrt(tl.load(sums + 2 * t)) * tl.abs(1 - decay)
     r2 = tl.sqrt(tl.load(sums + 2 * t + 1))
     q = tl.where((r1 == 0) | (r2 == 0), 1., tl.minimum(r1 / r2, 10.))
-    store_param(tensor_ptr(row, 0, DTYPE), offsets, mask, p, u, -lr * q, decay, DTYPE)
+    store_param(row, t, offsets, mask, p, u, -lr * q, decay, scalars, K, WIDTH, DTYPE, ROUNDING)
 
 # %% ../nbs/12_lamb.ipynb #c320aa85
 lamb_algorithm = Algorithm('Lamb', dict(mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0.), ('grad_avg', 'sqr_avg'),
                            adam_scalars, lamb_reference, (lamb_foreach_sums, lamb_foreach_update),
                            (lamb_sums_kernel, lamb_update_kernel), reductions=2)
 
-def Lamb(params, lr:float|slice, mom:float=0.9, sqr_mom:float=0.99, eps:float=1e-5, wd:float=0.,
-         decouple_wd:bool=True, decouple_lr:bool=False, max_lr=None,
-         forloop:bool=False, foreach:bool=False, jit:bool=False, triton:bool=False) -> FastOptimizer:
+@delegates(FastOptimizer)
+def Lamb(params, lr:float|slice, mom:float=0.9, sqr_mom:float=0.99, eps:float=1e-5, wd:float=0., **kwargs) -> FastOptimizer:
     "LAMB with fastai's defaults"
-    return FastOptimizer(params, lamb_algorithm, lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd,
-                         decouple_wd=decouple_wd, decouple_lr=decouple_lr, max_lr=max_lr,
-                         forloop=forloop, foreach=foreach, jit=jit, triton=triton)
+    return FastOptimizer(params, lamb_algorithm, lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd, **kwargs)
 
 def lamb(**kwargs):
     "A partial of `Lamb` for `Learner(opt_func=...)`, e.g. `lamb(foreach=True)`"

@@ -11,73 +11,71 @@ __all__ = ['sgd_algorithm', 'momentum_algorithm', 'sgd_scalars', 'sgd_reference'
 # %% ../nbs/10_sgd.ipynb #6304518e
 import torch
 from torch import Tensor
-from .core import Algorithm, FastOptimizer, as_math, write_back, make_partial
+from fastcore.meta import delegates
+from typing import Optional
+from .core import Algorithm, FastOptimizer, as_math, write_back, update_param, make_partial
 from .foreach import with_l2, update_params
 from .triton_engine import triton_jit, tl, locate_block, tensor_ptr, scalar, load_math, store, store_param
 
 # %% ../nbs/10_sgd.ipynb #4a7537ca
 def sgd_scalars(lr, decay, l2, **_): return dict(lr=lr, decay=decay, l2=l2)
 
-def sgd_reference(p: Tensor, g: Tensor, lr: float, decay: float, l2: float):
+def sgd_reference(p: Tensor, g: Tensor, lr: float, decay: float, l2: float, comp: Optional[Tensor], seed: int):
     p_math, g = as_math(p), as_math(g)
     if l2 != 0: g = g + l2 * p_math
-    p_math.mul_(1 - decay).add_(g, alpha=-lr)
-    write_back(p, p_math)
+    update_param(p, p_math, g, -lr, decay, None, comp, seed)
 
-def sgd_foreach(P, G, lr, decay, l2):
-    update_params(P, with_l2(G, P, l2), [-x for x in lr], decay)
+def sgd_foreach(P, G, lr, decay, l2, rounding=None):
+    update_params(P, with_l2(G, P, l2), [-x for x in lr], decay, rounding=rounding)
 
 @triton_jit
 def sgd_kernel(table, block_tensors, scalars, sums, WIDTH: tl.constexpr, K: tl.constexpr,
-               DTYPE: tl.constexpr, BLOCK: tl.constexpr):
+               DTYPE: tl.constexpr, BLOCK: tl.constexpr, ROUNDING: tl.constexpr):
     row, t, offsets, mask = locate_block(table, block_tensors, WIDTH, BLOCK)
     lr, decay, l2 = scalar(scalars, t, 0, K), scalar(scalars, t, 1, K), scalar(scalars, t, 2, K)
-    p_ptr = tensor_ptr(row, 0, DTYPE)
-    p = load_math(p_ptr, offsets, mask)
+    p = load_math(tensor_ptr(row, 0, DTYPE), offsets, mask)
     g = load_math(tensor_ptr(row, 1, DTYPE), offsets, mask) + l2 * p
-    store_param(p_ptr, offsets, mask, p, g, -lr, decay, DTYPE)
+    store_param(row, t, offsets, mask, p, g, -lr, decay, scalars, K, WIDTH, DTYPE, ROUNDING)
 
 sgd_algorithm = Algorithm('SGD', dict(mom=0., wd=0.), (), sgd_scalars, sgd_reference, sgd_foreach, (sgd_kernel,))
 
 # %% ../nbs/10_sgd.ipynb #d3ba0bb2
 def momentum_scalars(lr, decay, l2, mom, **_): return dict(lr=lr, decay=decay, l2=l2, mom=mom)
 
-def momentum_reference(p: Tensor, g: Tensor, grad_avg: Tensor, lr: float, decay: float, l2: float, mom: float):
+def momentum_reference(p: Tensor, g: Tensor, grad_avg: Tensor, lr: float, decay: float, l2: float, mom: float,
+                       comp: Optional[Tensor], seed: int):
     p_math, g, m = as_math(p), as_math(g), as_math(grad_avg)
     if l2 != 0: g = g + l2 * p_math
     m.mul_(mom).add_(g)
-    p_math.mul_(1 - decay).add_(m, alpha=-lr)
     write_back(grad_avg, m)
-    write_back(p, p_math)
+    update_param(p, p_math, m, -lr, decay, None, comp, seed)
 
-def momentum_foreach(P, G, M, lr, decay, l2, mom):
+def momentum_foreach(P, G, M, lr, decay, l2, mom, rounding=None):
     G = with_l2(G, P, l2)
     torch._foreach_mul_(M, mom)
     torch._foreach_add_(M, G)
-    update_params(P, M, [-x for x in lr], decay)
+    update_params(P, M, [-x for x in lr], decay, rounding=rounding)
 
 @triton_jit
 def momentum_kernel(table, block_tensors, scalars, sums, WIDTH: tl.constexpr, K: tl.constexpr,
-                    DTYPE: tl.constexpr, BLOCK: tl.constexpr):
+                    DTYPE: tl.constexpr, BLOCK: tl.constexpr, ROUNDING: tl.constexpr):
     row, t, offsets, mask = locate_block(table, block_tensors, WIDTH, BLOCK)
     lr, decay, l2, mom = scalar(scalars, t, 0, K), scalar(scalars, t, 1, K), scalar(scalars, t, 2, K), scalar(scalars, t, 3, K)
-    p_ptr, m_ptr = tensor_ptr(row, 0, DTYPE), tensor_ptr(row, 2, DTYPE)
-    p = load_math(p_ptr, offsets, mask)
+    m_ptr = tensor_ptr(row, 2, DTYPE)
+    p = load_math(tensor_ptr(row, 0, DTYPE), offsets, mask)
     g = load_math(tensor_ptr(row, 1, DTYPE), offsets, mask) + l2 * p
     m = mom * load_math(m_ptr, offsets, mask) + g
     store(m_ptr, offsets, m, mask, DTYPE)
-    store_param(p_ptr, offsets, mask, p, m, -lr, decay, DTYPE)
+    store_param(row, t, offsets, mask, p, m, -lr, decay, scalars, K, WIDTH, DTYPE, ROUNDING)
 
 momentum_algorithm = Algorithm('SGD', dict(mom=0.9, wd=0.), ('grad_avg',), momentum_scalars, momentum_reference,
                                momentum_foreach, (momentum_kernel,))
 
 # %% ../nbs/10_sgd.ipynb #34450972
-def SGD(params, lr:float|slice, mom:float=0., wd:float=0., decouple_wd:bool=True, decouple_lr:bool=False,
-        max_lr=None, forloop:bool=False, foreach:bool=False, jit:bool=False, triton:bool=False) -> FastOptimizer:
+@delegates(FastOptimizer)
+def SGD(params, lr:float|slice, mom:float=0., wd:float=0., **kwargs) -> FastOptimizer:
     "SGD with fastai's defaults; momentum (undampened, fastai's `grad_avg`) when `mom` is not 0 at construction"
-    return FastOptimizer(params, momentum_algorithm if mom != 0 else sgd_algorithm, lr, mom=mom, wd=wd,
-                         decouple_wd=decouple_wd, decouple_lr=decouple_lr, max_lr=max_lr,
-                         forloop=forloop, foreach=foreach, jit=jit, triton=triton)
+    return FastOptimizer(params, momentum_algorithm if mom != 0 else sgd_algorithm, lr, mom=mom, wd=wd, **kwargs)
 
 def sgd(**kwargs):
     "A partial of `SGD` for `Learner(opt_func=...)`, e.g. `sgd(mom=0.9, foreach=True)`"

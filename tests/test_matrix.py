@@ -81,6 +81,28 @@ def test_backend_matches_forloop(algo, backend, mode, dtype_name):
     assert d < TOL[dtype_name], f"{algo}/{backend}/{mode}/{dtype_name}: rel_diff {d:.3g} vs forloop"
 
 
+ROUNDINGS = {'nearest': dict(kahan_sum=False), 'stochastic': dict(stochastic_rounding=True, seed=3)}
+
+@lru_cache(maxsize=None)
+def bf16_reference(algo, rounding):
+    ctor, _, extra = ALGOS[algo]
+    _, params = drive(lambda g: ctor(g, lr=slice(LR / 10, LR), wd=WD, **extra, forloop=True, **ROUNDINGS[rounding]),
+                      dtype=torch.bfloat16)
+    return tuple(params)
+
+@pytest.mark.parametrize('rounding', list(ROUNDINGS))
+@pytest.mark.parametrize('backend', BACKENDS)
+@pytest.mark.parametrize('algo', list(ALGOS))
+def test_bf16_rounding_modes_match_forloop(algo, backend, rounding):
+    "Kahan summation (the bf16 default) is covered above; plain rounding and stochastic rounding here"
+    ctor, _, extra = ALGOS[algo]
+    opt, actual = drive(lambda g: ctor(g, lr=slice(LR / 10, LR), wd=WD, **extra, **{backend: True}, **ROUNDINGS[rounding]),
+                        dtype=torch.bfloat16)
+    assert not any('kahan_comp' in s for s in opt.state.values())
+    d = rel_diff(actual, list(bf16_reference(algo, rounding)))
+    assert d < TOL['bf16'], f"{algo}/{backend}/{rounding}: rel_diff {d:.3g} vs forloop"
+
+
 @pytest.mark.parametrize('mode', list(WD_MODES))
 @pytest.mark.parametrize('algo', list(ALGOS))
 def test_weight_decay_matters(algo, mode):
