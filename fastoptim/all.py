@@ -1,4 +1,4 @@
-"""`from fastoptim.all import *`: every optimizer, partial and backend.
+"""`from fastoptim.all import *`: every optimizer, partial, backend and callback.
 
 Docs: https://fastoptim.github.io/fastoptim/all.html.md"""
 
@@ -6,7 +6,7 @@ Docs: https://fastoptim.github.io/fastoptim/all.html.md"""
 
 # %% auto #0
 __all__ = ['FastOptimizer', 'Algorithm', 'ForeachBackend', 'TorchScriptBackend', 'TritonBackend', 'SGD', 'sgd', 'Adam', 'adam',
-           'Lamb', 'lamb']
+           'Lamb', 'lamb', 'seed_kahan_comp', 'kahan_residual', 'BF16', 'to_bf16', 'to_fp32']
 
 # %% ../nbs/99_all.ipynb #a4d0e6a1
 from .core import FastOptimizer, Algorithm
@@ -16,6 +16,8 @@ from .triton_engine import TritonBackend
 from .sgd import SGD, sgd
 from .adam import Adam, adam
 from .lamb import Lamb, lamb
+from .low_precision import seed_kahan_comp, kahan_residual
+from .bf16 import BF16, to_bf16, to_fp32
 
 _all_ = ['FastOptimizer', 'Algorithm', 'ForeachBackend', 'TorchScriptBackend', 'TritonBackend',
-         'SGD', 'sgd', 'Adam', 'adam', 'Lamb', 'lamb']
+         'SGD', 'sgd', 'Adam', 'adam', 'Lamb', 'lamb', 'seed_kahan_comp', 'kahan_residual', 'BF16', 'to_bf16', 'to_fp32']

@@ -80,6 +80,7 @@ def hash32(x):
     x = _mul32(x ^ (x >> 15), 0x846CA68B)
     return x ^ (x >> 16)
 
+@torch.jit.ignore  # TorchScript cannot reinterpret bits (`view(dtype)`); scripted callers call this in Python
 def stochastic_round(x: Tensor, seed: int, start: int = 0) -> Tensor:
     "fp32 `x` rounded stochastically to bf16, element i (in memory order, counted from `start`) drawing hash32(i ^ seed)"
     index = torch.empty_like(x, dtype=torch.int64)
@@ -106,7 +107,7 @@ def update_param(p: Tensor, p_math: Tensor, direction: Tensor, scale: float, dec
         s = (p_math + u).to(p.dtype)
         write_back(comp, u.sub_(as_math(s) - p_math))
         p.copy_(s)
-    else: p.copy_(stochastic_round(p_math.add_(u), seed))
+    else: p.copy_(stochastic_round(p_math.add_(u), seed, 0))
 
 # %% ../nbs/00_core.ipynb #7a8c84b4
 def to_device(a, device):
@@ -125,7 +126,7 @@ class Bucket:
     def __init__(self, device, dtype):
         store_attr()
         self.params, self.grads, self.states, self.groups = [], [], [], []
-        self.rounding, self.seeds = 'nearest', None  # set by the optimizer: see `FastOptimizer._rounding`
+        self.rounding, self.seeds = 'nearest', None  # set by the optimizer: see `FastOptimizer.rounding`
 
     @property
     def comps(self): return self.state('kahan_comp') if self.rounding == 'kahan' else None
@@ -263,7 +264,7 @@ class FastOptimizer(Optimizer):
                 b.add(p, self.state[p], gi)
         return buckets
 
-    def _rounding(self, dtype):
+    def rounding(self, dtype):
         "How parameters of `dtype` are written: 'nearest', 'kahan' or 'stochastic'"
         low = dtype in (torch.bfloat16, torch.float16)
         if self.stochastic_rounding and dtype == torch.bfloat16: return 'stochastic'
@@ -288,7 +289,7 @@ class FastOptimizer(Optimizer):
 
     def _prepare_state(self, b):
         "Create missing state tensors; move loaded ones to their parameter's device, dtype and layout"
-        b.rounding = self._rounding(b.dtype)
+        b.rounding = self.rounding(b.dtype)
         names = self.algorithm.state_names + (('kahan_comp',) if b.rounding == 'kahan' else ())
         for p, s in zip(b.params, b.states):
             for n in names:
