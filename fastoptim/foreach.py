@@ -11,7 +11,7 @@ __all__ = ['pieces', 'chunks', 'with_l2', 'Rounding', 'update_params', 'stage', 
 import numpy as np
 import torch
 from dataclasses import dataclass
-from .core import backends, to_device, tensor_key, flat, stochastic_round
+from .core import backends, to_device, flat, stochastic_round
 
 # %% ../nbs/01_foreach.ipynb #703f48c5
 def pieces(tensor_lists, limit):
@@ -78,29 +78,30 @@ class ForeachBackend:
     name = 'foreach'
     def __init__(self, chunk_numel=None): self.chunk_numel = chunk_numel or {'cuda': 2**23, 'cpu': 2**20}
     def check(self, device, dtype): return None
+    def check_tensors(self, params, grads): return None
 
     def step(self, algorithm, bucket, scalars, cache):
         comps = [bucket.comps] if bucket.rounding == 'kahan' else []
-        tensors = [bucket.params, bucket.grads, *[bucket.state(n) for n in algorithm.state_names], *comps]
-        key = tensor_key(tensors)
-        if cache.get('key') != key:
+        if cache.get('generation') != bucket.generation:
             limit = self.chunk_numel.get(bucket.device.type, 2**23)
-            owner, cut = pieces(tensors, limit)
+            owner, cut = pieces([bucket.params, *[bucket.state(n) for n in algorithm.state_names], *comps], limit)
             starts = (np.arange(len(owner)) - np.searchsorted(owner, owner)) * limit
-            cache.update(key=key, owner=owner, cut=cut, starts=starts, bounds=chunks([q.numel() for q in cut[0]], limit))
-        owner, cut, bounds = cache['owner'], cache['cut'], cache['bounds']
+            cache.update(generation=bucket.generation, limit=limit, owner=owner, cut=cut, starts=starts,
+                         bounds=chunks([q.numel() for q in cut[0]], limit))
+        _, (grads,) = pieces([bucket.grads], cache['limit'])
+        cut = [cache['cut'][0], grads, *cache['cut'][1:]]
         passes = algorithm.foreach if algorithm.reductions else (algorithm.foreach,)
         sums = None
         for i, fn in enumerate(passes):
             last = i == len(passes) - 1
-            partials = [self._chunk(fn, bucket, cache, lo, hi, scalars, sums, last) for lo, hi in bounds]
+            partials = [self._chunk(fn, bucket, cache, cut, lo, hi, scalars, sums, last) for lo, hi in cache['bounds']]
             if not last:
                 sums = torch.zeros(len(bucket), algorithm.reductions, device=bucket.device, dtype=torch.float32)
-                sums.index_add_(0, to_device(owner, bucket.device), torch.cat(partials))
+                sums.index_add_(0, to_device(cache['owner'], bucket.device), torch.cat(partials))
 
-    def _chunk(self, fn, bucket, cache, lo, hi, scalars, sums, last):
+    def _chunk(self, fn, bucket, cache, cut, lo, hi, scalars, sums, last):
         idx = cache['owner'][lo:hi]
-        originals = [ts[lo:hi] for ts in cache['cut']]
+        originals = [ts[lo:hi] for ts in cut]
         staged = [stage(ts) for ts in originals]
         n_args = len(staged) - (bucket.rounding == 'kahan')
         extra = {} if sums is None else {'sums': sums[to_device(idx, sums.device)]}

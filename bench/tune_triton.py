@@ -1,0 +1,119 @@
+"""Tune the Triton backend's launch (elements per program, warps) per element size, and show where a step's
+time goes: host time per `opt.step()` (no synchronisation), the GPU time of its kernels (torch.profiler),
+and the step's median by CUDA events.
+
+Run on the GPU machine from the repository root (wheels as in ../shared/GPU.md):
+    python3 bench/tune_triton.py --out $OUT/tune.md
+"""
+import argparse, datetime, math, os, sys, time
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import numpy as np
+import torch
+import triton
+from fastoptim.all import Adam
+from fastoptim.core import backends
+from shapes import llm_shapes, resnet50_shapes
+
+dev = torch.device('cuda')
+BYTES = {(torch.float32, False): 28, (torch.bfloat16, False): 14, (torch.bfloat16, True): 18}
+
+
+def make_params(shapes, dtype):
+    g = torch.Generator(device=dev).manual_seed(0)
+    ps = []
+    for s in shapes:
+        p = torch.nn.Parameter(torch.randn(s, generator=g, device=dev).mul_(0.02).to(dtype))
+        p.grad = torch.randn(s, generator=g, device=dev).to(dtype)
+        ps.append(p)
+    return ps
+
+
+def event_ms(opt, reps=40):
+    for _ in range(5): opt.step()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record(); opt.step(); e.record(); e.synchronize(); ts.append(s.elapsed_time(e))
+    return float(np.median(ts))
+
+
+def host_ms(opt, reps=200):
+    "Median host time of a step that does not wait for the GPU (the queue is drained every 20 steps)"
+    ts = []
+    for i in range(reps):
+        t0 = time.perf_counter(); opt.step(); ts.append((time.perf_counter() - t0) * 1e3)
+        if i % 20 == 19: torch.cuda.synchronize()
+    return float(np.median(ts))
+
+
+def kernel_ms(opt, reps=20):
+    "GPU time of the step's CUDA kernels and copies per step, from torch.profiler"
+    from torch.profiler import profile, ProfilerActivity
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps): opt.step()
+        torch.cuda.synchronize()
+    total = sum(e.device_time_total for e in prof.key_averages() if e.device_time_total > 0 and e.key != '')
+    return total / 1e3 / reps
+
+
+def bandwidth(nbytes=2**30):
+    a, b = torch.empty(nbytes, dtype=torch.uint8, device=dev), torch.empty(nbytes, dtype=torch.uint8, device=dev)
+    for _ in range(3): b.copy_(a)
+    ts = []
+    for _ in range(20):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record(); b.copy_(a); e.record(); e.synchronize(); ts.append(s.elapsed_time(e))
+    return 2 * nbytes / (np.median(ts) * 1e-3) / 1e9
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument('--out', default=None)
+    args = ap.parse_args()
+    bw = bandwidth()
+    triton_backend = backends['triton']
+    lines = [f'# Triton launch tuning: {torch.cuda.get_device_name()}', '',
+             f'{datetime.date.today()}; torch {torch.__version__}, triton {triton.__version__}; copy bandwidth {bw:.0f} GB/s; '
+             'command: `python3 bench/tune_triton.py --out $OUT/tune.md`', '',
+             '## AdamW step by (elements per program, warps): median ms by CUDA events (fraction of copy bandwidth)', '']
+    cases = [('LLM-like', llm_shapes(), torch.float32, False), ('LLM-like', llm_shapes(), torch.bfloat16, True),
+             ('LLM-like', llm_shapes(), torch.bfloat16, False), ('ResNet-50-like', resnet50_shapes(), torch.float32, False),
+             ('ResNet-50-like', resnet50_shapes(), torch.bfloat16, True)]
+    configs = [(b, w) for b in (512, 1024, 2048, 4096) for w in (4, 8)]
+    lines += ['| set | dtype | ' + ' | '.join(f'{b}/{w}' for b, w in configs) + ' |', '|---|---|' + '---|' * len(configs)]
+    for name, shapes, dtype, kahan in cases:
+        n = sum(math.prod(s) for s in shapes)
+        bound = BYTES[(dtype, kahan)] * n / (bw * 1e9) * 1e3
+        ps = make_params(shapes, dtype)
+        cells = []
+        for block, warps in configs:
+            triton_backend.launch[ps[0].element_size()] = (block, warps)
+            opt = Adam(ps, lr=1e-3, wd=1e-2, triton=True, kahan_sum=kahan)
+            ms = event_ms(opt)
+            cells.append(f'{ms:.3f} ({bound / ms:.2f})')
+            del opt
+        label = f"{str(dtype).replace('torch.', '')}{' Kahan' if kahan else ''}"
+        lines.append(f'| {name} | {label} | ' + ' | '.join(cells) + ' |')
+        print(lines[-1], flush=True)
+        del ps
+        torch.cuda.empty_cache()
+    triton_backend.launch = {4: (512, 4), 2: (512, 4)}
+    lines += ['', '## Where the time of a ResNet-50-like step goes (default launch)', '',
+              '| dtype | step, CUDA events (ms) | host time per step, no sync (ms) | GPU kernel time per step (ms) | bound (ms) |',
+              '|---|---|---|---|---|']
+    for dtype, kahan in ((torch.float32, False), (torch.bfloat16, True)):
+        shapes = resnet50_shapes()
+        bound = BYTES[(dtype, kahan)] * sum(math.prod(s) for s in shapes) / (bw * 1e9) * 1e3
+        opt = Adam(make_params(shapes, dtype), lr=1e-3, wd=1e-2, triton=True, kahan_sum=kahan)
+        lines.append(f'| {str(dtype).replace("torch.", "")}{" Kahan" if kahan else ""} | {event_ms(opt):.3f} | '
+                     f'{host_ms(opt):.3f} | {kernel_ms(opt):.3f} | {bound:.3f} |')
+        print(lines[-1], flush=True)
+    text = '\n'.join(lines)
+    print(text)
+    if args.out: open(args.out, 'w').write(text + '\n')
+
+
+if __name__ == '__main__':
+    main()
