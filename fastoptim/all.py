@@ -6,7 +6,8 @@ Docs: https://fastoptim.github.io/fastoptim/all.html.md"""
 
 # %% auto #0
 __all__ = ['FastOptimizer', 'Algorithm', 'ForeachBackend', 'TorchScriptBackend', 'TritonBackend', 'SGD', 'sgd', 'Adam', 'adam',
-           'Lamb', 'lamb', 'seed_kahan_comp', 'kahan_residual', 'BF16', 'to_bf16', 'to_fp32']
+           'Lamb', 'lamb', 'seed_kahan_comp', 'kahan_residual', 'BF16', 'to_bf16', 'to_fp32', 'GradientRelease',
+           'OptimizerAccumulation', 'prepare_for_gradient_release', 'remove_gradient_release']
 
 # %% ../nbs/99_all.ipynb #a4d0e6a1
 from .core import FastOptimizer, Algorithm
@@ -18,6 +19,8 @@ from .adam import Adam, adam
 from .lamb import Lamb, lamb
 from .low_precision import seed_kahan_comp, kahan_residual
 from .bf16 import BF16, to_bf16, to_fp32
+from .gradient_release import GradientRelease, OptimizerAccumulation, prepare_for_gradient_release, remove_gradient_release
 
 _all_ = ['FastOptimizer', 'Algorithm', 'ForeachBackend', 'TorchScriptBackend', 'TritonBackend',
-         'SGD', 'sgd', 'Adam', 'adam', 'Lamb', 'lamb', 'seed_kahan_comp', 'kahan_residual', 'BF16', 'to_bf16', 'to_fp32']
+         'SGD', 'sgd', 'Adam', 'adam', 'Lamb', 'lamb', 'seed_kahan_comp', 'kahan_residual', 'BF16', 'to_bf16', 'to_fp32',
+         'GradientRelease', 'OptimizerAccumulation', 'prepare_for_gradient_release', 'remove_gradient_release']
