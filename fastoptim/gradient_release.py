@@ -9,17 +9,13 @@ __all__ = ['prepare_for_gradient_release', 'remove_gradient_release', 'GradientR
 
 # %% ../nbs/21_gradient_release.ipynb #42c09df9
 import weakref
-import numpy as np
 from torch import nn
 from fastcore.basics import store_attr
 from fastai.callback.core import Callback
 from fastai.callback.fp16 import MixedPrecision, AMPMode
 from fastai.callback.training import GradientClip, GradientAccumulation
 from fastai.torch_core import find_bs
-from .core import FastOptimizer, Moment, declare_moments
-from .sgd import momentum_algorithm
-from .adam import adam_algorithm
-from .lamb import lamb_algorithm
+from .core import FastOptimizer
 
 # %% ../nbs/21_gradient_release.ipynb #bb4c352b
 _released = weakref.WeakKeyDictionary()  # model -> (optimizer, hook handles)
@@ -72,14 +68,7 @@ class GradientRelease(Callback):
         prepare_for_gradient_release(self.learn.model, self.learn.opt)
     def after_fit(self): remove_gradient_release(self.learn.model)
 
-# %% ../nbs/21_gradient_release.ipynb #42952a89
-declare_moments(momentum_algorithm, Moment('grad_avg', 'mom', lambda h: np.ones_like(h['mom'])))
-declare_moments(adam_algorithm, Moment('grad_avg', 'mom', lambda h: 1 - h['mom']),
-                Moment('sqr_avg', 'sqr_mom', lambda h: 1 - h['sqr_mom'], 2))
-declare_moments(lamb_algorithm, Moment('grad_avg', 'mom', lambda h: 1 - h['mom']),
-                Moment('sqr_avg', 'sqr_mom', lambda h: 1 - h['sqr_mom'], 2))
-
-# %% ../nbs/21_gradient_release.ipynb #4725bfae
+# %% ../nbs/21_gradient_release.ipynb #444dea3d
 class OptimizerAccumulation(Callback):
     "Accumulate `n_acc` samples in the optimizer's states, then write the weights (with or without GradientRelease)"
     run_valid = False

@@ -14,9 +14,9 @@ import torch
 from torch import Tensor
 from fastcore.meta import delegates
 from typing import Optional
-from .core import Algorithm, FastOptimizer, as_math, write_back, update_param, make_partial, to_device
+from .core import Algorithm, FastOptimizer, as_math, write_back, update_param, make_partial, to_device, declare_moments
 from .foreach import with_l2, update_params
-from .adam import adam_scalars
+from .adam import adam_scalars, adam_moments
 from .triton_engine import triton_jit, tl, locate_block, tensor_ptr, scalar, load_math, store, store_param
 
 # %% ../nbs/12_lamb.ipynb #c9b40de3
@@ -102,6 +102,7 @@ def lamb_update_kernel(table, block_tensors, scalars, sums, WIDTH: tl.constexpr,
 lamb_algorithm = Algorithm('Lamb', dict(mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0.), ('grad_avg', 'sqr_avg'),
                            adam_scalars, lamb_reference, (lamb_foreach_sums, lamb_foreach_update),
                            (lamb_sums_kernel, lamb_update_kernel), reductions=2)
+declare_moments(lamb_algorithm, *adam_moments)
 
 @delegates(FastOptimizer)
 def Lamb(params, lr:float|slice, mom:float=0.9, sqr_mom:float=0.99, eps:float=1e-5, wd:float=0., **kwargs) -> FastOptimizer:

@@ -13,7 +13,8 @@ import torch
 from torch import Tensor
 from fastcore.meta import delegates
 from typing import Optional
-from .core import Algorithm, FastOptimizer, as_math, write_back, update_param, make_partial
+import numpy as np
+from .core import Algorithm, FastOptimizer, as_math, write_back, update_param, make_partial, Moment, declare_moments
 from .foreach import with_l2, update_params
 from .triton_engine import triton_jit, tl, locate_block, tensor_ptr, scalar, load_math, store, store_param
 
@@ -70,6 +71,7 @@ def momentum_kernel(table, block_tensors, scalars, sums, WIDTH: tl.constexpr, K:
 
 momentum_algorithm = Algorithm('SGD', dict(mom=0.9, wd=0.), ('grad_avg',), momentum_scalars, momentum_reference,
                                momentum_foreach, (momentum_kernel,))
+declare_moments(momentum_algorithm, Moment('grad_avg', 'mom', lambda h: np.ones_like(h['mom'])))
 
 # %% ../nbs/10_sgd.ipynb #34450972
 @delegates(FastOptimizer)
