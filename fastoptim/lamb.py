@@ -16,7 +16,7 @@ from fastcore.meta import delegates
 from typing import Optional
 from .core import Algorithm, FastOptimizer, as_math, write_back, update_param, make_partial, to_device, declare_moments
 from .foreach import with_l2, update_params
-from .adam import adam_scalars, adam_moments
+from .adam import adam_scalars, adam_moments, update_moments, update_moments_foreach
 from .triton_engine import triton_jit, tl, locate_block, tensor_ptr, scalar, load_math, store, store_param
 
 # %% ../nbs/12_lamb.ipynb #c9b40de3
@@ -24,8 +24,7 @@ def lamb_reference(p: Tensor, g: Tensor, grad_avg: Tensor, sqr_avg: Tensor, lr: 
                    mom: float, sqr_mom: float, debias1: float, debias2: float, eps: float, comp: Optional[Tensor], seed: int):
     p_math, g, m, v = as_math(p), as_math(g), as_math(grad_avg), as_math(sqr_avg)
     if l2 != 0: g = g + l2 * p_math
-    m.mul_(mom).add_(g, alpha=1 - mom)
-    v.mul_(sqr_mom).addcmul_(g, g, value=1 - sqr_mom)
+    update_moments(g, m, v, mom, sqr_mom)
     write_back(grad_avg, m)
     write_back(sqr_avg, v)
     u = (m / debias1).div_((v / debias2).sqrt_().add_(eps))
@@ -50,9 +49,7 @@ def lamb_direction(M, V, debias1, debias2, eps):
 
 def lamb_foreach_sums(P, G, M, V, lr, decay, l2, mom, sqr_mom, debias1, debias2, eps):
     G = with_l2(G, P, l2)
-    torch._foreach_lerp_(M, G, [1 - b for b in mom])
-    torch._foreach_mul_(V, sqr_mom)
-    torch._foreach_addcmul_(V, G, G, [1 - b for b in sqr_mom])
+    update_moments_foreach(G, M, V, mom, sqr_mom)
     u = lamb_direction(M, V, debias1, debias2, eps)
     return torch.stack([torch.stack(torch._foreach_norm(P)), torch.stack(torch._foreach_norm(u))], 1) ** 2
 
