@@ -45,17 +45,18 @@ def correctness():
 
 def stochastic_bits():
     "Fraction of elements where the Triton kernel's stochastic rounding on the GPU differs from the torch reference"
-    from fastoptim.core import Bucket, update_param, as_math
+    from fastoptim.core import Bucket, update_param, as_math, hash32
     from fastoptim.core import backends as registry
     from fastoptim.sgd import sgd_algorithm
     g = torch.Generator(device=dev).manual_seed(0)
     p = torch.randn(1 << 20, generator=g, device=dev).bfloat16()
     grad = torch.randn(1 << 20, generator=g, device=dev).bfloat16()
     expected = p.clone()
-    update_param(expected, as_math(expected), as_math(grad), -1e-3, 0., None, None, 987654321)
+    seed_base, step = np.array([987654321]), np.array([1])
+    update_param(expected, as_math(expected), as_math(grad), -1e-3, 0., None, None, int(hash32(seed_base ^ step)[0]))
     b = Bucket(dev, torch.bfloat16)
     b.params, b.grads, b.states, b.groups = [p], [grad], [{}], [0]
-    b.rounding, b.seeds = 'stochastic', np.array([987654321])
+    b.rounding, b.seed_bases, b.steps = 'stochastic', seed_base, step
     registry['triton'].step(sgd_algorithm, b, dict(lr=np.array([1e-3]), decay=np.array([0.]), l2=np.array([0.])), {})
     return (p != expected).float().mean().item()
 

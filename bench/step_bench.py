@@ -48,6 +48,7 @@ from fastai.optimizer import SGD as FastaiSGD, Adam as FastaiAdam, Lamb as Fasta
 import fastoptim
 from fastoptim.all import SGD, Adam, Lamb
 from shapes import llm_shapes, resnet50_shapes
+from graphed import Graphed
 try: import triton
 except ImportError: triton = None
 try: import optimi
@@ -64,6 +65,7 @@ SET_TITLES = {'llm': 'LLM-like', 'resnet': 'ResNet-50-like'}
 ALGO_TITLES = {'sgd': 'SGD-momentum (L2 wd)', 'adamw': 'AdamW', 'lamb': 'LAMB'}
 HP = dict(lr=1e-2, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=1e-2)  # the same for every implementation
 TOL = {'fp32': 1e-5, 'bf16': 2 ** -5}  # max relative error allowed after the check steps; bf16: 4 bf16 epsilons
+GRAPH_SKIP = None if torch.cuda.is_available() else 'CUDA graphs need CUDA'
 CPU_TRITON_STEPS = (1, 3)  # warm-up and timed steps of the Triton interpreter on the CPU
 INTERPRETER_MAX_PARAMS = 1e6  # larger sets would keep the interpreter busy for minutes
 
@@ -97,6 +99,11 @@ def optimi_impl(**kw):
                                              weight_decay=HP['wd'], **kw)}
 
 
+def graphed(factories):
+    "The same factories, each optimizer wrapped in `Graphed`"
+    return {a: (lambda make: lambda ps: Graphed(make(ps)))(make) for a, make in factories.items()}
+
+
 def implementations(args):
     "name -> (factories per algorithm, dtypes, extra bytes per parameter, reason to skip or None)"
     both, no_optimi = ('fp32', 'bf16'), None if optimi else f'optimi is not importable ({OPTIMI_ERROR})'
@@ -104,9 +111,14 @@ def implementations(args):
     for b in ('foreach', 'jit', 'triton'):  # fastoptim's bf16 default is Kahan: time both ways
         impls[f'fastoptim-{b}'] = (fastoptim_impl(b, kahan_sum=False), both, 0, None)
         impls[f'fastoptim-{b}-kahan'] = (fastoptim_impl(b, kahan_sum=True), ('bf16',), KAHAN_BYTES, None)
+    impls['fastoptim-triton-graph'] = (graphed(fastoptim_impl('triton', kahan_sum=False)), both, 0, GRAPH_SKIP)
+    impls['fastoptim-triton-kahan-graph'] = (graphed(fastoptim_impl('triton', kahan_sum=True)), ('bf16',), KAHAN_BYTES,
+                                             GRAPH_SKIP)
     impls |= {'torch-forloop': (torch_impl(foreach=False), both, 0, None),
               'torch-foreach': (torch_impl(foreach=True), both, 0, None),
               'torch-fused': (torch_impl(fused=True), both, 0, None),
+              'torch-fused-graph': (graphed({'sgd': torch_impl(fused=True)['sgd'],
+                                             'adamw': torch_impl(fused=True, capturable=True)['adamw']}), both, 0, GRAPH_SKIP),
               'fastai': (fastai_impl(), both, 0, None),
               'optimi-foreach': (optimi_impl(foreach=True, triton=False, kahan_sum=False), both, 0, no_optimi),
               'optimi-triton': (optimi_impl(foreach=False, triton=True, kahan_sum=False), both, 0, no_optimi),
@@ -262,8 +274,18 @@ def sync_check(opt, device):
     finally: torch.cuda.set_sync_debug_mode('default')
 
 
+def host_ms(fn, reps, device):
+    "Host time per call of `fn` in ms, over `reps` calls queued without waiting for the GPU (then synchronised)"
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(reps): fn()
+    ms = (time.perf_counter() - t0) * 1e3 / reps
+    sync(device)
+    return ms
+
+
 def time_step(make_opt, shapes, dtype, device, warmup, reps):
-    "Median step ms, extra MiB allocated during the timed steps (None on the CPU), sync check: after a first step"
+    "Median step ms, host ms, extra MiB allocated during the timed steps (None on the CPU), sync check: after a first step"
     ps = make_params(shapes, dtype, device)
     opt = make_opt(ps)
     opt.step()
@@ -272,9 +294,10 @@ def time_step(make_opt, shapes, dtype, device, warmup, reps):
     if device.type == 'cuda': torch.cuda.reset_peak_memory_stats(); base = torch.cuda.memory_allocated()
     ms = median_ms(opt.step, reps, device)
     extra = (torch.cuda.max_memory_allocated() - base) / 2 ** 20 if device.type == 'cuda' else None
+    host = host_ms(opt.step, reps, device)
     status, msg = sync_check(opt, device)
     del opt, ps
-    return ms, extra, status, msg
+    return ms, host, extra, status, msg
 
 
 def bench(args, device, bw):
@@ -293,7 +316,7 @@ def bench(args, device, bw):
                 print(f'{set_name} {dt} {algo}: correctness {time.time() - t0:.1f}s', flush=True)
                 for name, (_, _, kahan, _) in todo.items():
                     row = dict(set=set_name, dtype=dt, algo=algo, impl=name, n_params=n_params,
-                               bytes_per_param=BYTES[algo, dt] + kahan, ms=None, reps=None, fraction=None, extra_mib=None,
+                               bytes_per_param=BYTES[algo, dt] + kahan, ms=None, host_ms=None, reps=None, fraction=None, extra_mib=None,
                                rel_err=None, tol=TOL[dt], check=None, sync=None, note=skips[name])
                     rows.append(row)
                     if name not in run: continue
@@ -301,10 +324,10 @@ def bench(args, device, bw):
                     row.update(rel_err=errs[name], check='ok' if errs[name] <= TOL[dt] else 'FAIL')
                     warm, reps = CPU_TRITON_STEPS if device.type == 'cpu' and 'triton' in name else (args.warmup, args.reps)
                     t0 = time.time()
-                    try: ms, extra, status, msg = time_step(run[name], shapes, DTYPES[dt], device, warm, reps)
+                    try: ms, host, extra, status, msg = time_step(run[name], shapes, DTYPES[dt], device, warm, reps)
                     except Exception as e: row.update(note=describe(e)); continue
                     finally: free()
-                    row.update(ms=ms, reps=reps, extra_mib=extra, sync=status, note=msg,
+                    row.update(ms=ms, host_ms=host, reps=reps, extra_mib=extra, sync=status, note=msg,
                                fraction=row['bytes_per_param'] * n_params / (bw * 1e9) * 1e3 / ms)
                     print(f'  {name}: {ms:.3f} ms ({time.time() - t0:.1f}s)', flush=True)
     return rows
@@ -316,13 +339,13 @@ def fmt(v, spec):
 
 def table(rows, full=False):
     "Markdown table of the timed rows; `full` adds untimed rows, bytes per parameter, the ratio to the fastest, notes"
-    head = ['set', 'dtype', 'algo', 'impl', 'ms', 'fraction', 'extra MiB', 'max rel err', 'sync']
+    head = ['set', 'dtype', 'algo', 'impl', 'ms', 'fraction', 'host ms', 'extra MiB', 'max rel err', 'sync']
     if full: head += ['bytes/param', 'x fastest', 'note']
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     for r in rows:
         if r['ms'] is None and not full: continue
         err = '-' if r['rel_err'] is None else f"{r['rel_err']:.1e}" + (' FAIL' if r['check'] == 'FAIL' else '')
-        cells = [r['set'], r['dtype'], r['algo'], r['impl'], fmt(r['ms'], '.3f'), fmt(r['fraction'], '.2f'),
+        cells = [r['set'], r['dtype'], r['algo'], r['impl'], fmt(r['ms'], '.3f'), fmt(r['fraction'], '.2f'), fmt(r['host_ms'], '.3f'),
                  fmt(r['extra_mib'], '.0f'), err, r['sync'] or '-']
         if full:
             same = [q['ms'] for q in rows if q['ms'] and (q['set'], q['dtype'], q['algo']) == (r['set'], r['dtype'], r['algo'])]
@@ -394,7 +417,10 @@ def report(args, device, bw, rows, seconds):
           "steps; CUDA events around each step, synchronised after it, so host launch time counts where the GPU "
           f"waits for it. On the CPU, perf_counter; Triton there runs in its interpreter (sets up to "
           f"{INTERPRETER_MAX_PARAMS / 1e6:g}M parameters) with {CPU_TRITON_STEPS[0]} warm-up and {CPU_TRITON_STEPS[1]} "
-          "timed steps. extra MiB: max_memory_allocated during the timed steps "
+          "timed steps. host ms: host time per step over the same number of steps queued without waiting (a step "
+          "whose host ms exceeds its GPU time is host-bound). `-graph` rows: the step captured in a CUDA graph after "
+          "one real step on a side stream, then replayed (torch's AdamW with `capturable=True`). "
+          "extra MiB: max_memory_allocated during the timed steps "
           "minus memory_allocated before them. sync: one step under `torch.cuda.set_sync_debug_mode('error')`.", '',
           f"Correctness: the first 6 and the last 2 tensors of the set, {args.check_steps} steps with fresh random "
           "gradients copied into `p.grad` before each step (optimi's paths and L2 weight decay in fastai and optimi "

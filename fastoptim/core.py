@@ -54,6 +54,7 @@ class Algorithm:
     foreach: Callable|tuple = None  # over lists of fp32 tensors; a (sums, update) pair when `reductions`
     triton: tuple = ()      # Triton kernels launched in order over the bucket
     reductions: int = 0     # per-tensor sums the update needs (LAMB: 2)
+    per_step: dict = None   # scalar -> hyper β when the scalar is 1 - β**step (kernels compute it on the device)
 
 # %% ../nbs/00_core.ipynb #15826d16
 @dataclass(frozen=True)
@@ -120,7 +121,7 @@ def update_param(p: Tensor, p_math: Tensor, direction: Tensor, scale: float, dec
                  denom: Optional[Tensor], comp: Optional[Tensor], seed: int):
     "p ← p(1-decay) + scale·direction[/denom]: rounded to nearest, through Kahan compensation `comp`, or stochastically if seed ≥ 0"
     if comp is None and seed < 0:
-        p_math.mul_(1 - decay)
+        if decay != 0: p_math.mul_(1 - decay)
         if denom is None: p_math.add_(direction, alpha=scale)
         else: p_math.addcdiv_(direction, denom, value=scale)
         write_back(p, p_math)
@@ -135,10 +136,12 @@ def update_param(p: Tensor, p_math: Tensor, direction: Tensor, scale: float, dec
     else: p.copy_(stochastic_round(p_math.add_(u), seed, 0))
 
 # %% ../nbs/00_core.ipynb #04c2edb9
-def to_device(a, device):
-    "numpy array `a` as a tensor on `device`, copied to CUDA through pinned memory without waiting"
+def to_device(a, device, out=None):
+    "numpy array `a` as a tensor on `device` (or copied into `out`), through pinned memory on CUDA without waiting"
     t = torch.from_numpy(np.ascontiguousarray(a))
-    return t.pin_memory().to(device, non_blocking=True) if device.type == 'cuda' else t
+    if device.type == 'cuda': t = t.pin_memory()
+    if out is not None: return out.copy_(t, non_blocking=True)
+    return t.to(device, non_blocking=True) if device.type == 'cuda' else t
 
 # %% ../nbs/00_core.ipynb #5230a4c9
 class Bucket:
@@ -146,8 +149,10 @@ class Bucket:
     def __init__(self, device, dtype):
         store_attr()
         self.params, self.grads, self.states, self.groups, self.indices = [], [], [], [], []
-        self.rounding, self.seeds = 'nearest', None  # set by the optimizer: see `FastOptimizer.rounding`
+        self.rounding, self.seeds, self.seed_bases = 'nearest', None, None  # set by the optimizer: see `FastOptimizer.rounding`
         self.generation = 0  # changes whenever the tensors of the bucket may have changed
+        self.steps, self.step_bases = None, {}  # step counts after this step; `per_step` scalars' hypers
+        self.capturing = False  # whether this step is being captured in a CUDA graph
 
     @property
     def comps(self): return self.state('kahan_comp') if self.rounding == 'kahan' else None
@@ -170,12 +175,11 @@ def scalar_rows(scalars):
 
 class ForLoopBackend:
     "Call the algorithm's per-tensor function on each tensor of the bucket"
-    name = 'forloop'
+    name, capturable = 'forloop', False
     def check(self, device, dtype): return None
     def check_tensors(self, params, grads): return None
-    def function(self, algorithm): return algorithm.reference
     def step(self, algorithm, bucket, scalars, cache):
-        fn, rows = self.function(algorithm), scalar_rows(scalars)
+        fn, rows = algorithm.reference, scalar_rows(scalars)
         states = [bucket.state(n) for n in algorithm.state_names]
         comps = bucket.comps or [None] * len(bucket)
         seeds = bucket.seeds.tolist() if bucket.seeds is not None else [-1] * len(bucket)
@@ -260,11 +264,12 @@ class FastOptimizer(Optimizer):
         self.algorithm, self.backend, self.decouple_wd, self.decouple_lr = algorithm, backend, decouple_wd, decouple_lr
         self.kahan_sum, self.stochastic_rounding, self.seed = kahan_sum, stochastic_rounding, seed
         self._caches, self.backends_used, self._warned_lr, self._zeros = {}, {}, False, {}
-        self._state_version, self._generation, self._layout_sig, self._layout_buckets = 0, 0, None, {}
+        self._generation, self._layout_sig, self._layout_buckets = 0, None, {}
         self.gradient_release = False       # set by `prepare_for_gradient_release`: hooks step the parameters
         self.optimizer_accumulation = None  # (weight, last) of the current micro-batch, or None
         super().__init__(params, [], lr=lr, **{**algorithm.defaults, **hypers})
         self._check_params()
+        self._params = [p for pg in self.param_lists for p in pg]
         self._where = {id(p): (i, gi) for i, (gi, p) in enumerate((gi, p) for gi, pg in enumerate(self.param_lists) for p in pg)}
         if decouple_lr: self.set_hyper('max_lr', max_lr if max_lr is not None else [h['lr'] for h in self.hypers])
         self._check_hypers()
@@ -287,13 +292,9 @@ class FastOptimizer(Optimizer):
 
     def _signature(self):
         "This step's gradients (None where a parameter is not stepped) and what identifies the layout they make"
-        grads, sig = [], [self._state_version]
-        for pg in self.param_lists:
-            for p in pg:
-                g = p.grad if p.requires_grad else None
-                grads.append(g)
-                sig += (0 if g is None else _address(g), p.data_ptr())
-        return grads, tuple(sig)
+        grads = [p.grad if p.requires_grad else None for p in self._params]
+        try: return grads, (*map(Tensor.data_ptr, self._params), *[0 if g is None else g.data_ptr() for g in grads])
+        except RuntimeError: return grads, (*map(_address, self._params), *[0 if g is None else _address(g) for g in grads])
 
     def _buckets(self, grads):
         buckets, i = {}, 0
@@ -307,29 +308,54 @@ class FastOptimizer(Optimizer):
                 i += 1
         return buckets
 
-    def _layout(self):
+    def _layout(self, capturing=False):
         "The buckets of this step: rebuilt, checked and given their state only when the signature changed"
         grads, sig = self._signature()
         if sig != self._layout_sig:
+            if capturing: raise RuntimeError(
+                "opt.step() is being captured in a CUDA graph, but no step was taken outside the graph with these "
+                "parameters and gradients (or they moved since): take one first, with the gradients at the addresses "
+                "the graph will use, so that the device tables exist before the capture.")
+            self._sync_steps()
             buckets = self._buckets(grads)
-            names = {key: self._check_bucket(b) for key, b in buckets.items()}
-            for key, b in buckets.items():
-                self._prepare_state(b)
-                b.backend = names[key]
             self._generation += 1
-            for b in buckets.values(): b.generation = self._generation
+            self._prepare(buckets, self._generation)
             self._layout_buckets, self._layout_sig = buckets, sig
         else:
             for b in self._layout_buckets.values(): b.grads = [grads[i] for i in b.indices]
         return self._layout_buckets
 
+    def _prepare(self, buckets, generation):
+        "Check every bucket and choose its backend, then create the state: a bad input raises before anything changes"
+        names = {key: self._check_bucket(b) for key, b in buckets.items()}
+        for key, b in buckets.items():
+            self._prepare_state(b)
+            b.backend, b.generation, b.group_index = names[key], generation, np.array(b.groups)
+            if b.rounding == 'stochastic':
+                b.seed_bases = hash32(hash32(np.int64(self.seed)) ^ np.array(b.indices, dtype=np.int64))
+
+    def _forget_layout(self):
+        "Make the next `step` rebuild its buckets (and the backends their caches) from the state as it is"
+        self._layout_sig, self._layout_buckets = None, {}
+
+    def _capturing(self):
+        return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+    def _sync_steps(self):
+        "Bring the host's step counts up to date where a CUDA graph advanced them on the device (waits for the GPU)"
+        for key, b in self._layout_buckets.items():
+            backend = backends[b.backend]
+            steps = backend.graph_steps(self._caches.get(key, {})) if backend.capturable else None
+            if steps is not None:
+                for s, n in zip(b.states, steps): s['step'] = n
+
     def clear_state(self):
         super().clear_state()
-        self._state_version += 1
+        self._forget_layout()
 
     def load_state_dict(self, sd):
         super().load_state_dict(sd)
-        self._state_version += 1
+        self._forget_layout()
 
     def rounding(self, dtype):
         "How parameters of `dtype` are written: 'nearest', 'kahan' or 'stochastic'"
@@ -372,8 +398,7 @@ class FastOptimizer(Optimizer):
 
     def _host_scalars(self, b, groups):
         "Per-tensor float64 arrays: the group's hypers, `step` (after this one), `l2` and `decay`"
-        gi = np.array(b.groups)
-        hp = {k: v[gi] for k, v in groups.items()}
+        hp = {k: v[b.group_index] for k, v in groups.items()}
         step = np.array([s.get('step', 0) for s in b.states], dtype=np.int64) + 1
         wd = hp['wd'] * np.array([bool(s.get('do_wd', True)) for s in b.states])
         if not self.decouple_wd: l2, decay = wd, np.zeros_like(wd)
@@ -383,16 +408,35 @@ class FastOptimizer(Optimizer):
 
     def step(self, closure=None):
         if closure is not None: raise NotImplementedError("fastoptim optimizers do not support closures")
+        capturing = self._capturing()
         # accumulation swaps other gradients into the step that writes the weights, which a cached Triton table would miss
         if self.gradient_release or self.optimizer_accumulation is not None:
-            return self.step_params([p for pg in self.param_lists for p in pg if p.grad is not None])
+            return self.step_params([p for p in self._params if p.grad is not None])
         self._check_hypers()
-        self._run(self._layout(), self._caches)
+        self._run(self._layout(capturing), self._caches, capturing)
+
+    def upload_hypers(self):
+        "Copy the current hypers into the device tables without stepping: before replaying a CUDA graph after a change"
+        if self._capturing(): raise RuntimeError("upload_hypers() copies from the host: call it between replays, not "
+                                                 "while capturing.")
+        self._check_hypers()
+        groups = self._group_arrays()
+        with torch.no_grad():
+            for key, b in self._layout_buckets.items():
+                backend, cache = backends[b.backend], self._caches.get(key)
+                if not backend.capturable or not cache: continue  # no table yet: the next step uploads them
+                hp, _ = self._host_scalars(b, groups)
+                b.capturing, b.step_bases = False, {k: hp[h] for k, h in (self.algorithm.per_step or {}).items()}
+                backend.upload(self.algorithm, b, self.algorithm.scalars(**hp), cache)
 
     def step_params(self, params):
-        "Step `params` now, as `step` would, in one-off buckets that leave `step`'s cached layout alone"
+        "Step `params` now, as `step` would, in one-off buckets (the next `step` rebuilds its layout)"
+        if self._capturing(): raise RuntimeError(
+            "Gradient release and optimizer accumulation step in one-off buckets, which a CUDA graph cannot capture.")
         self._check_hypers()
         self._check_accumulation()
+        self._sync_steps()
+        self._forget_layout()
         buckets = {}
         for p in params:
             where = self._where.get(id(p))
@@ -402,10 +446,7 @@ class FastOptimizer(Optimizer):
             b = buckets.get((p.device, p.dtype))
             if b is None: b = buckets[p.device, p.dtype] = Bucket(p.device, p.dtype)
             b.add(p, g, self.state[p], where[1], where[0])
-        names = {key: self._check_bucket(b) for key, b in buckets.items()}
-        for key, b in buckets.items():
-            self._prepare_state(b)
-            b.backend, b.generation = names[key], -1  # -1: the backends' caches, fresh below, know nothing of it
+        self._prepare(buckets, -1)  # -1: the backends' caches, fresh below, know nothing of it
         self._run(buckets, {})
 
     def _check_accumulation(self):
@@ -417,8 +458,12 @@ class FastOptimizer(Optimizer):
         if not 0 < acc[0] < math.inf: raise ValueError(f"The micro-batch weight must be positive, got {acc[0]}.")
         algorithm_moments(self.algorithm)
 
-    def _run(self, buckets, caches):
+    def _run(self, buckets, caches, capturing=False):
         "Count the steps, compute the per-tensor scalars and call the backends (or fold a micro-batch)"
+        for b in buckets.values():
+            if capturing and not backends[b.backend].capturable: raise RuntimeError(
+                f"The {b.backend} backend passes step-dependent scalars from the host, so a CUDA graph cannot "
+                "capture its step: use triton=True.")
         groups = self._group_arrays()
         if self.decouple_lr and not self._warned_lr and (groups['lr'] > groups['max_lr']).any():
             self._warned_lr = True
@@ -428,13 +473,14 @@ class FastOptimizer(Optimizer):
             for key, b in buckets.items():
                 hp, step = self._host_scalars(b, groups)
                 if self.optimizer_accumulation is not None and not self._accumulate(b, hp): continue
-                for s, n in zip(b.states, step.tolist()): s['step'] = n
-                if b.rounding == 'stochastic':
-                    b.seeds = hash32(hash32(hash32(np.int64(self.seed)) ^ np.array(b.indices, dtype=np.int64)) ^ step)
+                b.steps, b.capturing = step, capturing
+                b.step_bases = {k: hp[h] for k, h in (self.algorithm.per_step or {}).items()}
+                if b.rounding == 'stochastic': b.seeds = hash32(b.seed_bases ^ step)
                 scalars = self.algorithm.scalars(**hp)
                 if self.optimizer_accumulation is not None:  # the moments already hold this step's gradients
                     scalars.update({m.decay: np.ones(len(b)) for m in algorithm_moments(self.algorithm) if m.decay})
                 backends[b.backend].step(self.algorithm, b, scalars, caches.setdefault(key, {}))
+                for s, n in zip(b.states, step.tolist()): s['step'] = n  # after: a refused capture changes nothing
                 self.backends_used[key] = b.backend
                 b.grads = None  # the layout outlives the step; the gradients must not
 
@@ -472,6 +518,7 @@ class FastOptimizer(Optimizer):
 
     def state_dict(self):
         "fastai's `{'state', 'hypers'}` in plain lists, dicts and Python numbers, loadable with `weights_only=True`"
+        self._sync_steps()
         def plain(v): return v.item() if isinstance(v, np.generic) else v
         return {'state': [self.state[p] for p, *_ in self.all_params()],
                 'hypers': [{k: plain(v) for k, v in h.items()} for h in self.hypers]}

@@ -6,7 +6,7 @@ Docs: https://fastoptim.github.io/fastoptim/lamb.html.md"""
 
 # %% auto #0
 __all__ = ['lamb_algorithm', 'lamb_reference', 'trust_ratio', 'lamb_direction', 'lamb_foreach_sums', 'lamb_foreach_update',
-           'lamb_moments', 'lamb_sums_kernel', 'lamb_update_kernel', 'Lamb', 'lamb']
+           'lamb_direction_kernel', 'lamb_sums_kernel', 'lamb_update_kernel', 'Lamb', 'lamb']
 
 # %% ../nbs/12_lamb.ipynb #06706a54
 import numpy as np
@@ -16,8 +16,8 @@ from fastcore.meta import delegates
 from typing import Optional
 from .core import Algorithm, FastOptimizer, as_math, write_back, update_param, make_partial, to_device, declare_moments
 from .foreach import with_l2, update_params
-from .adam import adam_scalars, adam_moments, update_moments, update_moments_foreach
-from .triton_engine import triton_jit, tl, locate_block, tensor_ptr, scalar, load_math, store, store_param
+from .adam import adam_scalars, adam_moments, update_moments, update_moments_foreach, adam_state
+from .triton_engine import triton_jit, tl, locate_block, scalar, store_param, add_to_sum, total
 
 # %% ../nbs/12_lamb.ipynb #c9b40de3
 def lamb_reference(p: Tensor, g: Tensor, grad_avg: Tensor, sqr_avg: Tensor, lr: float, decay: float, l2: float,
@@ -61,44 +61,35 @@ def lamb_foreach_update(P, G, M, V, lr, decay, l2, mom, sqr_mom, debias1, debias
 
 # %% ../nbs/12_lamb.ipynb #78e0c24b
 @triton_jit
-def lamb_moments(row, t, offsets, mask, scalars, K: tl.constexpr, DTYPE: tl.constexpr, UPDATE: tl.constexpr):
-    "Load p and the moments (updating and storing them if UPDATE); return p and Adam's direction u"
-    l2, mom, sqr_mom = scalar(scalars, t, 2, K), scalar(scalars, t, 3, K), scalar(scalars, t, 4, K)
+def lamb_direction_kernel(row, t, offsets, mask, scalars, K: tl.constexpr, DTYPE: tl.constexpr, UPDATE: tl.constexpr):
+    "p and Adam's direction u, from the moments (updated and stored if UPDATE)"
+    p, m, v = adam_state(row, t, offsets, mask, scalars, K, DTYPE, UPDATE)
     debias1, debias2, eps = scalar(scalars, t, 5, K), scalar(scalars, t, 6, K), scalar(scalars, t, 7, K)
-    m_ptr, v_ptr = tensor_ptr(row, 2, DTYPE), tensor_ptr(row, 3, DTYPE)
-    p = load_math(tensor_ptr(row, 0, DTYPE), offsets, mask)
-    m, v = load_math(m_ptr, offsets, mask), load_math(v_ptr, offsets, mask)
-    if UPDATE:
-        g = load_math(tensor_ptr(row, 1, DTYPE), offsets, mask) + l2 * p
-        m = mom * m + (1 - mom) * g
-        v = sqr_mom * v + (1 - sqr_mom) * g * g
-        store(m_ptr, offsets, m, mask, DTYPE)
-        store(v_ptr, offsets, v, mask, DTYPE)
     return p, (m / debias1) / (tl.sqrt(v / debias2) + eps)
 
 @triton_jit
 def lamb_sums_kernel(table, block_tensors, scalars, sums, WIDTH: tl.constexpr, K: tl.constexpr,
                      DTYPE: tl.constexpr, BLOCK: tl.constexpr, ROUNDING: tl.constexpr):
     row, t, offsets, mask = locate_block(table, block_tensors, WIDTH, BLOCK)
-    p, u = lamb_moments(row, t, offsets, mask, scalars, K, DTYPE, True)
-    tl.atomic_add(sums + 2 * t, tl.sum(p * p, axis=0))
-    tl.atomic_add(sums + 2 * t + 1, tl.sum(u * u, axis=0))
+    p, u = lamb_direction_kernel(row, t, offsets, mask, scalars, K, DTYPE, True)
+    add_to_sum(sums, t, 0, tl.sum(p * p, axis=0), 2)
+    add_to_sum(sums, t, 1, tl.sum(u * u, axis=0), 2)
 
 @triton_jit
 def lamb_update_kernel(table, block_tensors, scalars, sums, WIDTH: tl.constexpr, K: tl.constexpr,
                        DTYPE: tl.constexpr, BLOCK: tl.constexpr, ROUNDING: tl.constexpr):
     row, t, offsets, mask = locate_block(table, block_tensors, WIDTH, BLOCK)
-    p, u = lamb_moments(row, t, offsets, mask, scalars, K, DTYPE, False)
+    p, u = lamb_direction_kernel(row, t, offsets, mask, scalars, K, DTYPE, False)
     lr, decay = scalar(scalars, t, 0, K), scalar(scalars, t, 1, K)
-    r1 = tl.sqrt(tl.load(sums + 2 * t)) * tl.abs(1 - decay)
-    r2 = tl.sqrt(tl.load(sums + 2 * t + 1))
+    r1 = tl.sqrt(total(sums, t, 0, 2)) * tl.abs(1 - decay)
+    r2 = tl.sqrt(total(sums, t, 1, 2))
     q = tl.where((r1 == 0) | (r2 == 0), 1., tl.minimum(r1 / r2, 10.))
     store_param(row, t, offsets, mask, p, u, -lr * q, decay, scalars, K, WIDTH, DTYPE, ROUNDING)
 
 # %% ../nbs/12_lamb.ipynb #c320aa85
 lamb_algorithm = Algorithm('Lamb', dict(mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0.), ('grad_avg', 'sqr_avg'),
                            adam_scalars, lamb_reference, (lamb_foreach_sums, lamb_foreach_update),
-                           (lamb_sums_kernel, lamb_update_kernel), reductions=2)
+                           (lamb_sums_kernel, lamb_update_kernel), reductions=2, per_step=dict(debias1='mom', debias2='sqr_mom'))
 declare_moments(lamb_algorithm, *adam_moments)
 
 @delegates(FastOptimizer)

@@ -15,7 +15,7 @@ from fastcore.meta import delegates
 from typing import Optional
 import numpy as np
 from .core import Algorithm, FastOptimizer, as_math, write_back, update_param, make_partial, Moment, declare_moments
-from .foreach import with_l2, update_params
+from .foreach import update_params, add_scaled
 from .triton_engine import triton_jit, tl, locate_block, tensor_ptr, scalar, load_math, store, store_param
 
 # %% ../nbs/10_sgd.ipynb #4a7537ca
@@ -27,7 +27,8 @@ def sgd_reference(p: Tensor, g: Tensor, lr: float, decay: float, l2: float, comp
     update_param(p, p_math, g, -lr, decay, None, comp, seed)
 
 def sgd_foreach(P, G, lr, decay, l2, rounding=None):
-    update_params(P, with_l2(G, P, l2), [-x for x in lr], decay, rounding=rounding)
+    "p - lr·(g + l2·p) = p·(1 - lr·l2) - lr·g: L2 joins the decay, with no temporary gradient"
+    update_params(P, G, [-x for x in lr], [d + x * l for d, x, l in zip(decay, lr, l2)], rounding=rounding)
 
 @triton_jit
 def sgd_kernel(table, block_tensors, scalars, sums, WIDTH: tl.constexpr, K: tl.constexpr,
@@ -46,15 +47,16 @@ def momentum_scalars(lr, decay, l2, mom, **_): return dict(lr=lr, decay=decay, l
 def momentum_reference(p: Tensor, g: Tensor, grad_avg: Tensor, lr: float, decay: float, l2: float, mom: float,
                        comp: Optional[Tensor], seed: int):
     p_math, g, m = as_math(p), as_math(g), as_math(grad_avg)
-    if l2 != 0: g = g + l2 * p_math
     m.mul_(mom).add_(g)
+    if l2 != 0: m.add_(p_math, alpha=l2)  # L2 regularisation, added to the momentum without a temporary gradient
     write_back(grad_avg, m)
     update_param(p, p_math, m, -lr, decay, None, comp, seed)
 
 def momentum_foreach(P, G, M, lr, decay, l2, mom, rounding=None):
-    G = with_l2(G, P, l2)
+    "m ← mom·m + g + l2·p, adding L2 into the momentum rather than into a temporary gradient"
     torch._foreach_mul_(M, mom)
     torch._foreach_add_(M, G)
+    if any(l2): add_scaled(M, P, l2)
     update_params(P, M, [-x for x in lr], decay, rounding=rounding)
 
 @triton_jit
