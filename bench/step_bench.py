@@ -6,6 +6,7 @@ On the GPU machine, from the repository root (wheels from ../shared/gpu/wheels.s
     python3 -m pip install -q --no-index --no-deps --no-compile --target .site .whl/*.whl && \
     export PYTHONPATH=$PWD/.site:$PWD; python3 bench/step_bench.py --out $OUT
 CPU dry run: python bench/step_bench.py --device cpu --small --quick --out /tmp/sb
+Re-render results.md and roofline.png from a results.json: python bench/step_bench.py --from-json R/results.json --out R
 """
 import argparse, datetime, gc, json, math, os, platform, shlex, sys, time, warnings
 
@@ -23,6 +24,7 @@ def parse_args():
     ap.add_argument('--quick', action='store_true', help='3 warm-up and 10 timed steps')
     ap.add_argument('--small', action='store_true', help='every dimension divided by 16 (at least 1): for dry runs')
     ap.add_argument('--device', default='cuda', help='cuda (default) or cpu')
+    ap.add_argument('--from-json', default=None, help='only write results.md and roofline.png from this results.json')
     ap.add_argument('--out', default=os.environ.get('OUT', 'step_bench_results'), help='folder for results.md, '
                     'results.json and roofline.png (default: $OUT, else ./step_bench_results)')
     args = ap.parse_args()
@@ -388,17 +390,21 @@ def roofline(rows, order, small, path):
     plt.close(fig)
 
 
-def report(args, device, bw, rows, seconds):
-    "results.md, results.json and roofline.png under args.out"
-    os.makedirs(args.out, exist_ok=True)
+def run_meta(args, device, bw, seconds):
+    "What results.json records about the run"
     name = (torch.cuda.get_device_name(device) if device.type == 'cuda' else
             f'CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)')
-    meta = dict(device=name, date=datetime.datetime.now().isoformat(timespec='seconds'), command=shlex.join(sys.orig_argv),
+    return dict(device=name, date=datetime.datetime.now().isoformat(timespec='seconds'), command=shlex.join(sys.orig_argv),
                 python=platform.python_version(), torch=torch.__version__, triton=getattr(triton, '__version__', None),
                 fastai=fastai.__version__, optimi=getattr(optimi, '__version__', None), fastoptim=fastoptim.__version__,
                 copy_bandwidth_gbs=bw, hyperparameters=HP, warmup=args.warmup, reps=args.reps,
                 check_steps=args.check_steps, small=args.small, tolerance=TOL, seconds=seconds)
-    with open(os.path.join(args.out, 'results.json'), 'w') as f: json.dump(dict(meta=meta, rows=rows), f, indent=1)
+
+
+def report(args, meta, rows):
+    "results.md and roofline.png under args.out, from a run's meta and rows"
+    os.makedirs(args.out, exist_ok=True)
+    name, bw, seconds, on_cpu = meta['device'], meta['copy_bandwidth_gbs'], meta['seconds'], meta['device'].startswith('CPU')
     roofline(rows, list(implementations(args)), args.small, os.path.join(args.out, 'roofline.png'))
     bounds = [f"| {set_title(s, args.small)} | {dt} | {a} | {BYTES[a, dt]} | "
               f"{BYTES[a, dt] * sum(map(math.prod, shrink(SETS[s](), args.small))) / (bw * 1e9) * 1e3:.3f} |"
@@ -407,7 +413,7 @@ def report(args, device, bw, rows, seconds):
           f"{meta['date']}; Python {meta['python']}, torch {meta['torch']}, triton {meta['triton']}, fastai {meta['fastai']}, "
           f"optimi {meta['optimi'] or 'not installed'}, fastoptim {meta['fastoptim']}.", '',
           f"Command: `{meta['command']}` ({seconds:.0f} s).", '',
-          f'Copy bandwidth: {bw:.0f} GB/s (`copy_` of a {"1 GiB" if device.type == "cuda" else "256 MiB"} buffer, '
+          f'Copy bandwidth: {bw:.0f} GB/s (`copy_` of a {"256 MiB" if on_cpu else "1 GiB"} buffer, '
           'bytes read + written). fraction = (bytes per parameter × parameters / copy bandwidth) / step time.', '',
           f"Hyperparameters for every implementation: lr={HP['lr']}, mom (β1)={HP['mom']}, sqr_mom (β2)={HP['sqr_mom']}, "
           f"eps={HP['eps']}, wd={HP['wd']}. AdamW and LAMB decay weights decoupled (p ← p(1 − lr·wd)). SGD uses L2 weight "
@@ -439,7 +445,18 @@ def report(args, device, bw, rows, seconds):
     with open(os.path.join(args.out, 'results.md'), 'w') as f: f.write('\n'.join(md))
 
 
+def rerender(args):
+    "results.md and roofline.png again from args.from_json (e.g. when only results.json came back from the GPU machine)"
+    saved = json.load(open(args.from_json))
+    meta, rows = saved['meta'], saved['rows']
+    args.small, args.warmup, args.reps, args.check_steps = meta['small'], meta['warmup'], meta['reps'], meta['check_steps']
+    args.sets, args.dtypes, args.algos = (','.join(dict.fromkeys(r[k] for r in rows)) for k in ('set', 'dtype', 'algo'))
+    report(args, meta, rows)
+    print(f'wrote {args.out}/results.md, roofline.png from {args.from_json}')
+
+
 def main(args):
+    if args.from_json: return rerender(args)
     device = torch.device(args.device)
     if device.type == 'cuda' and not torch.cuda.is_available(): sys.exit('No CUDA device: use --device cpu for a dry run.')
     warnings.filterwarnings('ignore', message='Parameter `foreach` is deprecated')  # optimi's, for foreach=True
@@ -447,7 +464,10 @@ def main(args):
     bw = copy_bandwidth(device)
     print(f'copy bandwidth {bw:.0f} GB/s', flush=True)
     rows = bench(args, device, bw)
-    report(args, device, bw, rows, time.time() - t0)
+    meta = run_meta(args, device, bw, time.time() - t0)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, 'results.json'), 'w') as f: json.dump(dict(meta=meta, rows=rows), f, indent=1)
+    report(args, meta, rows)
     for r in rows:
         if r['ms'] is None: print(f"not timed: {r['set']} {r['dtype']} {r['algo']} {r['impl']}: {r['note']}")
     print(f"\nwrote {args.out}/results.md, results.json, roofline.png; copy bandwidth {bw:.0f} GB/s; {time.time() - t0:.0f} s\n")
