@@ -13,6 +13,7 @@ import triton
 from fastoptim.all import Adam, Lamb
 from fastoptim.core import backends
 from shapes import llm_shapes, resnet50_shapes
+from graphed import Graphed
 
 dev = torch.device('cuda')
 BYTES = {(torch.float32, False): 28, (torch.bfloat16, False): 14, (torch.bfloat16, True): 18}
@@ -92,7 +93,7 @@ def main():
     cases = [('LLM-like', llm_shapes(), torch.float32, False), ('LLM-like', llm_shapes(), torch.bfloat16, True),
              ('LLM-like', llm_shapes(), torch.bfloat16, False), ('ResNet-50-like', resnet50_shapes(), torch.float32, False),
              ('ResNet-50-like', resnet50_shapes(), torch.bfloat16, True)]
-    configs = [(256, 2), (512, 2), (512, 4), (512, 8), (1024, 4), (1024, 8), (2048, 4), (2048, 8)]
+    configs = [(256, 1), (256, 2), (512, 2), (512, 4), (512, 8), (1024, 4), (1024, 8), (2048, 8)]
     lines += ['| set | dtype | ' + ' | '.join(f'{b}/{w}' for b, w in configs) + ' |', '|---|---|' + '---|' * len(configs)]
     for name, shapes, dtype, kahan in cases:
         n = sum(math.prod(s) for s in shapes)
@@ -110,7 +111,24 @@ def main():
         print(lines[-1], flush=True)
         del ps
         torch.cuda.empty_cache()
-    triton_backend.launch = default_launch
+    triton_backend.launch = dict(default_launch)
+    lines += ['', '## The same, the step captured in a CUDA graph and replayed (no host time): median ms (fraction)', '',
+              '| set | dtype | ' + ' | '.join(f'{b}/{w}' for b, w in configs) + ' |', '|---|---|' + '---|' * len(configs)]
+    for name, shapes, dtype, kahan in cases:
+        n = sum(math.prod(s) for s in shapes)
+        bound = BYTES[(dtype, kahan)] * n / (bw * 1e9) * 1e3
+        ps = make_params(shapes, dtype)
+        cells = []
+        for block, warps in configs:
+            triton_backend.launch[ps[0].element_size()] = (block, warps)
+            ms = event_ms(Graphed(Adam(ps, lr=1e-3, wd=1e-2, triton=True, kahan_sum=kahan)))
+            cells.append(f'{ms:.3f} ({bound / ms:.2f})')
+        label = f"{str(dtype).replace('torch.', '')}{' Kahan' if kahan else ''}"
+        lines.append(f'| {name} | {label} | ' + ' | '.join(cells) + ' |')
+        print(lines[-1], flush=True)
+        del ps
+        torch.cuda.empty_cache()
+    triton_backend.launch = dict(default_launch)
     lines += ['', '## Where the time of a ResNet-50-like step goes (default launch)', '',
               '| dtype | step, CUDA events (ms) | host time per step, no sync (ms) | GPU kernel time per step (ms) | bound (ms) |',
               '|---|---|---|---|---|']

@@ -331,6 +331,8 @@ class FastOptimizer(Optimizer):
         for key, b in buckets.items():
             self._prepare_state(b)
             b.backend, b.generation, b.group_index = names[key], generation, np.array(b.groups)
+            b.step_counts = np.array([s.get('step', 0) for s in b.states], dtype=np.int64)
+            b.do_wd = np.array([bool(s.get('do_wd', True)) for s in b.states])
             if b.rounding == 'stochastic':
                 b.seed_bases = hash32(hash32(np.int64(self.seed)) ^ np.array(b.indices, dtype=np.int64))
 
@@ -348,6 +350,7 @@ class FastOptimizer(Optimizer):
             steps = backend.graph_steps(self._caches.get(key, {})) if backend.capturable else None
             if steps is not None:
                 for s, n in zip(b.states, steps): s['step'] = n
+                b.step_counts = np.array(steps, dtype=np.int64)
 
     def clear_state(self):
         super().clear_state()
@@ -399,8 +402,8 @@ class FastOptimizer(Optimizer):
     def _host_scalars(self, b, groups):
         "Per-tensor float64 arrays: the group's hypers, `step` (after this one), `l2` and `decay`"
         hp = {k: v[b.group_index] for k, v in groups.items()}
-        step = np.array([s.get('step', 0) for s in b.states], dtype=np.int64) + 1
-        wd = hp['wd'] * np.array([bool(s.get('do_wd', True)) for s in b.states])
+        step = b.step_counts + 1
+        wd = hp['wd'] * b.do_wd
         if not self.decouple_wd: l2, decay = wd, np.zeros_like(wd)
         elif self.decouple_lr: l2, decay = np.zeros_like(wd), hp['lr'] / hp['max_lr'] * wd
         else: l2, decay = np.zeros_like(wd), hp['lr'] * wd
@@ -481,6 +484,7 @@ class FastOptimizer(Optimizer):
                     scalars.update({m.decay: np.ones(len(b)) for m in algorithm_moments(self.algorithm) if m.decay})
                 backends[b.backend].step(self.algorithm, b, scalars, caches.setdefault(key, {}))
                 for s, n in zip(b.states, step.tolist()): s['step'] = n  # after: a refused capture changes nothing
+                b.step_counts = step
                 self.backends_used[key] = b.backend
                 b.grads = None  # the layout outlives the step; the gradients must not
 
