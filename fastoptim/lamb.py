@@ -9,6 +9,7 @@ __all__ = ['lamb_algorithm', 'lamb_reference', 'trust_ratio', 'lamb_direction', 
            'lamb_direction_kernel', 'lamb_sums_kernel', 'lamb_update_kernel', 'Lamb', 'lamb']
 
 # %% ../nbs/12_lamb.ipynb #06706a54
+import math
 import numpy as np
 import torch
 from torch import Tensor
@@ -39,12 +40,13 @@ def trust_ratio(sums, decay):
     return torch.where((r1 == 0) | (r2 == 0), torch.ones_like(r1), (r1 / r2).clamp(max=10.))
 
 def lamb_direction(M, V, debias1, debias2, eps):
-    "u = (m/debias1) / (sqrt(v/debias2) + eps), as new tensors"
-    denom = torch._foreach_div(V, debias2)
-    torch._foreach_sqrt_(denom)
-    torch._foreach_add_(denom, eps)
-    u = torch._foreach_div(M, denom)
-    torch._foreach_div_(u, debias1)
+    "u = (m/debias1) / (sqrt(v/debias2) + eps) = (√d₂/d₁)·m / (√v + ε√d₂), in one new list of tensors"
+    root2 = [math.sqrt(d) for d in debias2]
+    u = torch._foreach_sqrt(V)
+    torch._foreach_add_(u, [e * r for e, r in zip(eps, root2)])
+    torch._foreach_reciprocal_(u)
+    torch._foreach_mul_(u, M)
+    torch._foreach_mul_(u, [r / d for r, d in zip(root2, debias1)])
     return u
 
 def lamb_foreach_sums(P, G, M, V, lr, decay, l2, mom, sqr_mom, debias1, debias2, eps):
