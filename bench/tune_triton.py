@@ -10,13 +10,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np
 import torch
 import triton
-from fastoptim.all import Adam, Lamb
+from fastoptim.all import SGD, Adam, Lamb
 from fastoptim.core import backends
 from shapes import llm_shapes, resnet50_shapes
 from graphed import Graphed
 
 dev = torch.device('cuda')
-BYTES = {(torch.float32, False): 28, (torch.bfloat16, False): 14, (torch.bfloat16, True): 18}
+BYTES = {('adamw', torch.float32, False): 28, ('adamw', torch.bfloat16, False): 14, ('adamw', torch.bfloat16, True): 18,
+         ('sgd', torch.float32, False): 20}
+OPTS = {'adamw': lambda ps, kahan: Adam(ps, lr=1e-3, wd=1e-2, triton=True, kahan_sum=kahan),
+        'sgd': lambda ps, kahan: SGD(ps, lr=1e-3, mom=0.9, wd=1e-2, decouple_wd=False, triton=True, kahan_sum=kahan)}
 
 
 def make_params(shapes, dtype):
@@ -89,52 +92,45 @@ def main():
     lines = [f'# Triton launch tuning: {torch.cuda.get_device_name()}', '',
              f'{datetime.date.today()}; torch {torch.__version__}, triton {triton.__version__}; copy bandwidth {bw:.0f} GB/s; '
              'command: `python3 bench/tune_triton.py --out $OUT/tune.md`', '',
-             '## AdamW step by (elements per program, warps): median ms by CUDA events (fraction of copy bandwidth)', '']
-    cases = [('LLM-like', llm_shapes(), torch.float32, False), ('LLM-like', llm_shapes(), torch.bfloat16, True),
-             ('LLM-like', llm_shapes(), torch.bfloat16, False), ('ResNet-50-like', resnet50_shapes(), torch.float32, False),
-             ('ResNet-50-like', resnet50_shapes(), torch.bfloat16, True)]
+             '## Step by (elements per program, warps): median ms by CUDA events (fraction of copy bandwidth)', '']
+    cases = [('LLM-like', llm_shapes(), 'adamw', torch.float32, False), ('LLM-like', llm_shapes(), 'adamw', torch.bfloat16, True),
+             ('LLM-like', llm_shapes(), 'adamw', torch.bfloat16, False), ('LLM-like', llm_shapes(), 'sgd', torch.float32, False),
+             ('ResNet-50-like', resnet50_shapes(), 'adamw', torch.float32, False),
+             ('ResNet-50-like', resnet50_shapes(), 'adamw', torch.bfloat16, True),
+             ('ResNet-50-like', resnet50_shapes(), 'sgd', torch.float32, False)]
     configs = [(256, 1), (256, 2), (512, 2), (512, 4), (512, 8), (1024, 4), (1024, 8), (2048, 8)]
-    lines += ['| set | dtype | ' + ' | '.join(f'{b}/{w}' for b, w in configs) + ' |', '|---|---|' + '---|' * len(configs)]
-    for name, shapes, dtype, kahan in cases:
-        n = sum(math.prod(s) for s in shapes)
-        bound = BYTES[(dtype, kahan)] * n / (bw * 1e9) * 1e3
-        ps = make_params(shapes, dtype)
-        cells = []
-        for block, warps in configs:
-            triton_backend.launch[ps[0].element_size()] = (block, warps)
-            opt = Adam(ps, lr=1e-3, wd=1e-2, triton=True, kahan_sum=kahan)
-            ms = event_ms(opt)
-            cells.append(f'{ms:.3f} ({bound / ms:.2f})')
-            del opt
-        label = f"{str(dtype).replace('torch.', '')}{' Kahan' if kahan else ''}"
-        lines.append(f'| {name} | {label} | ' + ' | '.join(cells) + ' |')
-        print(lines[-1], flush=True)
-        del ps
-        torch.cuda.empty_cache()
-    triton_backend.launch = dict(default_launch)
-    lines += ['', '## The same, the step captured in a CUDA graph and replayed (no host time): median ms (fraction)', '',
-              '| set | dtype | ' + ' | '.join(f'{b}/{w}' for b, w in configs) + ' |', '|---|---|' + '---|' * len(configs)]
-    for name, shapes, dtype, kahan in cases:
-        n = sum(math.prod(s) for s in shapes)
-        bound = BYTES[(dtype, kahan)] * n / (bw * 1e9) * 1e3
-        ps = make_params(shapes, dtype)
-        cells = []
-        for block, warps in configs:
-            triton_backend.launch[ps[0].element_size()] = (block, warps)
-            ms = event_ms(Graphed(Adam(ps, lr=1e-3, wd=1e-2, triton=True, kahan_sum=kahan)))
-            cells.append(f'{ms:.3f} ({bound / ms:.2f})')
-        label = f"{str(dtype).replace('torch.', '')}{' Kahan' if kahan else ''}"
-        lines.append(f'| {name} | {label} | ' + ' | '.join(cells) + ' |')
-        print(lines[-1], flush=True)
-        del ps
-        torch.cuda.empty_cache()
-    triton_backend.launch = dict(default_launch)
+
+    def sweep(graph):
+        "One table row per case, one cell per launch configuration"
+        out = ['| set | algo | dtype | ' + ' | '.join(f'{b}/{w}' for b, w in configs) + ' |', '|---|---|---|' + '---|' * len(configs)]
+        for name, shapes, algo, dtype, kahan in cases:
+            n = sum(math.prod(s) for s in shapes)
+            bound = BYTES[(algo, dtype, kahan)] * n / (bw * 1e9) * 1e3
+            ps = make_params(shapes, dtype)
+            key = ps[0].element_size() if algo == 'adamw' else ('SGD', ps[0].element_size())
+            cells = []
+            for block, warps in configs:
+                triton_backend.launch[key] = (block, warps)
+                opt = OPTS[algo](ps, kahan)
+                ms = event_ms(Graphed(opt) if graph else opt)
+                cells.append(f'{ms:.3f} ({bound / ms:.2f})')
+                del opt
+            triton_backend.launch = dict(default_launch)
+            out.append(f"| {name} | {algo} | {str(dtype).replace('torch.', '')}{' Kahan' if kahan else ''} | " + ' | '.join(cells) + ' |')
+            print(out[-1], flush=True)
+            del ps
+            torch.cuda.empty_cache()
+        return out
+
+    lines += sweep(graph=False)
+    lines += ['', '## The same, the step captured in a CUDA graph and replayed (no host time): median ms (fraction)', '']
+    lines += sweep(graph=True)
     lines += ['', '## Where the time of a ResNet-50-like step goes (default launch)', '',
               '| dtype | step, CUDA events (ms) | host time per step, no sync (ms) | GPU kernel time per step (ms) | bound (ms) |',
               '|---|---|---|---|---|']
     for dtype, kahan in ((torch.float32, False), (torch.bfloat16, True)):
         shapes = resnet50_shapes()
-        bound = BYTES[(dtype, kahan)] * sum(math.prod(s) for s in shapes) / (bw * 1e9) * 1e3
+        bound = BYTES[('adamw', dtype, kahan)] * sum(math.prod(s) for s in shapes) / (bw * 1e9) * 1e3
         opt = Adam(make_params(shapes, dtype), lr=1e-3, wd=1e-2, triton=True, kahan_sum=kahan)
         lines.append(f'| {str(dtype).replace("torch.", "")}{" Kahan" if kahan else ""} | {event_ms(opt):.3f} | '
                      f'{host_ms(opt):.3f} | {kernel_ms(opt):.3f} | {bound:.3f} |')

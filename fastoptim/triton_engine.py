@@ -153,9 +153,9 @@ def interpreting():
     return triton is not None and type(locate_block).__name__ == 'InterpretedFunction'
 
 class TritonBackend:
-    "Run an algorithm's Triton kernels over a whole bucket in one launch each; `launch[element size]` is (BLOCK, warps)"
+    "Run an algorithm's Triton kernels over a whole bucket in one launch each; `launch[(algorithm name,) element size]` is (BLOCK, warps)"
     name, capturable = 'triton', True
-    def __init__(self): self.launch = {4: (512, 8), 2: (512, 4)}
+    def __init__(self): self.launch = {4: (512, 8), 2: (512, 4), ('SGD', 4): (512, 4)}
     def check_installed(self):
         if triton is None: raise ImportError("triton=True needs Triton: pip install triton")
 
@@ -176,7 +176,8 @@ class TritonBackend:
             return "a parameter or gradient is not 16-byte aligned (a view at an odd offset?); use foreach=True."
 
     def step(self, algorithm, bucket, scalars, cache):
-        block, warps = self.launch[bucket.params[0].element_size()]
+        size = bucket.params[0].element_size()
+        block, warps = self.launch.get((algorithm.name, size), self.launch[size])
         fresh = cache.get('generation') != bucket.generation or cache.get('block') != block
         if fresh:
             if bucket.capturing: raise RuntimeError("The Triton tables must be built before a CUDA graph capture: "
