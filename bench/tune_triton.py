@@ -51,17 +51,6 @@ def host_ms(opt, reps=200):
     return float(np.median(ts))
 
 
-def kernel_ms(opt, reps=20):
-    "GPU time of the step's CUDA kernels and copies per step, from torch.profiler"
-    from torch.profiler import profile, ProfilerActivity
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(reps): opt.step()
-        torch.cuda.synchronize()
-    total = sum(e.device_time_total for e in prof.key_averages() if e.device_time_total > 0 and e.key != '')
-    return total / 1e3 / reps
-
-
 def kernels_ms(opt, reps=20):
     "GPU time per step of each CUDA kernel or copy of the step, by name, from torch.profiler"
     from torch.profiler import profile, ProfilerActivity
@@ -70,6 +59,11 @@ def kernels_ms(opt, reps=20):
         for _ in range(reps): opt.step()
         torch.cuda.synchronize()
     return {e.key: e.device_time_total / 1e3 / reps for e in prof.key_averages() if e.device_time_total > 0 and e.key}
+
+
+def kernel_ms(opt, reps=20):
+    "GPU time of the step's CUDA kernels and copies per step, from torch.profiler"
+    return sum(kernels_ms(opt, reps).values())
 
 
 def bandwidth(nbytes=2**30):
