@@ -346,7 +346,7 @@ def main(args):
     command = shlex.join([Path(sys.executable).name, *sys.argv])
     dev_name = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'CPU ({platform.processor() or platform.machine()})'
     v = versions()
-    md = [f'# Pure bf16 vs bf16 mixed precision: byte-level GPT on the Python standard library', '',
+    md = ['# Pure bf16 vs bf16 mixed precision: byte-level GPT on the Python standard library', '',
           f"{dev_name}; {datetime.datetime.now().isoformat(timespec='seconds')}; " + ', '.join(f'{k} {x}' for k, x in v.items()), '',
           f'Command: `{command}`', '',
           f"Model: {args.layers} layers, d_model {args.d_model}, {args.heads} heads, context {args.ctx}, vocab {VOCAB}, "

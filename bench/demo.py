@@ -111,7 +111,7 @@ def main():
         rows.setdefault('_info', {})[set_name] = sets_info
 
     names = [s for s, _ in sets]
-    header = f"| implementation | " + ' | '.join(f'{s} ({rows["_info"][s]}) ms' for s in names) + ' |'
+    header = "| implementation | " + ' | '.join(f'{s} ({rows["_info"][s]}) ms' for s in names) + ' |'
     print(header)
     print('|' + '---|' * (len(names) + 1))
     base = rows['fastai native Adam']

@@ -4,7 +4,7 @@ inside `opt.step()`, and a first timing of AdamW on the LLM-like and ResNet-50-l
 Run on the GPU machine from the repository root (see ../shared/GPU.md for the wheels):
     python3 bench/gpu_check.py --out results/gpu_check.md
 """
-import argparse, datetime, math, os, sys, time, warnings
+import argparse, datetime, math, os, sys, time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 assert os.environ.get('TRITON_INTERPRET', '0') != '1', 'unset TRITON_INTERPRET to run the kernels on the GPU'
 
@@ -16,6 +16,7 @@ from fastai.optimizer import SGD as FastaiSGD, Adam as FastaiAdam, Lamb as Fasta
 from fastoptim.all import SGD, Adam, Lamb
 from fastoptim.testing import drive, rel_diff
 from shapes import llm_shapes, resnet50_shapes
+from timing import copy_bandwidth, median_ms, write_report
 
 dev = torch.device('cuda')
 BACKENDS = ('forloop', 'foreach', 'jit', 'triton')
@@ -56,7 +57,7 @@ def stochastic_bits():
     update_param(expected, as_math(expected), as_math(grad), -1e-3, 0., None, None, int(hash32(seed_base ^ step)[0]))
     b = Bucket(dev, torch.bfloat16)
     b.params, b.grads, b.states, b.groups = [p], [grad], [{}], [0]
-    b.rounding, b.seed_bases, b.steps = 'stochastic', seed_base, step
+    b.rounding, b.seed_bases, b.step_counts = 'stochastic', seed_base, step - 1
     registry['triton'].step(sgd_algorithm, b, dict(lr=np.array([1e-3]), decay=np.array([0.]), l2=np.array([0.])), {})
     return (p != expected).float().mean().item()
 
@@ -85,27 +86,6 @@ def no_sync():
     return res
 
 
-def copy_bandwidth(nbytes=2**30, reps=20):
-    "Device-to-device copy bandwidth in GB/s, counting bytes read and written"
-    a, b = torch.empty(nbytes, dtype=torch.uint8, device=dev), torch.empty(nbytes, dtype=torch.uint8, device=dev)
-    for _ in range(3): b.copy_(a)
-    ts = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record(); b.copy_(a); e.record(); e.synchronize(); ts.append(s.elapsed_time(e))
-    return 2 * nbytes / (np.median(ts) * 1e-3) / 1e9
-
-
-def step_ms(opt, warmup=5, reps=30):
-    for _ in range(warmup): opt.step()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record(); opt.step(); e.record(); e.synchronize(); ts.append(s.elapsed_time(e))
-    return float(np.median(ts))
-
-
 def timings(bw):
     impls = {f'fastoptim {b}': (lambda ps, b=b: Adam(ps, lr=1e-3, wd=1e-2, **{b: True})) for b in ('foreach', 'jit', 'triton')}
     thp = dict(lr=1e-3, weight_decay=1e-2, betas=(0.9, 0.99), eps=1e-5)
@@ -125,7 +105,7 @@ def timings(bw):
             opt.step(); torch.cuda.synchronize()
             base = torch.cuda.memory_allocated()
             torch.cuda.reset_peak_memory_stats()
-            ms = step_ms(opt)
+            ms = median_ms(opt.step, 30, dev, warmup=5)
             extra = (torch.cuda.max_memory_allocated() - base) / 2**20
             rows.append((set_name, name, ms, limit / ms, extra))
             del opt, ps
@@ -152,18 +132,14 @@ def main():
     lines += ['', '## `opt.step()` under `torch.cuda.set_sync_debug_mode("error")`', '',
               '| algorithm | ' + ' | '.join(BACKENDS) + ' |', '|---|' + '---|' * len(BACKENDS)]
     lines += [f'| {a} | ' + ' | '.join(sync[(a, b)] for b in BACKENDS) + ' |' for a in ALGOS]
-    bw = copy_bandwidth()
+    bw = copy_bandwidth(dev)
     trows = timings(bw)
     lines += ['', f'## AdamW fp32 `opt.step()`: median of 30 (CUDA events); copy bandwidth {bw:.0f} GB/s (read+write), '
               '28 bytes per parameter', '', '| set | implementation | ms | fraction of copy bandwidth | extra memory during step (MiB) |',
               '|---|---|---|---|---|']
     lines += [f'| {s} | {n} | {ms:.3f} | {f:.2f} | {x:.0f} |' for s, n, ms, f, x in trows]
     lines += ['', f'total time {time.time() - t0:.0f} s']
-    text = '\n'.join(lines)
-    print(text)
-    if args.out:
-        os.makedirs(os.path.dirname(args.out) or '.', exist_ok=True)
-        open(args.out, 'w').write(text + '\n')
+    write_report('\n'.join(lines), args.out)
 
 
 if __name__ == '__main__':

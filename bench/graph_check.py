@@ -9,13 +9,12 @@ import argparse, datetime, os, sys, time
 sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
 assert os.environ.get('TRITON_INTERPRET', '0') != '1', 'unset TRITON_INTERPRET to run the kernels on the GPU'
 
-import numpy as np
 import torch
 import triton
 from fastoptim.all import SGD, Adam, Lamb
-from fastoptim.core import hash32
 from graphed import Graphed
 from shapes import resnet50_shapes
+from timing import write_report
 
 dev = torch.device('cuda')
 ALGOS = {'SGD-momentum': lambda ps, **kw: SGD(ps, lr=1e-2, mom=0.9, wd=0.1, **kw),
@@ -130,11 +129,7 @@ def main():
     lines += [f'| {k} | {v} |' for k, v in refusals().items()]
     lines += ['', f'Triton vs forloop stochastic rounding (SGD, 3 steps, 2^20 bf16 elements): '
               f'{stochastic_bits():.2e} of elements differ.', '', f'total time {time.time() - t0:.0f} s']
-    text = '\n'.join(lines)
-    print(text)
-    if args.out:
-        os.makedirs(os.path.dirname(args.out) or '.', exist_ok=True)
-        open(args.out, 'w').write(text + '\n')
+    write_report('\n'.join(lines), args.out)
 
 
 if __name__ == '__main__':

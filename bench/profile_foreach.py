@@ -10,6 +10,7 @@ import torch
 from torch.profiler import profile, ProfilerActivity
 from fastoptim.all import SGD, Adam
 from shapes import llm_shapes
+from timing import write_report
 
 dev = torch.device('cuda')
 HP = dict(lr=1e-2, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=1e-2)
@@ -48,9 +49,7 @@ def main():
         print(lines[-1], flush=True)
         del opt, ps
         torch.cuda.empty_cache()
-    text = '\n'.join(lines)
-    print(text)
-    if args.out: open(args.out, 'w').write(text + '\n')
+    write_report('\n'.join(lines), args.out)
 
 
 if __name__ == '__main__':

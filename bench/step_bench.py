@@ -40,7 +40,6 @@ elif ARGS is not None and os.environ.get('TRITON_INTERPRET', '0') == '1':
     sys.exit('Unset TRITON_INTERPRET to run the Triton kernels on the GPU.')
 
 sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
-import numpy as np
 import torch
 import matplotlib
 matplotlib.use('Agg')
@@ -51,6 +50,7 @@ import fastoptim
 from fastoptim.all import SGD, Adam, Lamb
 from shapes import llm_shapes, resnet50_shapes
 from graphed import Graphed
+from timing import copy_bandwidth, median_ms
 try: import triton
 except ImportError: triton = None
 try: import optimi
@@ -240,30 +240,6 @@ def correctness(algo, impls, shapes, dtype, device, steps):
         except Exception as e: res[name] = describe(e)
         finally: free()
     return res
-
-
-def copy_bandwidth(device, reps=20):
-    "Copy bandwidth in GB/s counting bytes read and written: a 1 GiB buffer on CUDA (256 MiB on the CPU)"
-    n = 2 ** 30 if device.type == 'cuda' else 2 ** 28
-    a = torch.randint(0, 256, (n,), dtype=torch.uint8, device=device)
-    b = torch.empty_like(a)
-    for _ in range(3): b.copy_(a)
-    ms = median_ms(lambda: b.copy_(a), reps, device)
-    del a, b; free()
-    return 2 * n / (ms * 1e-3) / 1e9
-
-
-def median_ms(fn, reps, device):
-    """Median time of `fn` in ms: CUDA events around each call, synchronised after it (host launch time counts where
-    the GPU waits for it); perf_counter on the CPU"""
-    ts = []
-    for _ in range(reps):
-        if device.type == 'cuda':
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record(); fn(); e.record(); e.synchronize(); ts.append(s.elapsed_time(e))
-        else:
-            t0 = time.perf_counter(); fn(); ts.append((time.perf_counter() - t0) * 1e3)
-    return float(np.median(ts))
 
 
 def sync_check(opt, device):

@@ -14,6 +14,7 @@ from fastoptim.all import SGD, Adam, Lamb
 from fastoptim.core import backends
 from shapes import llm_shapes, resnet50_shapes
 from graphed import Graphed
+from timing import copy_bandwidth, median_ms, write_report
 
 dev = torch.device('cuda')
 BYTES = {('adamw', torch.float32, False): 28, ('adamw', torch.bfloat16, False): 14, ('adamw', torch.bfloat16, True): 18,
@@ -33,13 +34,8 @@ def make_params(shapes, dtype):
 
 
 def event_ms(opt, reps=40):
-    for _ in range(5): opt.step()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record(); opt.step(); e.record(); e.synchronize(); ts.append(s.elapsed_time(e))
-    return float(np.median(ts))
+    "Median step ms by CUDA events after 5 warm-up steps"
+    return median_ms(opt.step, reps, dev, warmup=5)
 
 
 def host_ms(opt, reps=200):
@@ -66,21 +62,11 @@ def kernel_ms(opt, reps=20):
     return sum(kernels_ms(opt, reps).values())
 
 
-def bandwidth(nbytes=2**30):
-    a, b = torch.empty(nbytes, dtype=torch.uint8, device=dev), torch.empty(nbytes, dtype=torch.uint8, device=dev)
-    for _ in range(3): b.copy_(a)
-    ts = []
-    for _ in range(20):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record(); b.copy_(a); e.record(); e.synchronize(); ts.append(s.elapsed_time(e))
-    return 2 * nbytes / (np.median(ts) * 1e-3) / 1e9
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--out', default=None)
     args = ap.parse_args()
-    bw = bandwidth()
+    bw = copy_bandwidth(dev)
     triton_backend = backends['triton']
     default_launch = dict(triton_backend.launch)
     lines = [f'# Triton launch tuning: {torch.cuda.get_device_name()}', '',
@@ -147,9 +133,7 @@ def main():
                          f'{"-" if bound is None else f"{bound:.3f}"} | {"-" if bound is None else f"{bound / ms:.2f}"} |')
         del opt
         torch.cuda.empty_cache()
-    text = '\n'.join(lines)
-    print(text)
-    if args.out: open(args.out, 'w').write(text + '\n')
+    write_report('\n'.join(lines), args.out)
 
 
 if __name__ == '__main__':

@@ -151,7 +151,7 @@ class Bucket:
         self.params, self.grads, self.states, self.groups, self.indices = [], [], [], [], []
         self.rounding, self.seeds, self.seed_bases = 'nearest', None, None  # set by the optimizer: see `FastOptimizer.rounding`
         self.generation = 0  # changes whenever the tensors of the bucket may have changed
-        self.steps, self.step_bases = None, {}  # step counts after this step; `per_step` scalars' hypers
+        self.step_counts, self.step_bases = None, {}  # steps taken before this one; `per_step` scalars' hypers
         self.capturing = False  # whether this step is being captured in a CUDA graph
 
     @property
@@ -178,11 +178,15 @@ class ForLoopBackend:
     name, capturable = 'forloop', False
     def check(self, device, dtype): return None
     def check_tensors(self, params, grads): return None
+    def rounding_args(self, bucket):
+        "Per tensor, the reference's last two arguments: its Kahan compensation (or None) and its seed (or -1)"
+        return (bucket.comps or [None] * len(bucket),
+                bucket.seeds.tolist() if bucket.seeds is not None else [-1] * len(bucket))
+
     def step(self, algorithm, bucket, scalars, cache):
         fn, rows = algorithm.reference, scalar_rows(scalars)
         states = [bucket.state(n) for n in algorithm.state_names]
-        comps = bucket.comps or [None] * len(bucket)
-        seeds = bucket.seeds.tolist() if bucket.seeds is not None else [-1] * len(bucket)
+        comps, seeds = self.rounding_args(bucket)
         for i, (p, g) in enumerate(zip(bucket.params, bucket.grads)):
             fn(p, g, *[s[i] for s in states], *rows[i], comps[i], seeds[i])
 
@@ -400,8 +404,9 @@ class FastOptimizer(Optimizer):
         return {k: np.array([float(h[k]) for h in self.hypers], dtype=np.float64) for k in dict.fromkeys(names)}
 
     def _host_scalars(self, b, groups):
-        "Per-tensor float64 arrays: the group's hypers, `step` (after this one), `l2` and `decay`"
+        "Per-tensor float64 arrays: the group's hypers, `step` (after this one), `l2` and `decay`; sets `b.step_bases`"
         hp = {k: v[b.group_index] for k, v in groups.items()}
+        b.step_bases = {k: hp[h] for k, h in (self.algorithm.per_step or {}).items()}
         step = b.step_counts + 1
         wd = hp['wd'] * b.do_wd
         if not self.decouple_wd: l2, decay = wd, np.zeros_like(wd)
@@ -429,7 +434,7 @@ class FastOptimizer(Optimizer):
                 backend, cache = backends[b.backend], self._caches.get(key)
                 if not backend.capturable or not cache: continue  # no table yet: the next step uploads them
                 hp, _ = self._host_scalars(b, groups)
-                b.capturing, b.step_bases = False, {k: hp[h] for k, h in (self.algorithm.per_step or {}).items()}
+                b.capturing = False
                 backend.upload(self.algorithm, b, self.algorithm.scalars(**hp), cache)
 
     def step_params(self, params):
@@ -476,8 +481,7 @@ class FastOptimizer(Optimizer):
             for key, b in buckets.items():
                 hp, step = self._host_scalars(b, groups)
                 if self.optimizer_accumulation is not None and not self._accumulate(b, hp): continue
-                b.steps, b.capturing = step, capturing
-                b.step_bases = {k: hp[h] for k, h in (self.algorithm.per_step or {}).items()}
+                b.capturing = capturing
                 if b.rounding == 'stochastic': b.seeds = hash32(b.seed_bases ^ step)
                 scalars = self.algorithm.scalars(**hp)
                 if self.optimizer_accumulation is not None:  # the moments already hold this step's gradients

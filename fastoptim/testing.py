@@ -8,7 +8,7 @@ Docs: https://fastoptim.github.io/fastoptim/testing.html.md"""
 __all__ = ['shapes', 'param_groups', 'drive', 'rel_diff', 'regression_dls', 'small_model', 'learner_run', 'learner_parity']
 
 # %% ../nbs/04_testing.ipynb #89c54dee
-import math, copy
+import math
 import numpy as np
 import torch
 

@@ -47,8 +47,7 @@ class TorchScriptBackend(ForLoopBackend):
         key = (algorithm.reference, len(algorithm.state_names), len(scalars))
         loop = self.scripted.get(key)
         if loop is None: loop = self.scripted[key] = script(bucket_loop(*key))
-        seeds = bucket.seeds.tolist() if bucket.seeds is not None else [-1] * len(bucket)
         loop(bucket.params, bucket.grads, *[bucket.state(n) for n in algorithm.state_names], scalar_rows(scalars),
-             bucket.comps or [None] * len(bucket), seeds)
+             *self.rounding_args(bucket))
 
 backends['jit'] = TorchScriptBackend()

@@ -186,7 +186,7 @@ class TritonBackend:
             tensors = [bucket.params, bucket.grads, *[bucket.state(n) for n in algorithm.state_names], *comps]
             cache.clear()
             cache['table'], cache['block_tensors'], cache['n_blocks'] = build_tables(tensors, bucket.device, block)
-            cache['steps'] = to_device((bucket.steps - 1).astype(np.int32), bucket.device)  # derive_scalars adds this step
+            cache['steps'] = to_device(bucket.step_counts.astype(np.int32), bucket.device)  # derive_scalars adds this step
             cache['sums'] = torch.zeros(len(bucket) * max(algorithm.reductions, 1) * sum_slots, device=bucket.device)
             cache.update(block=block, generation=bucket.generation, width=len(tensors) + 2, captured=False)
         self.upload(algorithm, bucket, scalars, cache)  # raises, before anything changes, if a capture cannot
