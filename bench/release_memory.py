@@ -14,7 +14,7 @@ On the GPU machine, from the repository root (fastoptim imports fastai: wheels f
     export PYTHONPATH=$PWD/.site:$PWD; python3 bench/release_memory.py --out $OUT
 CPU dry run: python bench/release_memory.py --device cpu --tiny --out /tmp/rm
 """
-import argparse, datetime, gc, json, os, platform, shlex, statistics, sys, time
+import argparse, datetime, gc, json, os, platform, re, shlex, statistics, sys, time
 from pathlib import Path
 
 
@@ -36,6 +36,10 @@ def parse_args():
     ap.add_argument('--steps', type=int, default=3, help='measured optimizer steps per configuration')
     ap.add_argument('--no-ckpt', dest='ckpt', action='store_false',
                     help='no activation checkpointing (default: each block checkpointed, non-reentrant)')
+    ap.add_argument('--offload', action='store_true',
+                    help="keep the checkpointed blocks' inputs in pinned CPU memory (reentrant checkpoints under save_on_cpu)")
+    ap.add_argument('--profile', action='store_true',
+                    help='record the allocations of the measured steps and report what is alive at each peak, by kind')
     ap.add_argument('--loss-chunks', type=int, default=8,
                     help='head + cross-entropy in this many checkpointed token chunks (default 8; 1: whole fp32 logits at once)')
     ap.add_argument('--zero-grad', default='none', choices=('none', 'fastai'),
@@ -92,9 +96,9 @@ class Block(nn.Module):
 
 class LM(nn.Module):
     "Decoder-only LM: token embedding, blocks, final RMSNorm and an untied output head (no positional encoding: random data)"
-    def __init__(self, layers, d, heads, hidden, vocab, ckpt):
+    def __init__(self, layers, d, heads, hidden, vocab, ckpt, offload=False):
         super().__init__()
-        self.ckpt = ckpt
+        self.ckpt, self.offload = ckpt, offload
         self.emb = nn.Embedding(vocab, d)
         self.blocks = nn.ModuleList(Block(d, heads, hidden) for _ in range(layers))
         self.norm, self.head = nn.RMSNorm(d), nn.Linear(d, vocab, bias=False)
@@ -103,8 +107,14 @@ class LM(nn.Module):
 
     def hidden(self, idx):
         x = self.emb(idx)
-        for b in self.blocks:
-            x = checkpoint(b, x, use_reentrant=False) if self.ckpt and self.training else b(x)
+        if not (self.ckpt and self.training): return self.blocks_forward(x)
+        if not self.offload: return self.blocks_forward(x, lambda b, x: checkpoint(b, x, use_reentrant=False))
+        # a reentrant checkpoint saves its input with save_for_backward, which save_on_cpu moves to pinned host memory
+        with torch.autograd.graph.save_on_cpu(pin_memory=True):
+            return self.blocks_forward(x, lambda b, x: checkpoint(b, x, use_reentrant=True))
+
+    def blocks_forward(self, x, call=lambda b, x: b(x)):
+        for b in self.blocks: x = call(b, x)
         return x
 
     def forward(self, idx): return self.head(self.norm(self.hidden(idx)))
@@ -137,7 +147,7 @@ def build(args, device):
     "A fresh bf16 model (built on `device`) and its Kahan AdamW"
     torch.manual_seed(0)
     with torch.device(device):
-        model = LM(args.layers, args.d_model, args.heads, args.mlp, args.vocab, args.ckpt)
+        model = LM(args.layers, args.d_model, args.heads, args.mlp, args.vocab, args.ckpt, args.offload)
     to_bf16(model, keep_fp32=())
     opt = Adam(list(model.parameters()), lr=1e-4, mom=0.9, sqr_mom=0.95, eps=1e-8, wd=0.1, **{args.backend: True})
     return model, opt
@@ -145,6 +155,48 @@ def build(args, device):
 
 def micro_batch(model, x, y, chunks):
     lm_loss(model, x, y, chunks).backward()
+
+
+def size_kinds(model, args):
+    "Byte size -> names of what has that size: each parameter's gradient, and the hidden-state activations of a micro-batch"
+    kinds = {}
+    for n, p in model.named_parameters():
+        kinds.setdefault(2 * p.numel(), set()).add('grad ' + re.sub(r'blocks\.\d+\.', 'blocks.*.', n))
+    tokens = args.batch * args.ctx
+    kinds.setdefault(2 * tokens * args.d_model, set()).add('hidden states (a block input: checkpoint)')
+    chunk = -(-tokens // args.loss_chunks)
+    kinds.setdefault(4 * chunk * args.vocab, set()).add('fp32 logits of a loss chunk')
+    kinds.setdefault(2 * chunk * args.vocab, set()).add('bf16 logits of a loss chunk')
+    return kinds
+
+
+def frame_label(frames):
+    "Where an allocation was made: the innermost frame in this script and the innermost torch frame, if any"
+    here = next((f for f in frames if f['filename'].endswith('release_memory.py')), None)
+    lib = next((f for f in frames if '/torch/' in f['filename']), None)
+    parts = [f"{f['name']} ({Path(f['filename']).name}:{f['line']})" for f in (lib, here) if f is not None]
+    return ' < '.join(parts) or 'no Python frame (autograd engine)'
+
+
+def peak_composition(snapshot, kinds, top=14):
+    "Replay the recorded allocations; at the highest point, what is alive that was allocated while recording, grouped"
+    events = [e for e in snapshot['device_traces'][0] if e['action'] in ('alloc', 'free_requested')]
+    live, total, peak, peak_at = {}, 0, 0, 0
+    for i, e in enumerate(events):
+        if e['action'] == 'alloc': live[e['addr']] = e; total += e['size']
+        elif e['addr'] in live: total -= live.pop(e['addr'])['size']
+        if total > peak: peak, peak_at = total, i
+    live = {}
+    for e in events[:peak_at + 1]:
+        if e['action'] == 'alloc': live[e['addr']] = e
+        else: live.pop(e['addr'], None)
+    groups = {}
+    for e in live.values():
+        key = (e['size'], ' / '.join(sorted(kinds.get(e['size'], ()))) or '?', frame_label(e.get('frames', [])))
+        groups[key] = groups.get(key, 0) + 1
+    rows = sorted(groups.items(), key=lambda kv: -kv[0][0] * kv[1])
+    return dict(peak_bytes=peak, events=len(events), groups=[dict(size=k[0], count=c, kinds=k[1], where=k[2]) for k, c in rows[:top]],
+                other_bytes=sum(k[0] * c for k, c in rows[top:]))
 
 
 def run(name, args, device, data):
@@ -162,6 +214,7 @@ def run(name, args, device, data):
             sync(device)
             if cuda: torch.cuda.reset_peak_memory_stats(device)
             resident = torch.cuda.memory_allocated(device) - base if cuda else None
+            if cuda and args.profile: torch.cuda.memory._record_memory_history(max_entries=2_000_000, stacks='python', context='alloc')  # context 'all' breaks recomputed checkpoints (torch 2.11)
         sync(device); t0 = time.perf_counter()
         for i in range(n):
             x, y = next(it)
@@ -174,10 +227,14 @@ def run(name, args, device, data):
         if step >= args.warmup: times.append(time.perf_counter() - t0)
     if release: assert all(p.grad is None for p in model.parameters()), 'release left gradients'
     peak = torch.cuda.max_memory_allocated(device) - base if cuda else None
+    profile = None
+    if cuda and args.profile:
+        profile = peak_composition(torch.cuda.memory._snapshot(), size_kinds(model, args))
+        torch.cuda.memory._record_memory_history(enabled=None)
     res = dict(label=CONFIGS[name][0], release=release, micro_batches=n, peak_bytes=peak, resident_bytes=resident,
                step_s=statistics.median(times), step_times_s=times,
                tokens_per_s=n * args.batch * args.ctx / statistics.median(times),
-               state_bytes=sum(t.nbytes for p in model.parameters() for t in opt.state[p].values() if isinstance(t, torch.Tensor)))
+               profile=profile, state_bytes=sum(t.nbytes for p in model.parameters() for t in opt.state[p].values() if isinstance(t, torch.Tensor)))
     opt.optimizer_accumulation = None
     if release: remove_gradient_release(model)
     del model, opt
@@ -186,6 +243,28 @@ def run(name, args, device, data):
 
 
 # ---------------------------------------------------------------- report
+def checkpointing(args):
+    if not args.ckpt: return 'off'
+    if args.offload: return 'on (every block, reentrant), block inputs offloaded to pinned CPU memory (save_on_cpu)'
+    return 'on (every block, non-reentrant)'
+
+
+def profile_md(results):
+    "What is alive at the peak of each configuration, from the recorded allocations (--profile)"
+    out = []
+    for n, x in results.items():
+        pr = x.get('profile')
+        if not pr: continue
+        out += [f"## ({n}) {x['label']}: alive at the peak, allocated during the measured steps", '',
+                f"Replayed from `torch.cuda.memory._record_memory_history` ({pr['events']:,} allocations and frees): "
+                f"{pr['peak_bytes'] / 2**20:,.0f} MiB above what was allocated before the measured steps.", '',
+                '| MiB each | count | MiB | same size as | allocated in |', '|---|---|---|---|---|',
+                *[f"| {g['size'] / 2**20:,.1f} | {g['count']} | {g['size'] * g['count'] / 2**20:,.1f} | {g['kinds']} | {g['where']} |"
+                  for g in pr['groups']],
+                f"| | | {pr['other_bytes'] / 2**20:,.1f} | everything else | |", '']
+    return out
+
+
 def gib(b): return '—' if b is None else f'{b / 2**30:.2f}'
 
 
@@ -251,7 +330,7 @@ def main(args):
           f'Command: `{command}`', '',
           f"Model: {args.layers} layers, d_model {args.d_model}, {args.heads} heads, SwiGLU MLP {args.mlp}, vocab {args.vocab}, "
           f"untied embedding and head, RMSNorm, no biases, no positional encoding: **{n_params:,} parameters**; pure bf16 "
-          f"(`to_bf16(model, keep_fp32=())`). Activation checkpointing: **{'on (every block, non-reentrant)' if args.ckpt else 'off'}**.",
+          f"(`to_bf16(model, keep_fp32=())`). Activation checkpointing: **{checkpointing(args)}**.",
           f"Optimizer: fastoptim AdamW, {args.backend} backend, Kahan summation (bf16 default), lr 1e-4, mom 0.9, sqr_mom 0.95, "
           f"eps 1e-8, wd 0.1. Loss: cross-entropy on the logits cast to fp32, "
           f"{'all at once' if args.loss_chunks <= 1 else f'head + loss in {args.loss_chunks} checkpointed token chunks (the full fp32 logits never exist)'}.",
@@ -264,7 +343,7 @@ def main(args):
           f"{'`model.zero_grad(set_to_none=True)` (fastoptim/fastai `opt.zero_grad()` only zeroes in place)' if args.zero_grad == 'none' else '`opt.zero_grad()` (fastai: zeroed in place, kept allocated)'}. "
           f"Each configuration builds a fresh model and optimizer; gc + empty_cache between them. Whole script {total_s:.0f} s.", '',
           table(results, grad_bytes), '', '## Savings of the gradient bytes', '',
-          *[f'- {d}: {fmt(s, ok)}' for d, s, ok in checks], '']
+          *[f'- {d}: {fmt(s, ok)}' for d, s, ok in checks], '', *profile_md(results)]
     (out / 'results.md').write_text('\n'.join(md))
     (out / 'results.json').write_text(json.dumps(dict(
         device=dev_name, versions=v, date=date, command=command, args=vars(args), parameters=n_params,

@@ -6,9 +6,9 @@ Docs: https://fastoptim.github.io/fastoptim/core.html.md"""
 
 # %% auto #0
 __all__ = ['hyper_checks', 'accumulation_forms', 'fold_numel', 'backends', 'backend_flags', 'check_hyper', 'Algorithm', 'Moment',
-           'declare_moments', 'algorithm_moments', 'as_math', 'write_back', 'flat', 'hash32', 'stochastic_round',
-           'update_param', 'to_device', 'Bucket', 'scalar_rows', 'ForLoopBackend', 'backend_from_flags', 'auto_backend',
-           'FastOptimizer', 'make_partial']
+           'declare_moments', 'algorithm_moments', 'as_math', 'write_back', 'flat', 'fold_moments', 'hash32',
+           'stochastic_round', 'update_param', 'to_device', 'Bucket', 'scalar_rows', 'ForLoopBackend',
+           'backend_from_flags', 'auto_backend', 'FastOptimizer', 'make_partial']
 
 # %% ../nbs/00_core.ipynb #8eba332a
 import inspect, math, warnings
@@ -95,6 +95,22 @@ def flat(t: Tensor) -> Tensor:
     return t.as_strided((t.numel(),), (1,))
 
 # %% ../nbs/00_core.ipynb #68ab4961
+def fold_moments(bucket, moments, l2, decays, weights):
+    "Fold each tensor's gradient into its moments: `state·decay + weight·(g + l2·p)**power`, rounded once"
+    for i, (p, g, s) in enumerate(zip(bucket.params, bucket.grads, bucket.states)):
+        for lo in range(0, p.numel(), fold_numel):  # fp32 working copies of one bounded piece at a time
+            piece = slice(lo, lo + fold_numel)
+            gp = as_math(flat(g)[piece])
+            if l2[i] != 0: gp = gp + l2[i] * as_math(flat(p)[piece])  # p does not move until the last micro-batch
+            for m, decay, weight in zip(moments, decays, weights):
+                dst = flat(s[m.state])[piece]
+                t = as_math(dst)
+                if decay[i] != 1: t.mul_(decay[i])
+                if m.power == 1: t.add_(gp, alpha=weight[i])
+                else: t.addcmul_(gp, gp, value=weight[i])
+                if t is not dst: write_back(dst, t)
+
+# %% ../nbs/00_core.ipynb #e44f638b
 def _mul32(x, c: int):
     "x·c modulo 2³², for 0 ≤ x < 2³² held in int64, without overflowing"
     return (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & 0xFFFFFFFF
@@ -135,7 +151,7 @@ def update_param(p: Tensor, p_math: Tensor, direction: Tensor, scale: float, dec
         p.copy_(s)
     else: p.copy_(stochastic_round(p_math.add_(u), seed, 0))
 
-# %% ../nbs/00_core.ipynb #04c2edb9
+# %% ../nbs/00_core.ipynb #5230a4c9
 def to_device(a, device, out=None):
     "numpy array `a` as a tensor on `device` (or copied into `out`), through pinned memory on CUDA without waiting"
     t = torch.from_numpy(np.ascontiguousarray(a))
@@ -143,7 +159,7 @@ def to_device(a, device, out=None):
     if out is not None: return out.copy_(t, non_blocking=True)
     return t.to(device, non_blocking=True) if device.type == 'cuda' else t
 
-# %% ../nbs/00_core.ipynb #5230a4c9
+# %% ../nbs/00_core.ipynb #75b7de83
 class Bucket:
     "The parameters of one (device, dtype) that have a gradient this step, across all param groups"
     def __init__(self, device, dtype):
@@ -166,7 +182,7 @@ class Bucket:
     def __len__(self): return len(self.params)
     def __repr__(self): return f"Bucket({self.device}, {self.dtype}, {len(self)} tensors)"
 
-# %% ../nbs/00_core.ipynb #75b7de83
+# %% ../nbs/00_core.ipynb #dd74f64e
 backends = {}
 
 def scalar_rows(scalars):
@@ -183,6 +199,8 @@ class ForLoopBackend:
         return (bucket.comps or [None] * len(bucket),
                 bucket.seeds.tolist() if bucket.seeds is not None else [-1] * len(bucket))
 
+    fold = staticmethod(fold_moments)
+
     def step(self, algorithm, bucket, scalars, cache):
         fn, rows = algorithm.reference, scalar_rows(scalars)
         states = [bucket.state(n) for n in algorithm.state_names]
@@ -192,7 +210,7 @@ class ForLoopBackend:
 
 backends['forloop'] = ForLoopBackend()
 
-# %% ../nbs/00_core.ipynb #dd74f64e
+# %% ../nbs/00_core.ipynb #9eef024c
 backend_flags = ('forloop', 'foreach', 'jit', 'triton')
 
 def backend_from_flags(**flags):
@@ -207,7 +225,7 @@ def auto_backend(device, dtype):
     if 'foreach' not in backends: raise ImportError("No fast backend is loaded: import fastoptim.all.")
     return 'foreach'
 
-# %% ../nbs/00_core.ipynb #66c8f163
+# %% ../nbs/00_core.ipynb #deefb8ab
 def _param_error(p):
     if p.is_complex(): return f"complex parameters ({p.dtype}) are not supported"
     if not p.is_floating_point(): return f"parameters must be floating point, got {p.dtype}"
@@ -230,7 +248,7 @@ def _dense(t):
     return t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)) \
         or (t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d))
 
-# %% ../nbs/00_core.ipynb #26e968b2
+# %% ../nbs/00_core.ipynb #68f50d34
 class FastOptimizer(Optimizer):
     "A fastai `Optimizer` running `algorithm` over (device, dtype) buckets with one backend call per bucket"
     def __init__(self,
@@ -496,23 +514,13 @@ class FastOptimizer(Optimizer):
         "Fold this micro-batch into the moments; on the last one, set up the step that writes the weights"
         weight, last = self.optimizer_accumulation
         moments = algorithm_moments(self.algorithm)
-        coefs = [m.weight(hp) * weight for m in moments]
-        for i, (p, g, s) in enumerate(zip(b.params, b.grads, b.states)):
-            first = s.get('micro', 0) == 0
+        for p, s in zip(b.params, b.states):
             for m in moments:
                 if m.state not in s: s[m.state] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            for lo in range(0, p.numel(), fold_numel):  # fp32 working copies of one bounded piece at a time
-                piece = slice(lo, lo + fold_numel)
-                gp = as_math(flat(g)[piece])
-                if hp['l2'][i] != 0: gp = gp + hp['l2'][i] * as_math(flat(p)[piece])  # p does not move until the last micro-batch
-                for m, c in zip(moments, coefs):
-                    dst = flat(s[m.state])[piece]
-                    t = as_math(dst)
-                    if first: t.mul_(hp[m.decay][i] if m.decay else 0.)
-                    if m.power == 1: t.add_(gp, alpha=c[i])
-                    else: t.addcmul_(gp, gp, value=c[i])
-                    if t is not dst: write_back(dst, t)
-            s['micro'] = 0 if last else s.get('micro', 0) + 1
+        first = np.array([s.get('micro', 0) == 0 for s in b.states])  # a parameter's first micro-batch decays its moments
+        decays = [np.where(first, hp[m.decay] if m.decay else 0., 1.) for m in moments]
+        backends[b.backend].fold(b, moments, hp['l2'], decays, [m.weight(hp) * weight for m in moments])
+        for s in b.states: s['micro'] = 0 if last else s.get('micro', 0) + 1
         if not last: return False
         hp['l2'] = np.zeros_like(hp['l2'])
         b.grads = b.state('grad_acc') if not self.algorithm.state_names else [self._zero_like(p) for p in b.params]
@@ -539,7 +547,7 @@ class FastOptimizer(Optimizer):
                 f"{len(self.param_lists)} param groups; {h}; decouple_wd={self.decouple_wd}"
                 f"{', decouple_lr=True' if self.decouple_lr else ''})")
 
-# %% ../nbs/00_core.ipynb #68f50d34
+# %% ../nbs/00_core.ipynb #4b80986f
 def make_partial(constructor, **kwargs):
     "A partial of `constructor` for `Learner(opt_func=...)`, its arguments checked now"
     allowed = set(inspect.signature(constructor).parameters) - {'params'}

@@ -11,7 +11,7 @@ __all__ = ['pieces', 'chunks', 'with_l2', 'add_scaled', 'Rounding', 'update_para
 import numpy as np
 import torch
 from dataclasses import dataclass
-from .core import backends, to_device, flat, stochastic_round
+from .core import backends, to_device, flat, stochastic_round, fold_moments
 
 # %% ../nbs/01_foreach.ipynb #703f48c5
 def pieces(tensor_lists, limit):
@@ -88,6 +88,7 @@ class ForeachBackend:
     def __init__(self, chunk_numel=None): self.chunk_numel = chunk_numel or {'cuda': 2**24, 'cpu': 2**20}
     def check(self, device, dtype): return None
     def check_tensors(self, params, grads): return None
+    fold = staticmethod(fold_moments)
 
     def step(self, algorithm, bucket, scalars, cache):
         comps = [bucket.comps] if bucket.rounding == 'kahan' else []

@@ -6,8 +6,8 @@ Docs: https://fastoptim.github.io/fastoptim/triton.html.md"""
 
 # %% auto #0
 __all__ = ['tl_dtypes', 'sum_slots', 'SUM_SLOTS', 'roundings', 'locate_block', 'tensor_ptr', 'scalar', 'load_math', 'round_to',
-           'store', 'hash32', 'stochastic_round', 'store_param', 'derive_scalars', 'build_tables', 'add_to_sum',
-           'total', 'interpreting', 'TritonBackend']
+           'store', 'hash32', 'stochastic_round', 'store_param', 'derive_scalars', 'build_tables', 'fold_gradients',
+           'add_to_sum', 'total', 'interpreting', 'TritonBackend']
 
 # %% ../nbs/03_triton.ipynb #0251d129
 import numpy as np
@@ -132,7 +132,23 @@ def build_tables(tensor_lists, device, block):
     block_tensors = np.repeat(np.arange(len(numel), dtype=np.int32), blocks)
     return to_device(table, device), to_device(block_tensors, device), int(blocks.sum())
 
-# %% ../nbs/03_triton.ipynb #d18d8015
+# %% ../nbs/03_triton.ipynb #b222418a
+@triton_jit
+def fold_gradients(table, block_tensors, scalars, WIDTH: tl.constexpr, K: tl.constexpr, MOMENTS: tl.constexpr,
+                   SQUARED: tl.constexpr, DTYPE: tl.constexpr, BLOCK: tl.constexpr):
+    "Each moment j becomes moment·decay_j + weight_j·(g + l2·p)**(2 if bit j of SQUARED else 1)"
+    row, t, offsets, mask = locate_block(table, block_tensors, WIDTH, BLOCK)
+    g = load_math(tensor_ptr(row, 1, DTYPE), offsets, mask)
+    l2 = scalar(scalars, t, 0, K)
+    if l2 != 0: g += l2 * load_math(tensor_ptr(row, 0, DTYPE), offsets, mask)
+    for j in tl.static_range(MOMENTS):
+        ptr = tensor_ptr(row, 2 + j, DTYPE)
+        if (SQUARED >> j) & 1: term = g * g
+        else: term = g
+        moment = load_math(ptr, offsets, mask) * scalar(scalars, t, 1 + 2 * j, K)
+        store(ptr, offsets, moment + scalar(scalars, t, 2 + 2 * j, K) * term, mask, DTYPE)
+
+# %% ../nbs/03_triton.ipynb #6f9ee3c1
 tl_dtypes = {torch.float32: 'float32', torch.bfloat16: 'bfloat16', torch.float16: 'float16'}
 sum_slots = 32
 SUM_SLOTS = tl.constexpr(sum_slots) if triton is not None else sum_slots  # kernels read globals only as constexpr
@@ -200,6 +216,19 @@ class TritonBackend:
             kernel[(cache['n_blocks'],)](cache['table'], cache['block_tensors'], cache['scalars'], cache['sums'],
                 WIDTH=cache['width'], K=K, DTYPE=getattr(tl, tl_dtypes[bucket.dtype]), BLOCK=block,
                 ROUNDING=roundings[bucket.rounding], num_warps=warps)
+
+    def fold(self, bucket, moments, l2, decays, weights):
+        "Optimizer accumulation's fold (`fastoptim.core.fold_moments`) in one launch over the bucket"
+        if len(bucket) == 0: return
+        block, warps = self.launch[bucket.params[0].element_size()]
+        tensors = [bucket.params, bucket.grads, *[bucket.state(m.state) for m in moments]]
+        table, block_tensors, n_blocks = build_tables(tensors, bucket.device, block)
+        columns = [l2, *[c for pair in zip(decays, weights) for c in pair]]
+        scalars = to_device(np.stack(columns, 1).astype(np.float32), bucket.device)
+        if n_blocks == 0: return
+        fold_gradients[(n_blocks,)](table, block_tensors, scalars, WIDTH=len(tensors) + 2, K=len(columns),
+                                    MOMENTS=len(moments), SQUARED=sum(1 << j for j, m in enumerate(moments) if m.power == 2),
+                                    DTYPE=getattr(tl, tl_dtypes[bucket.dtype]), BLOCK=block, num_warps=warps)
 
     def upload(self, algorithm, bucket, scalars, cache):
         "Copy the per-tensor hypers into the device table if they changed (a `per_step` scalar as its β)"
