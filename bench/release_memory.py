@@ -8,6 +8,8 @@ optimizer:
   c  gradient accumulation over --n-acc micro-batches (backward n times, one opt.step(), then zero_grad as in a)
   d  optimizer accumulation over --n-acc micro-batches with gradient release (opt.optimizer_accumulation = (1/n, last))
 Savings: (b) vs (a) = (peak_a - peak_b) / gradient bytes; (d) vs (c) likewise; target >= 90%.
+--offload keeps the checkpointed blocks' inputs in pinned host memory; --profile adds, per configuration, what is alive
+on the GPU at its peak (from the allocator's recorded history), grouped by size and by where it was allocated.
 
 On the GPU machine, from the repository root (fastoptim imports fastai: wheels from ../shared/gpu/wheels.sh in .whl/):
     python3 -m pip install -q --no-index --no-deps --no-compile --target .site .whl/*.whl && \
@@ -33,11 +35,13 @@ def parse_args():
     ap.add_argument('--batch', type=int, default=4, help='sequences per micro-batch')
     ap.add_argument('--n-acc', type=int, default=4, help='micro-batches per optimizer step in (c) and (d)')
     ap.add_argument('--warmup', type=int, default=2, help='untimed optimizer steps before the measured ones')
-    ap.add_argument('--steps', type=int, default=3, help='measured optimizer steps per configuration')
+    ap.add_argument('--steps', type=int, default=10, help='measured optimizer steps per configuration')
     ap.add_argument('--no-ckpt', dest='ckpt', action='store_false',
                     help='no activation checkpointing (default: each block checkpointed, non-reentrant)')
     ap.add_argument('--offload', action='store_true',
                     help="keep the checkpointed blocks' inputs in pinned CPU memory (reentrant checkpoints under save_on_cpu)")
+    ap.add_argument('--group-bytes', type=int, default=2**24,
+                    help='gradient release steps the completed gradients in groups of this many bytes (0: each tensor alone)')
     ap.add_argument('--profile', action='store_true',
                     help='record the allocations of the measured steps and report what is alive at each peak, by kind')
     ap.add_argument('--loss-chunks', type=int, default=8,
@@ -207,7 +211,7 @@ def run(name, args, device, data):
     free(device)
     base = torch.cuda.memory_allocated(device) if cuda else 0  # the token data
     model, opt = build(args, device)
-    if release: prepare_for_gradient_release(model, opt)
+    if release: prepare_for_gradient_release(model, opt, args.group_bytes)
     times, it = [], iter(data)
     for step in range(args.warmup + args.steps):
         if step == args.warmup:  # after warm-up: states allocated, kernels compiled
@@ -334,6 +338,7 @@ def main(args):
           f"Optimizer: fastoptim AdamW, {args.backend} backend, Kahan summation (bf16 default), lr 1e-4, mom 0.9, sqr_mom 0.95, "
           f"eps 1e-8, wd 0.1. Loss: cross-entropy on the logits cast to fp32, "
           f"{'all at once' if args.loss_chunks <= 1 else f'head + loss in {args.loss_chunks} checkpointed token chunks (the full fp32 logits never exist)'}.",
+          f"Gradient release steps completed gradients in groups of {args.group_bytes:,} bytes. "
           f"Batch: {args.batch} sequences × {args.ctx} tokens per micro-batch of random tokens (torch.randint); (c) and (d) "
           f"accumulate {args.n_acc} micro-batches per optimizer step.", '',
           f"Peak: torch.cuda.max_memory_allocated over {args.steps} optimizer steps after {args.warmup} warm-up steps (peak stats "

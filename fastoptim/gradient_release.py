@@ -18,7 +18,7 @@ from fastai.torch_core import find_bs
 from .core import FastOptimizer
 
 # %% ../nbs/21_gradient_release.ipynb #bb4c352b
-_released = weakref.WeakKeyDictionary()  # model -> (optimizer, hook handles)
+_released = weakref.WeakKeyDictionary()  # model -> its _Release
 
 def _check_model(model):
     if isinstance(model, nn.parallel.DistributedDataParallel):
@@ -26,28 +26,50 @@ def _check_model(model):
                            "DDP has all-reduced its gradient. Train without GradientRelease; OptimizerAccumulation "
                            "alone (folding in opt.step(), after the all-reduce) still saves accumulation's gradient memory.")
 
-def _release(opt, p):
-    opt.step_params([p])
-    p.grad = None
+class _Release:
+    "The hooks of one model: completed gradients wait until they reach `group_bytes`, then one step frees them"
+    def __init__(self, model, opt, group_bytes):
+        self.opt, self.group_bytes, self.waiting, self.waiting_bytes, self.end_queued = opt, group_bytes, [], 0, False
+        self.handles = [p.register_post_accumulate_grad_hook(self.completed)
+                        for p in model.parameters() if p.requires_grad and id(p) in opt._where]
 
-def prepare_for_gradient_release(model:nn.Module, opt:FastOptimizer):
-    "Step each parameter of `model` in `opt` as soon as its gradient is complete, and free the gradient"
+    def completed(self, p):
+        self.waiting.append(p)
+        self.waiting_bytes += p.grad.nbytes
+        if self.waiting_bytes >= self.group_bytes: self.release()
+        elif not self.end_queued:  # a reentrant checkpoint's inner backward ends first: its callback runs then
+            self.end_queued = True
+            torch.autograd.Variable._execution_engine.queue_callback(self.backward_ended)
+
+    def backward_ended(self):
+        self.end_queued = False
+        self.release()
+
+    def release(self):
+        if not self.waiting: return
+        self.opt.step_params(self.waiting)
+        for p in self.waiting: p.grad = None
+        self.waiting, self.waiting_bytes = [], 0
+
+def prepare_for_gradient_release(model:nn.Module, opt:FastOptimizer, group_bytes:int=2**24):
+    "Step each parameter of `model` in `opt` once its gradient is complete (in groups of `group_bytes`), and free the gradient"
     _check_model(model)
     if not isinstance(opt, FastOptimizer):
         raise TypeError(f"Gradient release needs a fastoptim optimizer (e.g. adam()), got {type(opt).__name__}.")
+    if not (isinstance(group_bytes, int) and group_bytes >= 0):
+        raise ValueError(f"group_bytes must be a non-negative int (0: step each tensor alone), got {group_bytes!r}.")
     remove_gradient_release(model)
-    handles = [p.register_post_accumulate_grad_hook(lambda p, opt=opt: _release(opt, p))
-               for p in model.parameters() if p.requires_grad and id(p) in opt._where]
-    _released[model] = (opt, handles)
+    _released[model] = _Release(model, opt, group_bytes)
     opt.gradient_release = True
 
 def remove_gradient_release(model:nn.Module):
     "Remove the hooks of `prepare_for_gradient_release`; the optimizer steps in `step()` again"
-    opt, handles = _released.pop(model, (None, []))
-    for h in handles: h.remove()
-    if opt is not None: opt.gradient_release = False
+    release = _released.pop(model, None)
+    if release is None: return
+    for h in release.handles: h.remove()
+    release.opt.gradient_release = False
 
-# %% ../nbs/21_gradient_release.ipynb #926bf87f
+# %% ../nbs/21_gradient_release.ipynb #4725bfae
 def _refuse_with_release(cbs):
     for cb in cbs:
         if isinstance(cb, GradientClip):
@@ -62,13 +84,14 @@ def _refuse_with_release(cbs):
                                "batches: use OptimizerAccumulation, which accumulates in the optimizer's states.")
 
 class GradientRelease(Callback):
-    "Step each parameter during backward, as soon as its gradient is complete, and free the gradient"
+    "Step each parameter during backward, once its gradient is complete (in groups of `group_bytes`), and free the gradient"
+    def __init__(self, group_bytes:int=2**24): store_attr()
     def before_fit(self):
         _refuse_with_release(self.learn.cbs)
-        prepare_for_gradient_release(self.learn.model, self.learn.opt)
+        prepare_for_gradient_release(self.learn.model, self.learn.opt, self.group_bytes)
     def after_fit(self): remove_gradient_release(self.learn.model)
 
-# %% ../nbs/21_gradient_release.ipynb #444dea3d
+# %% ../nbs/21_gradient_release.ipynb #fb0936d4
 class OptimizerAccumulation(Callback):
     "Accumulate `n_acc` samples in the optimizer's states, then write the weights (with or without GradientRelease)"
     run_valid = False

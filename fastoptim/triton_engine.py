@@ -203,7 +203,7 @@ class TritonBackend:
             cache.clear()
             cache['table'], cache['block_tensors'], cache['n_blocks'] = build_tables(tensors, bucket.device, block)
             cache['steps'] = to_device(bucket.step_counts.astype(np.int32), bucket.device)  # derive_scalars adds this step
-            cache['sums'] = torch.zeros(len(bucket) * max(algorithm.reductions, 1) * sum_slots, device=bucket.device)
+            cache['sums'] = torch.empty(len(bucket) * max(algorithm.reductions, 1) * sum_slots, device=bucket.device)  # zeroed before use
             cache.update(block=block, generation=bucket.generation, width=len(tensors) + 2, captured=False)
         self.upload(algorithm, bucket, scalars, cache)  # raises, before anything changes, if a capture cannot
         cache['captured'] |= bucket.capturing
