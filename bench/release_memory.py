@@ -42,6 +42,8 @@ def parse_args():
                     help="keep the checkpointed blocks' inputs in pinned CPU memory (reentrant checkpoints under save_on_cpu)")
     ap.add_argument('--group-bytes', type=int, default=2**24,
                     help='gradient release steps the completed gradients in groups of this many bytes (0: each tensor alone)')
+    ap.add_argument('--torch-fold', action='store_true',
+                    help="fold micro-batches with the engine's PyTorch fold_moments instead of the Triton backend's fused kernel")
     ap.add_argument('--profile', action='store_true',
                     help='record the allocations of the measured steps and report what is alive at each peak, by kind')
     ap.add_argument('--loss-chunks', type=int, default=8,
@@ -302,6 +304,7 @@ def versions():
 
 def main(args):
     t_start = time.perf_counter()
+    if args.torch_fold: fastoptim.core.backends[args.backend].fold = fastoptim.core.fold_moments
     device = torch.device(args.device)
     if args.tiny: torch.set_num_threads(1)
     out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
@@ -339,6 +342,7 @@ def main(args):
           f"eps 1e-8, wd 0.1. Loss: cross-entropy on the logits cast to fp32, "
           f"{'all at once' if args.loss_chunks <= 1 else f'head + loss in {args.loss_chunks} checkpointed token chunks (the full fp32 logits never exist)'}.",
           f"Gradient release steps completed gradients in groups of {args.group_bytes:,} bytes. "
+          f"{'Micro-batches folded by the PyTorch fold_moments (--torch-fold). ' if args.torch_fold else ''}"
           f"Batch: {args.batch} sequences × {args.ctx} tokens per micro-batch of random tokens (torch.randint); (c) and (d) "
           f"accumulate {args.n_acc} micro-batches per optimizer step.", '',
           f"Peak: torch.cuda.max_memory_allocated over {args.steps} optimizer steps after {args.warmup} warm-up steps (peak stats "

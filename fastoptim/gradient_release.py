@@ -9,6 +9,7 @@ __all__ = ['prepare_for_gradient_release', 'remove_gradient_release', 'GradientR
 
 # %% ../nbs/21_gradient_release.ipynb #42c09df9
 import weakref
+import torch
 from torch import nn
 from fastcore.basics import store_attr
 from fastai.callback.core import Callback
