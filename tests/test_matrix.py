@@ -318,3 +318,28 @@ def test_auto_backend_on_cpu_is_foreach(algo):
     opt.step()
     assert 'foreach on cpu' in repr(opt), repr(opt)
     assert list(opt.backends_used.values()) == ['foreach']
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Gradient release and optimizer accumulation, through the package's own module (not a notebook's namespace)
+
+@pytest.mark.parametrize('group_bytes', (0, 2**24))
+@pytest.mark.parametrize('backend', ALL_BACKENDS)
+@pytest.mark.parametrize('algo', list(ALGOS))
+def test_release_and_accumulation_match_plain_loop(algo, backend, group_bytes):
+    from fastoptim.gradient_release import prepare_for_gradient_release, remove_gradient_release
+    ctor, _, extra = ALGOS[algo]
+    def run(release):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 2))
+        opt = ctor(model.parameters(), lr=LR, wd=WD, **extra, **{backend: True})
+        if release: prepare_for_gradient_release(model, opt, group_bytes)
+        g = torch.Generator().manual_seed(1)
+        for i in range(8):
+            opt.optimizer_accumulation = (0.5, i % 2 == 1)
+            model(torch.randn(4, 6, generator=g)).pow(2).mean().backward()
+            assert not release or all(p.grad is None for p in model.parameters())
+            opt.step(); opt.zero_grad()
+        if release: remove_gradient_release(model)
+        return [p.detach().clone() for p in model.parameters()]
+    assert rel_diff(run(True), run(False)) == 0.
