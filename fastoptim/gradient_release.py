@@ -30,27 +30,25 @@ def _check_model(model):
 class _Release:
     "The hooks of one model: completed gradients wait until they reach `group_bytes`, then one step frees them"
     def __init__(self, model, opt, group_bytes):
-        self.opt, self.group_bytes, self.waiting, self.waiting_bytes, self.end_queued = opt, group_bytes, [], 0, False
+        self.opt, self.group_bytes, self.waiting, self.waiting_bytes, self.queued_pass = opt, group_bytes, {}, 0, None
         self.handles = [p.register_post_accumulate_grad_hook(self.completed)
                         for p in model.parameters() if p.requires_grad and id(p) in opt._where]
 
     def completed(self, p):
-        self.waiting.append(p)
-        self.waiting_bytes += p.grad.nbytes
-        if self.waiting_bytes >= self.group_bytes: self.release()
-        elif not self.end_queued:  # a reentrant checkpoint's inner backward ends first: its callback runs then
-            self.end_queued = True
-            torch.autograd.Variable._execution_engine.queue_callback(self.backward_ended)
-
-    def backward_ended(self):
-        self.end_queued = False
-        self.release()
+        if id(p) not in self.waiting:  # after a pass that raised, its gradient may be waiting already
+            self.waiting[id(p)] = p
+            self.waiting_bytes += p.grad.nbytes
+        if self.waiting_bytes >= self.group_bytes: return self.release()
+        this_pass = torch._C._current_graph_task_id()
+        if this_pass != self.queued_pass:
+            self.queued_pass = this_pass
+            torch.autograd.Variable._execution_engine.queue_callback(self.release)
 
     def release(self):
         if not self.waiting: return
-        self.opt.step_params(self.waiting)
-        for p in self.waiting: p.grad = None
-        self.waiting, self.waiting_bytes = [], 0
+        self.opt.step_params(list(self.waiting.values()))
+        for p in self.waiting.values(): p.grad = None
+        self.waiting, self.waiting_bytes = {}, 0
 
 def prepare_for_gradient_release(model:nn.Module, opt:FastOptimizer, group_bytes:int=2**24):
     "Step each parameter of `model` in `opt` once its gradient is complete (in groups of `group_bytes`), and free the gradient"
@@ -70,7 +68,7 @@ def remove_gradient_release(model:nn.Module):
     for h in release.handles: h.remove()
     release.opt.gradient_release = False
 
-# %% ../nbs/21_gradient_release.ipynb #4725bfae
+# %% ../nbs/21_gradient_release.ipynb #608c175f
 def _refuse_with_release(cbs):
     for cb in cbs:
         if isinstance(cb, GradientClip):
@@ -92,7 +90,7 @@ class GradientRelease(Callback):
         prepare_for_gradient_release(self.learn.model, self.learn.opt, self.group_bytes)
     def after_fit(self): remove_gradient_release(self.learn.model)
 
-# %% ../nbs/21_gradient_release.ipynb #fb0936d4
+# %% ../nbs/21_gradient_release.ipynb #2d1adfb9
 class OptimizerAccumulation(Callback):
     "Accumulate `n_acc` samples in the optimizer's states, then write the weights (with or without GradientRelease)"
     run_valid = False

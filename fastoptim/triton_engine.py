@@ -223,9 +223,9 @@ class TritonBackend:
         block, warps = self.launch[bucket.params[0].element_size()]
         tensors = [bucket.params, bucket.grads, *[bucket.state(m.state) for m in moments]]
         table, block_tensors, n_blocks = build_tables(tensors, bucket.device, block)
+        if n_blocks == 0: return
         columns = [l2, *[c for pair in zip(decays, weights) for c in pair]]
         scalars = to_device(np.stack(columns, 1).astype(np.float32), bucket.device)
-        if n_blocks == 0: return
         fold_gradients[(n_blocks,)](table, block_tensors, scalars, WIDTH=len(tensors) + 2, K=len(columns),
                                     MOMENTS=len(moments), SQUARED=sum(1 << j for j, m in enumerate(moments) if m.power == 2),
                                     DTYPE=getattr(tl, tl_dtypes[bucket.dtype]), BLOCK=block, num_warps=warps)
