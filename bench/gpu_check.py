@@ -12,8 +12,8 @@ import numpy as np
 import torch
 import triton
 import fastai
-from fastai.optimizer import SGD as FastaiSGD, Adam as FastaiAdam, Lamb as FastaiLamb
-from fastoptim.all import SGD, Adam, Lamb
+from fastai.optimizer import SGD as FastaiSGD, Adam as FastaiAdam, Lamb as FastaiLamb, RAdam as FastaiRAdam
+from fastoptim.all import SGD, Adam, Lamb, RAdam
 from fastoptim.testing import drive, rel_diff
 from shapes import llm_shapes, resnet50_shapes
 from timing import copy_bandwidth, median_ms, write_report
@@ -24,6 +24,7 @@ ALGOS = {
     'SGD-momentum': (lambda g, **kw: SGD(g, lr=1e-2, mom=0.9, wd=0.1, **kw), lambda g: FastaiSGD(g, lr=1e-2, mom=0.9, wd=0.1)),
     'AdamW': (lambda g, **kw: Adam(g, lr=1e-2, wd=0.1, **kw), lambda g: FastaiAdam(g, lr=1e-2, wd=0.1)),
     'LAMB': (lambda g, **kw: Lamb(g, lr=1e-2, wd=0.1, **kw), lambda g: FastaiLamb(g, lr=1e-2, wd=0.1)),
+    'RAdam': (lambda g, **kw: RAdam(g, lr=1e-2, wd=0.1, **kw), lambda g: FastaiRAdam(g, lr=1e-2, wd=0.1)),
 }
 
 
@@ -78,7 +79,8 @@ def stochastic_bits():
     b = Bucket(dev, torch.bfloat16)
     b.params, b.grads, b.states, b.groups = [p], [grad], [{}], [0]
     b.rounding, b.seed_bases, b.step_counts = 'stochastic', seed_base, step - 1
-    registry['triton'].step(sgd_algorithm, b, dict(lr=np.array([1e-3]), decay=np.array([0.]), l2=np.array([0.])), {})
+    registry['triton'].step(sgd_algorithm.plan(), b, dict(lr=np.array([1e-3]), decay=np.array([0.]), l2=np.array([0.]),
+                                                          step=step.astype(float)), {})
     return (p != expected).float().mean().item()
 
 

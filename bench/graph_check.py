@@ -11,7 +11,7 @@ assert os.environ.get('TRITON_INTERPRET', '0') != '1', 'unset TRITON_INTERPRET t
 
 import torch
 import triton
-from fastoptim.all import SGD, Adam, Lamb
+from fastoptim.all import SGD, Adam, Lamb, RAdam, Lion
 from graphed import Graphed
 from shapes import resnet50_shapes
 from timing import write_report
@@ -19,7 +19,9 @@ from timing import write_report
 dev = torch.device('cuda')
 ALGOS = {'SGD-momentum': lambda ps, **kw: SGD(ps, lr=1e-2, mom=0.9, wd=0.1, **kw),
          'AdamW': lambda ps, **kw: Adam(ps, lr=1e-2, wd=0.1, **kw),
-         'LAMB': lambda ps, **kw: Lamb(ps, lr=1e-2, wd=0.1, **kw)}
+         'LAMB': lambda ps, **kw: Lamb(ps, lr=1e-2, wd=0.1, **kw),
+         'RAdam': lambda ps, **kw: RAdam(ps, lr=1e-2, wd=0.1, **kw),
+         'Lion': lambda ps, **kw: Lion(ps, lr=1e-3, wd=0.1, **kw)}
 PRECISIONS = {'fp32': (torch.float32, {}), 'bf16 Kahan': (torch.bfloat16, {}),
               'bf16 stochastic': (torch.bfloat16, dict(stochastic_rounding=True, seed=3)),
               'bf16 nearest': (torch.bfloat16, dict(kahan_sum=False))}
