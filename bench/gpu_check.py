@@ -53,7 +53,7 @@ def accumulation():
         params, opt, gen = [p for grp in groups for p in grp], make(groups), torch.Generator().manual_seed(1)
         for i in range(20):
             for p in params: p.grad = torch.randn(p.shape, generator=gen).to(dev, dtype)
-            opt.optimizer_accumulation = (0.25, i % 4 == 3)
+            opt.accumulate(0.25, i % 4 == 3)
             opt.step()
         return [p.detach().clone() for p in params]
     rows = []

@@ -6,7 +6,7 @@ optimizer:
   a  normal training: forward, backward, opt.step(), model.zero_grad(set_to_none=True) (--zero-grad fastai: opt.zero_grad())
   b  gradient release (prepare_for_gradient_release): each parameter stepped in its post-accumulate-grad hook
   c  gradient accumulation over --n-acc micro-batches (backward n times, one opt.step(), then zero_grad as in a)
-  d  optimizer accumulation over --n-acc micro-batches with gradient release (opt.optimizer_accumulation = (1/n, last))
+  d  optimizer accumulation over --n-acc micro-batches with gradient release (opt.accumulate(1/n, last))
 Savings: (b) vs (a) = (peak_a - peak_b) / gradient bytes; (d) vs (c) likewise; target >= 90%.
 --offload keeps the checkpointed blocks' inputs in pinned host memory; --profile adds, per configuration, what is alive
 on the GPU at its peak (from the allocator's recorded history), grouped by size and by where it was allocated.
@@ -224,7 +224,7 @@ def run(name, args, device, data):
         sync(device); t0 = time.perf_counter()
         for i in range(n):
             x, y = next(it)
-            if name == 'd': opt.optimizer_accumulation = (1 / n, i == n - 1)
+            if name == 'd': opt.accumulate(1 / n, i == n - 1)
             micro_batch(model, x, y, args.loss_chunks)
         opt.step()       # a no-op with release (d: the hooks folded and, on the last micro-batch, wrote the weights)
         if args.zero_grad == 'none': model.zero_grad(set_to_none=True)  # FastOptimizer.zero_grad (fastai's) zeroes in place
@@ -241,7 +241,7 @@ def run(name, args, device, data):
                step_s=statistics.median(times), step_times_s=times,
                tokens_per_s=n * args.batch * args.ctx / statistics.median(times),
                profile=profile, state_bytes=sum(t.nbytes for p in model.parameters() for t in opt.state[p].values() if isinstance(t, torch.Tensor)))
-    opt.optimizer_accumulation = None
+    opt.stop_accumulation()
     if release: remove_gradient_release(model)
     del model, opt
     free(device)

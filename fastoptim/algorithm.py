@@ -29,7 +29,7 @@ class Hyper:
     lo_open: bool = False
     hi_open: bool = True
     @property
-    def text(self): return f"in {'(' if self.lo_open else '['}{self.lo}, {self.hi}{')' if self.hi_open else ']'}"
+    def text(self): return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
     def allows(self, v):
         return (self.lo < v if self.lo_open else self.lo <= v) and (v < self.hi if self.hi_open else v <= self.hi)
 
@@ -306,8 +306,9 @@ class Plan:
 
     def host_values(self, leaves, n):
         "Each frontier number for `n` tensors, float64, from per-tensor arrays of the engine's inputs and hypers"
+        if not hasattr(self, '_host_order'): self._host_order = nodes_of(list(self.frontier.values()))  # once per plan
         return {k: np.broadcast_to(np.asarray(v, dtype=np.float64), (n,))
-                for k, v in zip(self.frontier, evaluate(list(self.frontier.values()), leaves))}
+                for k, v in zip(self.frontier, evaluate(list(self.frontier.values()), leaves, self._host_order))}
 
     def leaves(self):
         "The engine's inputs and hypers the frontier is computed from"
@@ -319,11 +320,11 @@ host_ops = dict(add=np.add, sub=np.subtract, mul=np.multiply, div=np.divide, neg
                 gt=np.greater, lt=np.less, ge=np.greater_equal, le=np.less_equal, eq=np.equal, ne=np.not_equal,
                 **{'and': np.logical_and, 'or': np.logical_or})
 
-def evaluate(roots, leaves):
-    "Host expressions evaluated with numpy in float64, one value per tensor"
+def evaluate(roots, leaves, order=None):
+    "Host expressions evaluated with numpy in float64, one value per tensor (`order`: `nodes_of(roots)`, if known)"
     values = {}
     with np.errstate(all='ignore'):  # both sides of a `where` are computed; the one not taken may overflow
-        for n in nodes_of(roots):
+        for n in order or nodes_of(roots):
             if n.op == 'input': v = np.asarray(leaves[n.name], dtype=np.float64)
             elif n.op == 'const': v = np.float64(n.value)
             else: v = host_ops[n.op](*[values[id(a)] for a in n.args])
@@ -360,12 +361,11 @@ class TorchDialect:
                       maximum='torch.maximum({0}, {1})', minimum='torch.minimum({0}, {1})', where='torch.where({0}, {1}, {2})',
                       gt='({0} > {1})', lt='({0} < {1})', ge='({0} >= {1})', le='({0} <= {1})', eq='({0} == {1})',
                       ne='({0} != {1})', pow='torch.pow({0}, {1})', **{'and': '({0} & {1})', 'or': '({0} | {1})'})
-    wrap_host = ('maximum', 'minimum', 'where', 'pow')  # device ops whose number arguments must be tensors
+    clamps = dict(maximum='torch.clamp({0}, min={1})', minimum='torch.clamp({0}, max={1})')  # a device number and a host one
     def tensor_var(self, name): return f'{name}_math'
     def host_var(self, name): return name
     def host_in_device(self, name): return name
     def tensor_scalar(self, var): return var  # a device number as an argument of a tensor op
-    def full_like(self, ref, value): return f'torch.full_like({ref}, {value}, dtype=torch.float32)'
     def reduce_sum(self, x): return f'torch.sum({x})'
     def add_l2(self, target): return [f'{target}.add_(g_math)', f'if l2 != 0: {target}.add_(p_math, alpha=l2)']
     def materialize_g(self): return ['if l2 != 0: g_math = g_math + l2 * p_math']
@@ -415,10 +415,9 @@ def emit(plan, phase, dialect, reusable_states):
                 code = dialect.reduce_sumsq(operand(x.args[0])) if id(x) in squares else dialect.reduce_sum(operand(x))
             else:
                 args = [operand(a, True) for a in n.args]
-                if n.op in dialect.wrap_host:
-                    ref = next(v for a, v in zip(n.args, args) if a.device)
-                    args = [v if a.device else dialect.full_like(ref, v) for a, v in zip(n.args, args)]
-                code = dialect.device_ops[n.op].format(*args)
+                if n.op in dialect.clamps and not all(a.device for a in n.args):  # one launch, no tensor made of the number
+                    code = dialect.clamps[n.op].format(*(args if n.args[0].device else args[::-1]))
+                else: code = dialect.device_ops[n.op].format(*args)
             var[id(n)] = f'd{next(names)}'
             lines.append(f'{var[id(n)]} = {code}')
             continue

@@ -7,8 +7,8 @@ Docs: https://fastoptim.github.io/fastoptim/core.html.md"""
 # %% auto #0
 __all__ = ['fold_numel', 'backends', 'backend_flags', 'algorithms', 'check_hyper', 'as_math', 'write_back', 'flat',
            'fold_moments', 'hash32', 'stochastic_round', 'update_param', 'to_device', 'Bucket', 'compile_source',
-           'per_tensor_function', 'ForLoopBackend', 'backend_from_flags', 'auto_backend', 'FastOptimizer',
-           'make_partial', 'make_optimizer']
+           'per_tensor_function', 'ForLoopBackend', 'backend_from_flags', 'auto_backend', 'Layout', 'Numbers',
+           'Preparation', 'FastOptimizer', 'make_partial', 'make_optimizer']
 
 # %% ../nbs/00_core.ipynb #a62f848f
 import inspect, linecache, math, warnings
@@ -224,7 +224,138 @@ def _dense(t):
     return t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)) \
         or (t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d))
 
-# %% ../nbs/00_core.ipynb #a089bf0a
+# %% ../nbs/00_core.ipynb #3c14fec3
+class Layout:
+    "The buckets of a step: parameters with gradients by (device, dtype), kept while no address changes"
+    def __init__(self, opt):
+        self.opt, self.sig, self.buckets, self.generation, self.caches = opt, None, {}, 0, {}
+
+    def signature(self):
+        "This step's gradients (None where a parameter is not stepped) and what identifies the layout they make"
+        params = self.opt.flat_params
+        grads = [p.grad if p.requires_grad else None for p in params]
+        try: return grads, (*map(Tensor.data_ptr, params), *[0 if g is None else g.data_ptr() for g in grads])
+        except RuntimeError: return grads, (*map(_address, params), *[0 if g is None else _address(g) for g in grads])
+
+    def group(self, params, grads, indices):
+        "Buckets of the `params` that have a gradient; `indices` are their positions in the optimizer"
+        buckets = {}
+        for p, g, i in zip(params, grads, indices):
+            if g is None: continue
+            b = buckets.get((p.device, p.dtype))
+            if b is None: b = buckets[p.device, p.dtype] = Bucket(p.device, p.dtype)
+            b.add(p, g, self.opt.state[p], self.opt.group_of[i], i)
+        return buckets
+
+    def current(self, capturing=False):
+        "This step's buckets: rebuilt, checked and given their state only when the signature changed"
+        grads, sig = self.signature()
+        if sig != self.sig:
+            if capturing: raise RuntimeError(
+                "opt.step() is being captured in a CUDA graph, but no step was taken outside the graph with these "
+                "parameters and gradients (or they moved since): take one first, with the gradients at the addresses "
+                "the graph will use, so that the device tables exist before the capture.")
+            self.sync_steps()
+            buckets = self.group(self.opt.flat_params, grads, range(len(grads)))
+            self.generation += 1
+            self.opt.preparation(buckets, self.generation)
+            self.buckets, self.sig = buckets, sig
+        else:
+            for b in self.buckets.values(): b.grads = [grads[i] for i in b.indices]
+        return self.buckets
+
+    def forget(self):
+        "Make the next step rebuild its buckets (and the backends their caches) from the state as it is"
+        self.sig, self.buckets = None, {}
+
+    def sync_steps(self):
+        "Bring the host's step counts up to date where a CUDA graph advanced them on the device (waits for the GPU)"
+        for key, b in self.buckets.items():
+            backend = backends[b.backend]
+            steps = backend.graph_steps(self.caches.get(key, {})) if backend.capturable else None
+            if steps is not None:
+                for s, n in zip(b.states, steps): s['step'] = n
+                b.step_counts = np.array(steps, dtype=np.int64)
+
+# %% ../nbs/00_core.ipynb #648295a6
+class Numbers:
+    "The per-tensor numbers an update reads (the plan's inputs), from the hypers of each tensor's group"
+    def __init__(self, opt): self.opt = opt
+
+    def check(self):
+        "Raise a clear error, before anything changes, on any group's hyper that is missing or out of its range"
+        opt = self.opt
+        for i, h in enumerate(opt.hypers):
+            for name in ('lr', 'max_lr', *opt.algorithm.hypers):
+                if name == 'max_lr' and not opt.decouple_lr: continue
+                if name not in h: raise KeyError(f"Param group {i} has no value for hyperparameter `{name}`.")
+                check_hyper(name, h[name], opt.algorithm.hypers.get(name, engine_hypers.get(name)))
+
+    def groups(self):
+        "Each hyper as a float64 array over the param groups"
+        opt = self.opt
+        names = ('lr', 'wd', *(('max_lr',) if opt.decouple_lr else ()), *opt.algorithm.hypers)
+        return {k: np.array([float(h[k]) for h in opt.hypers], dtype=np.float64) for k in dict.fromkeys(names)}
+
+    def leaves(self, b, groups):
+        "Per-tensor float64 arrays of bucket `b`: the group's hypers, `step` (after this one), `l2` and `decay`"
+        opt, hp = self.opt, {k: v[b.group_index] for k, v in groups.items()}
+        step = b.step_counts + 1
+        wd = hp['wd'] * b.do_wd
+        if not opt.decouple_wd: l2, decay = wd, np.zeros_like(wd)
+        elif opt.decouple_lr: l2, decay = np.zeros_like(wd), hp['lr'] / hp['max_lr'] * wd
+        else: l2, decay = np.zeros_like(wd), hp['lr'] * wd
+        return {**hp, 'step': step.astype(np.float64), 'l2': l2, 'decay': decay}, step
+
+# %% ../nbs/00_core.ipynb #f4b9bb67
+class Preparation:
+    "Check buckets and choose their backends, then give them their state: whatever can raise does so before any write"
+    def __init__(self, opt): self.opt = opt
+
+    def __call__(self, buckets, generation):
+        opt = self.opt
+        names = {key: self.check(b) for key, b in buckets.items()}
+        for key, b in buckets.items():
+            self.create_state(b)
+            b.backend, b.generation, b.group_index = names[key], generation, np.array(b.groups)
+            b.step_counts = np.array([s.get('step', 0) for s in b.states], dtype=np.int64)
+            b.do_wd = np.array([bool(s.get('do_wd', True)) for s in b.states])
+            if b.rounding == 'stochastic':
+                b.seed_bases = hash32(hash32(np.int64(opt.seed)) ^ np.array(b.indices, dtype=np.int64))
+
+    def check(self, b):
+        "The backend that will step bucket `b`, after checking its tensors and state"
+        opt = self.opt
+        if opt.stochastic_rounding and b.dtype == torch.float16:
+            raise TypeError("stochastic_rounding=True supports bfloat16 parameters, not float16: use kahan_sum.")
+        for p, g in zip(b.params, b.grads):
+            err = _param_error(p) or _grad_error(p, g)
+            if err: raise RuntimeError(f"{opt.algorithm.name} cannot step a parameter of shape {tuple(p.shape)}: {err}.")
+        name = opt.backend or auto_backend(b.device, b.dtype)
+        if opt.backend is None and backends[name].check_tensors(b.params, b.grads): name = 'foreach'
+        reason = backends[name].check(b.device, b.dtype) or backends[name].check_tensors(b.params, b.grads)
+        if reason: raise RuntimeError(f"The {name} backend cannot run on {b.device} with {b.dtype}: {reason}")
+        for s in b.states:
+            missing = [n for n in opt.algorithm.states if n not in s]
+            if missing and s.get('step', 0) > 0:
+                raise KeyError(f"{opt.algorithm.name}: the state of a parameter that has taken {s['step']} steps "
+                               f"lacks {missing}; was it saved by another algorithm?")
+        return name
+
+    def create_state(self, b):
+        "Create missing state tensors from the description; move loaded ones to their parameter's device, dtype and layout"
+        b.rounding = self.opt.rounding(b.dtype)
+        specs = {**self.opt.algorithm.states, **({'kahan_comp': State()} if b.rounding == 'kahan' else {})}
+        for p, s in zip(b.params, b.states):
+            for n, spec in specs.items():
+                t, dtype = s.get(n), torch.float32 if spec.dtype == 'fp32' else p.dtype
+                if t is None:
+                    new = torch.empty_like(p, dtype=dtype, memory_format=torch.preserve_format)
+                    s[n] = new.copy_(p.detach()) if spec.init == 'param' else new.zero_()
+                elif t.device != p.device or t.dtype != dtype or t.stride() != p.stride():
+                    s[n] = torch.empty_like(p, dtype=dtype, memory_format=torch.preserve_format).copy_(t)
+
+# %% ../nbs/00_core.ipynb #f7af5706
 class FastOptimizer(Optimizer):
     "A fastai `Optimizer` running `algorithm` over (device, dtype) buckets with one backend call per bucket"
     def __init__(self,
@@ -234,9 +365,9 @@ class FastOptimizer(Optimizer):
         decouple_wd:bool=True,  # decoupled weight decay (AdamW) if True, else L2 regularisation
         decouple_lr:bool=False, # fully decoupled: decay by (lr/max_lr)·wd instead of lr·wd
         max_lr:float|slice|None=None, # with `decouple_lr`: the lr at which decay is exactly wd (default: `lr`)
-        forloop:bool=False,     # the readable reference, one tensor at a time
+        forloop:bool=False,     # the readable spec, one tensor at a time
         foreach:bool=False,     # torch._foreach_* over bounded chunks
-        jit:bool=False,         # the reference scripted with TorchScript
+        jit:bool=False,         # the per-tensor function scripted with TorchScript
         triton:bool=False,      # one Triton launch per bucket
         kahan_sum:bool|None=None, # Kahan-compensated updates; None: for bf16 and fp16 parameters
         stochastic_rounding:bool=False, # round bf16 parameters stochastically instead (not with kahan_sum)
@@ -261,16 +392,15 @@ class FastOptimizer(Optimizer):
         if backend == 'triton': backends['triton'].check_installed()
         self.algorithm, self.backend, self.decouple_wd, self.decouple_lr = algorithm, backend, decouple_wd, decouple_lr
         self.kahan_sum, self.stochastic_rounding, self.seed = kahan_sum, stochastic_rounding, seed
-        self._caches, self.backends_used, self._warned_lr = {}, {}, False
-        self._generation, self._layout_sig, self._layout_buckets = 0, None, {}
-        self.gradient_release = False       # set by `prepare_for_gradient_release`: hooks step the parameters
-        self.optimizer_accumulation = None  # (weight, last) of the current micro-batch, or None
+        self.backends_used, self._warned_lr, self._releasing, self._accumulation = {}, False, False, None
+        self.layout, self.numbers, self.preparation = Layout(self), Numbers(self), Preparation(self)
         super().__init__(params, [], lr=lr, **{**{k: h.default for k, h in algorithm.hypers.items()}, **hypers})
         self._check_params()
-        self._params = [p for pg in self.param_lists for p in pg]
-        self._where = {id(p): (i, gi) for i, (gi, p) in enumerate((gi, p) for gi, pg in enumerate(self.param_lists) for p in pg)}
+        self.flat_params = [p for pg in self.param_lists for p in pg]
+        self.group_of = [gi for gi, pg in enumerate(self.param_lists) for _ in pg]
+        self._index = {id(p): i for i, p in enumerate(self.flat_params)}
         if decouple_lr: self.set_hyper('max_lr', max_lr if max_lr is not None else [h['lr'] for h in self.hypers])
-        self._check_hypers()
+        self.numbers.check()
 
     def _check_params(self):
         seen = set()
@@ -281,82 +411,9 @@ class FastOptimizer(Optimizer):
             if id(p) in seen: raise ValueError("A parameter appears more than once in the param groups.")
             seen.add(id(p))
 
-    def _check_hypers(self):
-        for i, h in enumerate(self.hypers):
-            for name in ('lr', 'max_lr', *self.algorithm.hypers):
-                if name == 'max_lr' and not self.decouple_lr: continue
-                if name not in h: raise KeyError(f"Param group {i} has no value for hyperparameter `{name}`.")
-                check_hyper(name, h[name], self.algorithm.hypers.get(name, engine_hypers.get(name)))
-
-    def _signature(self):
-        "This step's gradients (None where a parameter is not stepped) and what identifies the layout they make"
-        grads = [p.grad if p.requires_grad else None for p in self._params]
-        try: return grads, (*map(Tensor.data_ptr, self._params), *[0 if g is None else g.data_ptr() for g in grads])
-        except RuntimeError: return grads, (*map(_address, self._params), *[0 if g is None else _address(g) for g in grads])
-
-    def _buckets(self, grads):
-        buckets, i = {}, 0
-        for gi, pg in enumerate(self.param_lists):
-            for p in pg:
-                if grads[i] is not None:
-                    key = (p.device, p.dtype)
-                    b = buckets.get(key)
-                    if b is None: b = buckets[key] = Bucket(*key)
-                    b.add(p, grads[i], self.state[p], gi, i)
-                i += 1
-        return buckets
-
-    def _layout(self, capturing=False):
-        "The buckets of this step: rebuilt, checked and given their state only when the signature changed"
-        grads, sig = self._signature()
-        if sig != self._layout_sig:
-            if capturing: raise RuntimeError(
-                "opt.step() is being captured in a CUDA graph, but no step was taken outside the graph with these "
-                "parameters and gradients (or they moved since): take one first, with the gradients at the addresses "
-                "the graph will use, so that the device tables exist before the capture.")
-            self._sync_steps()
-            buckets = self._buckets(grads)
-            self._generation += 1
-            self._prepare(buckets, self._generation)
-            self._layout_buckets, self._layout_sig = buckets, sig
-        else:
-            for b in self._layout_buckets.values(): b.grads = [grads[i] for i in b.indices]
-        return self._layout_buckets
-
-    def _prepare(self, buckets, generation):
-        "Check every bucket and choose its backend, then create the state: a bad input raises before anything changes"
-        names = {key: self._check_bucket(b) for key, b in buckets.items()}
-        for key, b in buckets.items():
-            self._prepare_state(b)
-            b.backend, b.generation, b.group_index = names[key], generation, np.array(b.groups)
-            b.step_counts = np.array([s.get('step', 0) for s in b.states], dtype=np.int64)
-            b.do_wd = np.array([bool(s.get('do_wd', True)) for s in b.states])
-            if b.rounding == 'stochastic':
-                b.seed_bases = hash32(hash32(np.int64(self.seed)) ^ np.array(b.indices, dtype=np.int64))
-
-    def _forget_layout(self):
-        "Make the next `step` rebuild its buckets (and the backends their caches) from the state as it is"
-        self._layout_sig, self._layout_buckets = None, {}
-
-    def _capturing(self):
-        return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
-
-    def _sync_steps(self):
-        "Bring the host's step counts up to date where a CUDA graph advanced them on the device (waits for the GPU)"
-        for key, b in self._layout_buckets.items():
-            backend = backends[b.backend]
-            steps = backend.graph_steps(self._caches.get(key, {})) if backend.capturable else None
-            if steps is not None:
-                for s, n in zip(b.states, steps): s['step'] = n
-                b.step_counts = np.array(steps, dtype=np.int64)
-
-    def clear_state(self):
-        super().clear_state()
-        self._forget_layout()
-
-    def load_state_dict(self, sd):
-        super().load_state_dict(sd)
-        self._forget_layout()
+    def owns(self, p):
+        "Whether `p` is one of this optimizer's parameters"
+        return id(p) in self._index
 
     def rounding(self, dtype):
         "How parameters of `dtype` are written: 'nearest', 'kahan' or 'stochastic'"
@@ -365,118 +422,92 @@ class FastOptimizer(Optimizer):
         if self.kahan_sum or (self.kahan_sum is None and low and not self.stochastic_rounding): return 'kahan'
         return 'nearest'
 
-    def _check_bucket(self, b):
-        if self.stochastic_rounding and b.dtype == torch.float16:
-            raise TypeError("stochastic_rounding=True supports bfloat16 parameters, not float16: use kahan_sum.")
-        for p, g in zip(b.params, b.grads):
-            err = _param_error(p) or _grad_error(p, g)
-            if err: raise RuntimeError(f"{self.algorithm.name} cannot step a parameter of shape {tuple(p.shape)}: {err}.")
-        name = self.backend or auto_backend(b.device, b.dtype)
-        if self.backend is None and backends[name].check_tensors(b.params, b.grads): name = 'foreach'
-        reason = backends[name].check(b.device, b.dtype) or backends[name].check_tensors(b.params, b.grads)
-        if reason: raise RuntimeError(f"The {name} backend cannot run on {b.device} with {b.dtype}: {reason}")
-        for s in b.states:
-            missing = [n for n in self.algorithm.states if n not in s]
-            if missing and s.get('step', 0) > 0:
-                raise KeyError(f"{self.algorithm.name}: the state of a parameter that has taken {s['step']} steps "
-                               f"lacks {missing}; was it saved by another algorithm?")
-        return name
+    def clear_state(self):
+        super().clear_state()
+        self.layout.forget()
 
-    def _prepare_state(self, b):
-        "Create missing state tensors; move loaded ones to their parameter's device, dtype and layout"
-        b.rounding = self.rounding(b.dtype)
-        specs = {**self.algorithm.states, **({'kahan_comp': State()} if b.rounding == 'kahan' else {})}
-        for p, s in zip(b.params, b.states):
-            for n, spec in specs.items():
-                t, dtype = s.get(n), torch.float32 if spec.dtype == 'fp32' else p.dtype
-                if t is None:
-                    new = torch.empty_like(p, dtype=dtype, memory_format=torch.preserve_format)
-                    s[n] = new.copy_(p.detach()) if spec.init == 'param' else new.zero_()
-                elif t.device != p.device or t.dtype != dtype or t.stride() != p.stride():
-                    s[n] = torch.empty_like(p, dtype=dtype, memory_format=torch.preserve_format).copy_(t)
+    def load_state_dict(self, sd):
+        super().load_state_dict(sd)
+        self.layout.forget()
 
-    def _group_arrays(self):
-        names = ('lr', 'wd', 'max_lr', *self.algorithm.hypers) if self.decouple_lr else ('lr', 'wd', *self.algorithm.hypers)
-        return {k: np.array([float(h[k]) for h in self.hypers], dtype=np.float64) for k in dict.fromkeys(names)}
+    def _capturing(self):
+        return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
-    def _leaves(self, b, groups):
-        "Per-tensor float64 arrays of what an update reads: the group's hypers, `step` (after this one), `l2` and `decay`"
-        hp = {k: v[b.group_index] for k, v in groups.items()}
-        step = b.step_counts + 1
-        wd = hp['wd'] * b.do_wd
-        if not self.decouple_wd: l2, decay = wd, np.zeros_like(wd)
-        elif self.decouple_lr: l2, decay = np.zeros_like(wd), hp['lr'] / hp['max_lr'] * wd
-        else: l2, decay = np.zeros_like(wd), hp['lr'] * wd
-        return {**hp, 'step': step.astype(np.float64), 'l2': l2, 'decay': decay}, step
-
+    # ---- stepping modes
     def step(self, closure=None):
         if closure is not None: raise NotImplementedError("fastoptim optimizers do not support closures")
         capturing = self._capturing()
-        # accumulation swaps other gradients into the step that writes the weights, which a cached Triton table would miss
-        if self.gradient_release or self.optimizer_accumulation is not None:
-            return self.step_params([p for p in self._params if p.grad is not None])
-        self._check_hypers()
-        self._run(self._layout(capturing), self._caches, capturing)
-
-    def upload_hypers(self):
-        "Copy the current hypers into the device tables without stepping: before replaying a CUDA graph after a change"
-        if self._capturing(): raise RuntimeError("upload_hypers() copies from the host: call it between replays, not "
-                                                 "while capturing.")
-        self._check_hypers()
-        groups = self._group_arrays()
-        with torch.no_grad():
-            for key, b in self._layout_buckets.items():
-                backend, cache = backends[b.backend], self._caches.get(key)
-                if not backend.capturable or not cache: continue  # no table yet: the next step uploads them
-                leaves, _ = self._leaves(b, groups)
-                b.capturing = False
-                backend.upload(self.algorithm.plan('step'), b, leaves, cache)
+        # release and accumulation step in one-off buckets: a cached Triton table would miss what they change
+        if self._releasing or self._accumulation is not None:
+            return self.step_params([p for p in self.flat_params if p.grad is not None])
+        self.numbers.check()
+        self._run(self.layout.current(capturing), self.layout.caches, capturing)
 
     def step_params(self, params):
         "Step `params` now, as `step` would, in one-off buckets (the next `step` rebuilds its layout)"
         if self._capturing(): raise RuntimeError(
             "Gradient release and optimizer accumulation step in one-off buckets, which a CUDA graph cannot capture.")
-        self._check_hypers()
-        self._check_accumulation()
-        self._sync_steps()
-        self._forget_layout()
-        buckets = {}
+        self.numbers.check()
+        if self._accumulation is not None: self.algorithm.plan('apply')  # raises if accumulation cannot reproduce it
+        indices = []
         for p in params:
-            where = self._where.get(id(p))
-            if where is None: raise ValueError(f"A parameter of shape {tuple(p.shape)} is not in this optimizer.")
-            g = p.grad if p.requires_grad else None
-            if g is None: continue
-            b = buckets.get((p.device, p.dtype))
-            if b is None: b = buckets[p.device, p.dtype] = Bucket(p.device, p.dtype)
-            b.add(p, g, self.state[p], where[1], where[0])
-        self._prepare(buckets, -1)  # -1: the backends' caches, fresh below, know nothing of it
+            if not self.owns(p): raise ValueError(f"A parameter of shape {tuple(p.shape)} is not in this optimizer.")
+            indices.append(self._index[id(p)])
+        self.layout.sync_steps()
+        self.layout.forget()
+        buckets = self.layout.group(params, [p.grad if p.requires_grad else None for p in params], indices)
+        self.preparation(buckets, -1)  # -1: the backends' caches, fresh below, know nothing of it
         self._run(buckets, {})
 
-    def _check_accumulation(self):
-        acc = self.optimizer_accumulation
-        if acc is None: return
-        if not (isinstance(acc, tuple) and len(acc) == 2 and isinstance(acc[1], bool)):
-            raise TypeError(f"optimizer_accumulation must be None or (weight, last), got {acc!r}.")
-        check_hyper('optimizer_accumulation weight', acc[0])
-        if not 0 < acc[0] < math.inf: raise ValueError(f"The micro-batch weight must be positive, got {acc[0]}.")
-        self.algorithm.plan('apply')  # raises if accumulation cannot reproduce the algorithm
+    @property
+    def releasing(self):
+        "Whether gradient release is on: hooks step the parameters, and `step()` only those they do not watch"
+        return self._releasing
+    def start_release(self): self._releasing = True
+    def stop_release(self): self._releasing = False
+
+    @property
+    def accumulation(self):
+        "(weight, last) of the micro-batch the next step folds, or None"
+        return self._accumulation
+    def accumulate(self, weight:float, last:bool):
+        "Make the next step fold `weight`·gradient into the moments, and write the weights if `last`"
+        if not isinstance(last, bool): raise TypeError(f"`last` must be a bool, got {last!r}.")
+        check_hyper('micro-batch weight', weight)
+        if not 0 < weight < math.inf: raise ValueError(f"The micro-batch weight must be positive, got {weight}.")
+        self._accumulation = (float(weight), last)
+    def stop_accumulation(self): self._accumulation = None
+
+    def upload_hypers(self):
+        "Copy the current hypers into the device tables without stepping: before replaying a CUDA graph after a change"
+        if self._capturing(): raise RuntimeError("upload_hypers() copies from the host: call it between replays, not "
+                                                 "while capturing.")
+        self.numbers.check()
+        groups = self.numbers.groups()
+        with torch.no_grad():
+            for key, b in self.layout.buckets.items():
+                backend, cache = backends[b.backend], self.layout.caches.get(key)
+                if not backend.capturable or not cache: continue  # no table yet: the next step uploads them
+                leaves, _ = self.numbers.leaves(b, groups)
+                b.capturing = False
+                backend.upload(self.algorithm.plan('step'), b, leaves, cache)
 
     def _run(self, buckets, caches, capturing=False):
-        "Count the steps, compute the per-tensor scalars and call the backends (or fold a micro-batch)"
+        "Count the steps, compute the per-tensor numbers and call the backends (or fold a micro-batch)"
         for b in buckets.values():
             if capturing and not backends[b.backend].capturable: raise RuntimeError(
                 f"The {b.backend} backend passes step-dependent scalars from the host, so a CUDA graph cannot "
                 "capture its step: use triton=True.")
-        groups = self._group_arrays()
+        groups = self.numbers.groups()
         if self.decouple_lr and not self._warned_lr and (groups['lr'] > groups['max_lr']).any():
             self._warned_lr = True
             warnings.warn(f"lr {groups['lr'].max():g} exceeds max_lr {groups['max_lr'].min():g}: with decouple_lr the "
                           "weight decay then exceeds wd. Pass max_lr equal to your schedule's peak lr.")
-        accumulating = self.optimizer_accumulation is not None
+        accumulating = self._accumulation is not None
         with torch.no_grad():
             for key, b in buckets.items():
-                leaves, step = self._leaves(b, groups)
-                if accumulating and not self._accumulate(b, leaves): continue
+                leaves, step = self.numbers.leaves(b, groups)
+                if accumulating and not self._fold(b, leaves): continue
                 b.capturing = capturing
                 if b.rounding == 'stochastic': b.seeds = hash32(b.seed_bases ^ step)
                 plan = self.algorithm.plan('apply' if accumulating else 'step')  # 'apply': the moments hold the gradients
@@ -486,9 +517,9 @@ class FastOptimizer(Optimizer):
                 self.backends_used[key] = b.backend
                 b.grads = None  # the layout outlives the step; the gradients must not
 
-    def _accumulate(self, b, leaves):
+    def _fold(self, b, leaves):
         "Fold this micro-batch into the moments; True on the last one, whose step then writes the weights"
-        weight, last = self.optimizer_accumulation
+        weight, last = self._accumulation
         forms = moment_values(self.algorithm, leaves) or {'grad_acc': (0., 1., 1)}  # no state: sum the gradients
         for p, s in zip(b.params, b.states):
             for k in forms:
@@ -503,7 +534,7 @@ class FastOptimizer(Optimizer):
 
     def state_dict(self):
         "fastai's `{'state', 'hypers'}` in plain lists, dicts and Python numbers, loadable with `weights_only=True`"
-        self._sync_steps()
+        self.layout.sync_steps()
         def plain(v): return v.item() if isinstance(v, np.generic) else v
         return {'state': [self.state[p] for p, *_ in self.all_params()],
                 'hypers': [{k: plain(v) for k, v in h.items()} for h in self.hypers]}
@@ -516,7 +547,7 @@ class FastOptimizer(Optimizer):
                 f"{len(self.param_lists)} param groups; {h}; decouple_wd={self.decouple_wd}"
                 f"{', decouple_lr=True' if self.decouple_lr else ''})")
 
-# %% ../nbs/00_core.ipynb #1c0dfa66
+# %% ../nbs/00_core.ipynb #5c2f9bc1
 def make_partial(constructor, **kwargs):
     "A partial of `constructor` for `Learner(opt_func=...)`, its arguments checked now"
     allowed = set(inspect.signature(constructor).parameters) - {'params'}

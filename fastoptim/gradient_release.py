@@ -7,7 +7,7 @@ Docs: https://fastoptim.github.io/fastoptim/gradient_release.html.md"""
 # %% auto #0
 __all__ = ['prepare_for_gradient_release', 'remove_gradient_release', 'GradientRelease', 'OptimizerAccumulation']
 
-# %% ../nbs/21_gradient_release.ipynb #42c09df9
+# %% ../nbs/21_gradient_release.ipynb #c9b863c9
 import weakref
 import torch
 from torch import nn
@@ -18,7 +18,7 @@ from fastai.callback.training import GradientClip, GradientAccumulation
 from fastai.torch_core import find_bs
 from .core import FastOptimizer
 
-# %% ../nbs/21_gradient_release.ipynb #bb4c352b
+# %% ../nbs/21_gradient_release.ipynb #3f8b366c
 _released = weakref.WeakKeyDictionary()  # model -> its _Release
 
 def _check_model(model):
@@ -32,7 +32,7 @@ class _Release:
     def __init__(self, model, opt, group_bytes):
         self.opt, self.group_bytes, self.waiting, self.waiting_bytes, self.queued_pass = opt, group_bytes, {}, 0, None
         self.handles = [p.register_post_accumulate_grad_hook(self.completed)
-                        for p in model.parameters() if p.requires_grad and id(p) in opt._where]
+                        for p in model.parameters() if p.requires_grad and opt.owns(p)]
 
     def completed(self, p):
         if id(p) not in self.waiting:  # after a pass that raised, its gradient may be waiting already
@@ -59,16 +59,16 @@ def prepare_for_gradient_release(model:nn.Module, opt:FastOptimizer, group_bytes
         raise ValueError(f"group_bytes must be a non-negative int (0: step each tensor alone), got {group_bytes!r}.")
     remove_gradient_release(model)
     _released[model] = _Release(model, opt, group_bytes)
-    opt.gradient_release = True
+    opt.start_release()
 
 def remove_gradient_release(model:nn.Module):
     "Remove the hooks of `prepare_for_gradient_release`; the optimizer steps in `step()` again"
     release = _released.pop(model, None)
     if release is None: return
     for h in release.handles: h.remove()
-    release.opt.gradient_release = False
+    release.opt.stop_release()
 
-# %% ../nbs/21_gradient_release.ipynb #608c175f
+# %% ../nbs/21_gradient_release.ipynb #b11d0a2a
 def _refuse_with_release(cbs):
     for cb in cbs:
         if isinstance(cb, GradientClip):
@@ -90,7 +90,7 @@ class GradientRelease(Callback):
         prepare_for_gradient_release(self.learn.model, self.learn.opt, self.group_bytes)
     def after_fit(self): remove_gradient_release(self.learn.model)
 
-# %% ../nbs/21_gradient_release.ipynb #2d1adfb9
+# %% ../nbs/21_gradient_release.ipynb #511f322d
 class OptimizerAccumulation(Callback):
     "Accumulate `n_acc` samples in the optimizer's states, then write the weights (with or without GradientRelease)"
     run_valid = False
@@ -106,5 +106,5 @@ class OptimizerAccumulation(Callback):
         self.count += bs
         last = self.count >= self.n_acc
         if last: self.count = 0
-        self.learn.opt.optimizer_accumulation = (bs / self.n_acc, last)
-    def after_fit(self): self.learn.opt.optimizer_accumulation = None
+        self.learn.opt.accumulate(bs / self.n_acc, last)
+    def after_fit(self): self.learn.opt.stop_accumulation()

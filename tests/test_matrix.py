@@ -336,7 +336,7 @@ def test_release_and_accumulation_match_plain_loop(algo, backend, group_bytes):
     ctor, extra = ALGOS[algo]
     if ctor.algorithm.accumulation:  # the description says accumulation cannot reproduce it: refused before any change
         p = torch.randn(3, requires_grad=True); p.grad = torch.randn(3)
-        opt = ctor([p], lr=LR, **{backend: True}); opt.optimizer_accumulation = (0.5, False)
+        opt = ctor([p], lr=LR, **{backend: True}); opt.accumulate(0.5, False)
         with pytest.raises(NotImplementedError, match='Optimizer accumulation cannot reproduce'): opt.step()
         assert opt.state[p] == {}
         return
@@ -347,7 +347,7 @@ def test_release_and_accumulation_match_plain_loop(algo, backend, group_bytes):
         if release: prepare_for_gradient_release(model, opt, group_bytes)
         g = torch.Generator().manual_seed(1)
         for i in range(8):
-            opt.optimizer_accumulation = (0.5, i % 2 == 1)
+            opt.accumulate(0.5, i % 2 == 1)
             model(torch.randn(4, 6, generator=g)).pow(2).mean().backward()
             assert not release or all(p.grad is None for p in model.parameters())
             opt.step(); opt.zero_grad()
