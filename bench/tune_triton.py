@@ -68,7 +68,7 @@ def main():
     args = ap.parse_args()
     bw = copy_bandwidth(dev)
     triton_backend = backends['triton']
-    default_launch = dict(triton_backend.launch)
+    default_launch = triton_backend.launch  # a method: (BLOCK, warps) from the plan and the element size
     lines = [f'# Triton launch tuning: {torch.cuda.get_device_name()}', '',
              f'{datetime.date.today()}; torch {torch.__version__}, triton {triton.__version__}; copy bandwidth {bw:.0f} GB/s; '
              'command: `python3 bench/tune_triton.py --out $OUT/tune.md`', '',
@@ -87,15 +87,14 @@ def main():
             n = sum(math.prod(s) for s in shapes)
             bound = BYTES[(algo, dtype, kahan)] * n / (bw * 1e9) * 1e3
             ps = make_params(shapes, dtype)
-            key = ps[0].element_size() if algo == 'adamw' else ('SGD', ps[0].element_size())
             cells = []
             for block, warps in configs:
-                triton_backend.launch[key] = (block, warps)
+                triton_backend.launch = lambda plan, size, launch=(block, warps): launch
                 opt = OPTS[algo](ps, kahan)
                 ms = event_ms(Graphed(opt) if graph else opt)
                 cells.append(f'{ms:.3f} ({bound / ms:.2f})')
                 del opt
-            triton_backend.launch = dict(default_launch)
+            triton_backend.launch = default_launch
             out.append(f"| {name} | {algo} | {str(dtype).replace('torch.', '')}{' Kahan' if kahan else ''} | " + ' | '.join(cells) + ' |')
             print(out[-1], flush=True)
             del ps
@@ -123,7 +122,7 @@ def main():
         shapes = llm_shapes()
         n = sum(math.prod(s) for s in shapes)
         size = 4 if dtype == torch.float32 else 2
-        own = {'lamb_sums_kernel': 6 * size, 'lamb_update_kernel': 4 * size + (4 if kahan else 0)}
+        own = {'phase0': 6 * size, 'phase1': 4 * size + (4 if kahan else 0)}  # the generated kernels: lamb_step<n>_phase<i>
         opt = Lamb(make_params(shapes, dtype), lr=1e-3, wd=1e-2, triton=True, kahan_sum=kahan)
         for _ in range(3): opt.step()
         for name, ms in kernels_ms(opt).items():

@@ -8,12 +8,13 @@ Docs: https://fastoptim.github.io/fastoptim/foreach.html.md"""
 __all__ = ['pieces', 'chunks', 'with_l2', 'add_scaled', 'Rounding', 'update_params', 'ForeachDialect', 'as_tensor',
            'foreach_source', 'foreach_functions', 'stage', 'ForeachBackend']
 
-# %% ../nbs/01_foreach.ipynb #39014edd
+# %% ../nbs/01_foreach.ipynb #52d54baf
+import math
 import numpy as np
 import torch
 from dataclasses import dataclass
-from .core import backends, to_device, flat, stochastic_round, fold_moments, compile_source
-from .algorithm import TorchDialect, emit, ordered_stores, final_args
+from .core import backends, to_device, flat, stochastic_round, fold_moments, compile_source, Stepper
+from .algorithm import TorchDialect, emit, ordered_stores, final_args, reduction_ops
 
 # %% ../nbs/01_foreach.ipynb #b7047ad2
 def pieces(tensor_lists, limit):
@@ -96,7 +97,8 @@ class ForeachDialect(TorchDialect):
     def tensor_scalar(self, var): return f'list({var}.unbind())'
     def reduce_sum(self, x): return f'torch.stack([t.sum() for t in {x}])'
     def reduce_sumsq(self, y): return f'torch.stack(torch._foreach_norm({y})).square()'
-    def sum_input(self, j): return f'sums[:, {j}]'
+    def reduce_max(self, x): return f'torch.stack([t.max() for t in {x}])'
+    def reduction_input(self, j): return f'sums[:, {j}]'
     def add_l2(self, target): return [f'torch._foreach_add_({target}, g_list)', f'if any(l2): add_scaled({target}, p_list, l2)']
     def materialize_g(self): return ['g_list = with_l2(g_list, p_list, l2)']
     def device_scale(self, d, s, lines): return f'list({s}.unbind())', d
@@ -134,7 +136,7 @@ def stage(tensors):
     "fp32 copies of 16-bit tensors; wider tensors are used in place"
     return [t.float() for t in tensors] if tensors and tensors[0].element_size() < 4 else tensors
 
-class ForeachBackend:
+class ForeachBackend(Stepper):
     "Run a plan's foreach functions over chunks of at most `chunk_numel[device type]` elements of a bucket"
     name, capturable = 'foreach', False
     def __init__(self, chunk_numel=None): self.chunk_numel = chunk_numel or {'cuda': 2**24, 'cpu': 2**20}
@@ -142,7 +144,8 @@ class ForeachBackend:
     def check_tensors(self, params, grads): return None
     fold = staticmethod(fold_moments)
 
-    def step(self, plan, bucket, leaves, cache):
+    def prepare(self, plan, bucket, leaves, cache):
+        "The pieces of every tensor the plan reads (views cut once per layout; the gradients' every step), and its numbers"
         names = [t for t in plan.tensors if t != 'g'] + (['kahan_comp'] if bucket.rounding == 'kahan' else [])
         if cache.get('key') != (bucket.generation, plan.name):
             limit = max(1, self.chunk_numel.get(bucket.device.type, 2**24) // (4 if bucket.dtype.itemsize < 4 else 1))
@@ -152,14 +155,26 @@ class ForeachBackend:
                          starts=starts, bounds=chunks([q.numel() for q in cut[0]], limit))
         cut = dict(cache['cut'])
         if 'g' in plan.tensors: _, (cut['g'],) = pieces([bucket.grads], cache['limit'])
-        values = plan.host_values(leaves, len(bucket))
-        sums, functions = None, foreach_functions(plan)
-        for i, fn in enumerate(functions):
-            last = i == len(functions) - 1
-            partials = [self._chunk(fn, plan, bucket, cache, cut, lo, hi, values, sums, last) for lo, hi in cache['bounds']]
-            if not last:
-                sums = torch.zeros(len(bucket), partials[0].shape[1], device=bucket.device, dtype=torch.float32)
-                sums.index_add_(0, to_device(cache['owner'], bucket.device), torch.cat(partials))
+        return cut, plan.host_values(leaves, len(bucket))
+
+    def reduce(self, plan, bucket, leaves, cache):
+        "The first phase, if the plan has two: per-piece partial reductions, combined per tensor (sum or max)"
+        functions = foreach_functions(plan)
+        if len(functions) == 1: return None
+        cut, values = cache['prepared'] = self.prepare(plan, bucket, leaves, cache)  # for `finish`, this step
+        partials = torch.cat([self._chunk(functions[0], plan, bucket, cache, cut, lo, hi, values, None, False)
+                              for lo, hi in cache['bounds']])
+        owner = to_device(cache['owner'], bucket.device)
+        reds = torch.zeros(len(bucket), partials.shape[1], device=bucket.device, dtype=torch.float32)
+        for j, kind in enumerate(plan.reduction_kinds):
+            if reduction_ops[kind] == 'sum': reds[:, j].index_add_(0, owner, partials[:, j])
+            else: reds[:, j].fill_(-math.inf).index_reduce_(0, owner, partials[:, j], 'amax')
+        return reds
+
+    def finish(self, plan, bucket, leaves, cache, reds):
+        "The last phase, reading the reductions of each piece's tensor"
+        cut, values = cache.pop('prepared', None) or self.prepare(plan, bucket, leaves, cache)
+        for lo, hi in cache['bounds']: self._chunk(foreach_functions(plan)[-1], plan, bucket, cache, cut, lo, hi, values, reds, True)
 
     def _chunk(self, fn, plan, bucket, cache, cut, lo, hi, values, sums, last):
         idx = cache['owner'][lo:hi]

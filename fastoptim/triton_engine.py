@@ -7,14 +7,15 @@ Docs: https://fastoptim.github.io/fastoptim/triton.html.md"""
 # %% auto #0
 __all__ = ['triton_ops', 'tl_dtypes', 'sum_slots', 'SUM_SLOTS', 'roundings', 'locate_block', 'tensor_ptr', 'scalar', 'load_math',
            'round_to', 'store', 'hash32', 'stochastic_round', 'store_param', 'power', 'triton_expressions',
-           'derive_source', 'phase_source', 'triton_code', 'build_tables', 'fold_gradients', 'add_to_sum', 'total',
-           'interpreting', 'TritonBackend']
+           'derive_source', 'phase_source', 'triton_code', 'build_tables', 'fold_gradients', 'add_to_sum',
+           'max_to_slot', 'interpreting', 'TritonBackend']
 
-# %% ../nbs/03_triton.ipynb #dac7a62a
+# %% ../nbs/03_triton.ipynb #e5df9e03
+import math
 import numpy as np
 import torch
 from types import SimpleNamespace
-from .core import backends, to_device, compile_source
+from .core import backends, to_device, compile_source, Stepper
 from .algorithm import nodes_of
 
 try:
@@ -163,7 +164,7 @@ def phase_source(plan, phase, kernel, n_reductions):
     columns = {t: k for k, t in enumerate(plan.tensors)}
     K, comp = len(plan.frontier) + 1, len(plan.tensors)
     frontier = {id(v): k for k, v in plan.frontier.items()}
-    roots = [r.args[0] if r.op == 'sum' else r for r in phase.roots()]  # a reduction is added up, below
+    roots = [r.args[0] if any(r is x for x in phase.reductions) else r for r in phase.roots()]  # a reduction is added up, below
     used = nodes_of(roots)
     reads = [t for t in plan.tensors if any(n.op == 'input' and n.tensor and n.name == t for n in used)]
     if phase.final is not None and 'p' not in reads: reads.insert(0, 'p')
@@ -182,12 +183,14 @@ def phase_source(plan, phase, kernel, n_reductions):
     body += [f'{k} = scalar(scalars, t, {j}, K)' for j, k in enumerate(plan.frontier) if k in needed]
     def known(a):
         if a.op == 'input' and a.tensor: return a.name
-        if a.op == 'input' and a.device: return f'total(sums, t, {a.name[3:]}, {n_reductions})'
+        if a.op == 'input' and a.device: return f'tl.load(sums + t * {n_reductions} + {a.name[3:]})'  # the reductions, per tensor
         return frontier.get(id(a))
     lines, name = triton_expressions(roots, known)
     body += lines
     for j, r in enumerate(phase.reductions):
-        body.append(f'add_to_sum(sums, t, {j}, tl.sum(tl.where(mask, {name(r.args[0])}, 0.), axis=0), {n_reductions})')
+        x = name(r.args[0])
+        if r.op == 'max': body.append(f"max_to_slot(sums, t, {j}, tl.max(tl.where(mask, {x}, -float('inf')), axis=0), {n_reductions})")
+        else: body.append(f'add_to_sum(sums, t, {j}, tl.sum(tl.where(mask, {x}, 0.), axis=0), {n_reductions})')
     for k, v in phase.stores.items():
         body.append(f'store(tensor_ptr(row, {columns[k]}, {dtype(k)}), offsets, {name(v)}, mask, {dtype(k)})')
     if phase.final is not None:
@@ -206,7 +209,7 @@ def triton_code(plan):
         sources = [derive_source(plan, f'{plan.name}_derive', hypers)]
         sources += [phase_source(plan, ph, f'{plan.name}_phase{i}', max(n_reductions, 1)) for i, ph in enumerate(plan.phases)]
         namespace = dict(triton=triton, tl=tl, locate_block=locate_block, tensor_ptr=tensor_ptr, scalar=scalar,
-                         load_math=load_math, store=store, store_param=store_param, add_to_sum=add_to_sum, total=total,
+                         load_math=load_math, store=store, store_param=store_param, add_to_sum=add_to_sum, max_to_slot=max_to_slot,
                          power=power, hash32=hash32)
         kernels = [compile_source(src, src.split('def ')[1].split('(')[0], namespace) for src in sources]
         plan.code['triton'] = SimpleNamespace(derive=kernels[0], phases=kernels[1:], hypers=hypers, K=len(plan.frontier) + 1,
@@ -251,16 +254,16 @@ def add_to_sum(sums, t, j, value, REDUCTIONS: tl.constexpr):
     tl.atomic_add(sums + (t * REDUCTIONS + j) * SUM_SLOTS + tl.program_id(0) % SUM_SLOTS, value, sem='relaxed')
 
 @triton_jit
-def total(sums, t, j, REDUCTIONS: tl.constexpr):
-    "Sum `j` of tensor `t`: the total of its slots"
-    return tl.sum(tl.load(sums + (t * REDUCTIONS + j) * SUM_SLOTS + tl.arange(0, SUM_SLOTS)), axis=0)
+def max_to_slot(sums, t, j, value, REDUCTIONS: tl.constexpr):
+    "Raise maximum `j` of tensor `t` (in this program's slot) to `value`"
+    tl.atomic_max(sums + (t * REDUCTIONS + j) * SUM_SLOTS + tl.program_id(0) % SUM_SLOTS, value, sem='relaxed')
 roundings = {'nearest': 0, 'kahan': 1, 'stochastic': 2}
 
 def interpreting():
     "Whether Triton kernels run in the interpreter (TRITON_INTERPRET=1 when triton was imported)"
     return triton is not None and type(locate_block).__name__ == 'InterpretedFunction'
 
-class TritonBackend:
+class TritonBackend(Stepper):
     "Run a plan's Triton kernels over a whole bucket in one launch each"
     name, capturable = 'triton', True
     def launch(self, plan, element_size):
@@ -285,7 +288,8 @@ class TritonBackend:
         if any(t.data_ptr() % 16 for ts in (params, grads) for t in ts):
             return "a parameter or gradient is not 16-byte aligned (a view at an odd offset?); use foreach=True."
 
-    def step(self, plan, bucket, leaves, cache):
+    def reduce(self, plan, bucket, leaves, cache):
+        "Build the tables if the layout changed, upload changed hypers, derive the numbers; run the first phase if there are two"
         code = triton_code(plan)
         block, warps = self.launch(plan, bucket.params[0].element_size())
         key = (bucket.generation, plan.name, block)
@@ -297,19 +301,33 @@ class TritonBackend:
             cache.clear()
             cache['table'], cache['block_tensors'], cache['n_blocks'] = build_tables(tensors, bucket.device, block)
             cache['steps'] = to_device(bucket.step_counts.astype(np.int32), bucket.device)  # the derive kernel adds this step
-            cache['sums'] = torch.empty(len(bucket) * max(code.reductions, 1) * sum_slots, device=bucket.device)  # zeroed before use
-            cache.update(key=key, width=len(tensors) + 2, captured=False)
+            cache['sums'] = torch.empty(len(bucket) * max(code.reductions, 1) * sum_slots, device=bucket.device)  # set before use
+            cache['reds'] = torch.empty(len(bucket), max(code.reductions, 1), device=bucket.device)
+            cache.update(key=key, width=len(tensors) + 2, captured=False, block=block, warps=warps)
         self.upload(plan, bucket, leaves, cache)  # raises, before anything changes, if a capture cannot
         cache['captured'] |= bucket.capturing
         n = len(bucket)
         code.derive[(-(-n // 128),)](cache['hypers'], cache['steps'], cache['scalars'], n,
                                      SEED=bucket.seed_bases is not None, BLOCK=128, num_warps=4)
+        if len(code.phases) == 1 or cache['n_blocks'] == 0: return None
+        slots = cache['sums'].view(n, code.reductions, sum_slots)
+        slots.zero_()
+        maxima = [j for j, k in enumerate(plan.reduction_kinds) if k == 'max']
+        if maxima: slots[:, maxima] = -math.inf
+        self.launch_phase(code.phases[0], bucket, cache, cache['sums'])
+        torch.sum(slots, -1, out=cache['reds'])
+        if maxima: cache['reds'][:, maxima] = slots[:, maxima].amax(-1)
+        return cache['reds']
+
+    def finish(self, plan, bucket, leaves, cache, reds):
+        "The last phase, reading each tensor's reductions from `reds`"
         if cache['n_blocks'] == 0: return
-        if code.reductions: cache['sums'].zero_()
-        for kernel in code.phases:
-            kernel[(cache['n_blocks'],)](cache['table'], cache['block_tensors'], cache['scalars'], cache['sums'],
-                WIDTH=cache['width'], K=code.K, DTYPE=getattr(tl, tl_dtypes[bucket.dtype]), BLOCK=block,
-                ROUNDING=roundings[bucket.rounding], num_warps=warps)
+        self.launch_phase(triton_code(plan).phases[-1], bucket, cache, cache['reds'])
+
+    def launch_phase(self, kernel, bucket, cache, sums):
+        kernel[(cache['n_blocks'],)](cache['table'], cache['block_tensors'], cache['scalars'], sums, WIDTH=cache['width'],
+            K=cache['scalars'].shape[1], DTYPE=getattr(tl, tl_dtypes[bucket.dtype]), BLOCK=cache['block'],
+            ROUNDING=roundings[bucket.rounding], num_warps=cache['warps'])
 
     def fold(self, bucket, moments, l2, decays, weights):
         "Optimizer accumulation's fold (`fastoptim.core.fold_moments`) in one launch over the bucket"

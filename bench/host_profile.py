@@ -1,0 +1,55 @@
+"""Where the host time of an eager `opt.step()` goes: for each algorithm and backend on the ResNet-50-like set,
+the synchronised step time (median), the number of aten calls and CUDA kernel launches per step, and the ops
+with the most host time (torch.profiler). Run it on two checkouts to compare them on one host:
+
+    PYTHONPATH=$PWD/.site:$PWD python3 bench/host_profile.py --out $OUT/host_new.md
+"""
+import argparse, os, statistics, sys, time
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import torch
+from torch.profiler import profile, ProfilerActivity
+import fastoptim
+from fastoptim.all import SGD, Adam, Lamb
+from shapes import resnet50_shapes
+
+ap = argparse.ArgumentParser()
+ap.add_argument('--algos', default='sgd,adamw,lamb')
+ap.add_argument('--backends', default='foreach,jit,triton')
+ap.add_argument('--dtype', default='fp32')
+ap.add_argument('--out', default='host_profile.md')
+args = ap.parse_args()
+dtype = dict(fp32=torch.float32, bf16=torch.bfloat16)[args.dtype]
+MAKE = dict(sgd=lambda ps, **kw: SGD(ps, 1e-2, mom=0.9, wd=1e-2, decouple_wd=False, **kw),
+            adamw=lambda ps, **kw: Adam(ps, 1e-2, wd=1e-2, **kw), lamb=lambda ps, **kw: Lamb(ps, 1e-2, wd=1e-2, **kw))
+
+def params():
+    g = torch.Generator(device='cuda').manual_seed(0)
+    ps = []
+    for s in resnet50_shapes():
+        p = torch.nn.Parameter(torch.randn(s, generator=g, device='cuda').mul_(0.02).to(dtype))
+        p.grad = torch.randn(s, generator=g, device='cuda').to(dtype)
+        ps.append(p)
+    return ps
+
+lines = [f'# Host profile of eager opt.step(): {torch.cuda.get_device_name()}', '',
+         f'fastoptim at {os.path.dirname(fastoptim.__file__)}; torch {torch.__version__}; ResNet-50-like set, {args.dtype}', '',
+         '| algo | backend | step ms (median of 30, synchronised) | aten calls | kernel launches | top host ops (self ms) |',
+         '|---|---|---|---|---|---|']
+for algo in args.algos.split(','):
+    for b in args.backends.split(','):
+        opt = MAKE[algo](params(), **{b: True})
+        for _ in range(5): opt.step()
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(30):
+            t = time.perf_counter(); opt.step(); torch.cuda.synchronize(); times.append((time.perf_counter() - t) * 1e3)
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            opt.step(); torch.cuda.synchronize()
+        ev = prof.key_averages()
+        aten = sum(e.count for e in ev if e.key.startswith('aten::'))
+        launches = sum(e.count for e in ev if e.key in ('cudaLaunchKernel', 'cuLaunchKernel', 'cuLaunchKernelEx', 'cudaLaunchKernelExC'))
+        top = sorted((e for e in ev if e.key.startswith('aten::')), key=lambda e: -e.self_cpu_time_total)[:5]
+        tops = ', '.join(f"{e.key[6:]}×{e.count} {e.self_cpu_time_total / 1e3:.2f}" for e in top)
+        lines.append(f'| {algo} | {b} | {statistics.median(times):.3f} | {aten} | {launches} | {tops} |')
+        print(lines[-1], flush=True)
+open(args.out, 'w').write('\n'.join(lines) + '\n')
