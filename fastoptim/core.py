@@ -497,14 +497,15 @@ class FastOptimizer(Optimizer):
 
     @property
     def accumulation(self):
-        "(weight, last) of the micro-batch the next step folds, or None"
+        "(weight, last, total) of the micro-batch the next step folds, or None"
         return self._accumulation
-    def accumulate(self, weight:float, last:bool):
-        "Make the next step fold `weight`·gradient into the moments, and write the weights if `last`"
+    def accumulate(self, weight:float, last:bool, total:float=1.):
+        "Make the next step fold `weight`·gradient into the moments, and write the weights if `last`; `total`: the step's weights summed"
         if not isinstance(last, bool): raise TypeError(f"`last` must be a bool, got {last!r}.")
-        check_hyper('micro-batch weight', weight)
-        if not 0 < weight < math.inf: raise ValueError(f"The micro-batch weight must be positive, got {weight}.")
-        self._accumulation = (float(weight), last)
+        for name, v in (('micro-batch weight', weight), ('total weight', total)):
+            check_hyper(name, v)
+            if not 0 < v < math.inf: raise ValueError(f"The {name} must be positive, got {v}.")
+        self._accumulation = (float(weight), last, float(total))
     def stop_accumulation(self): self._accumulation = None
 
     def upload_hypers(self):
@@ -554,7 +555,7 @@ class FastOptimizer(Optimizer):
 
     def _fold(self, b, leaves):
         "Fold this micro-batch into the moments; True on the last one, whose step then writes the weights"
-        weight, last = self._accumulation
+        weight, last, total = self._accumulation
         forms = moment_values(self.algorithm, leaves) or {'grad_acc': (0., 1., 1)}  # no state: sum the gradients
         for p, s in zip(b.params, b.states):
             for k in forms:
@@ -562,7 +563,8 @@ class FastOptimizer(Optimizer):
         first = np.array([s.get('micro', 0) == 0 for s in b.states])  # a parameter's first micro-batch decays its moments
         n = len(b)
         decays = [np.where(first, np.broadcast_to(d, (n,)), 1.) for d, _, _ in forms.values()]
-        weights = [np.broadcast_to(w, (n,)) * weight for _, w, _ in forms.values()]
+        # a squared moment scales like the square of the accumulated gradient Σwᵢgᵢ, whose weights sum to `total`
+        weights = [np.broadcast_to(w, (n,)) * weight * (total if power == 2 else 1.) for _, w, power in forms.values()]
         backends[b.backend].fold(b, [(k, power) for k, (_, _, power) in forms.items()], leaves['l2'], decays, weights)
         for s in b.states: s['micro'] = 0 if last else s.get('micro', 0) + 1
         return last

@@ -7,8 +7,8 @@ Docs: https://fastoptim.github.io/fastoptim/gradient_release.html.md"""
 # %% auto #0
 __all__ = ['prepare_for_gradient_release', 'remove_gradient_release', 'GradientRelease', 'OptimizerAccumulation']
 
-# %% ../nbs/21_gradient_release.ipynb #c9b863c9
-import weakref
+# %% ../nbs/21_gradient_release.ipynb #aad6353d
+import math, weakref
 import torch
 from torch import nn
 from fastcore.basics import store_attr
@@ -86,6 +86,7 @@ class GradientRelease(Callback):
     "Step each parameter during backward, once its gradient is complete (in groups of `group_bytes`), and free the gradient"
     def __init__(self, group_bytes:int=2**24): store_attr()
     def before_fit(self):
+        if self.learn.opt is None: return  # validate/get_preds/predict before any fit, or a load_learner'd model
         _refuse_with_release(self.learn.cbs)
         prepare_for_gradient_release(self.learn.model, self.learn.opt, self.group_bytes)
     def after_fit(self): remove_gradient_release(self.learn.model)
@@ -96,6 +97,8 @@ class OptimizerAccumulation(Callback):
     run_valid = False
     def __init__(self, n_acc:int=32): store_attr()
     def before_fit(self):
+        self.active = self.learn.opt is not None  # validate/get_preds/predict without an optimizer: nothing to do
+        if not self.active: return
         if any(isinstance(cb, GradientAccumulation) for cb in self.learn.cbs):
             raise RuntimeError("OptimizerAccumulation replaces GradientAccumulation: use one of them.")
         if not isinstance(self.learn.opt, FastOptimizer):
@@ -103,8 +106,10 @@ class OptimizerAccumulation(Callback):
         self.count = 0
     def before_backward(self):
         bs = find_bs(self.learn.yb)
+        if self.count == 0: self.total = math.ceil(self.n_acc / bs) * bs / self.n_acc  # this step's batches' weights, summed
         self.count += bs
         last = self.count >= self.n_acc
         if last: self.count = 0
-        self.learn.opt.accumulate(bs / self.n_acc, last)
-    def after_fit(self): self.learn.opt.stop_accumulation()
+        self.learn.opt.accumulate(bs / self.n_acc, last, total=self.total)
+    def after_fit(self):
+        if self.active: self.learn.opt.stop_accumulation()
