@@ -186,13 +186,18 @@ def phase_source(plan, phase, kernel, n_reductions):
         if a.op == 'input' and a.device: return f'tl.load(sums + t * {n_reductions} + {a.name[3:]})'  # the reductions, per tensor
         return frontier.get(id(a))
     lines, name = triton_expressions(roots, known)
-    body += lines
+    stores = {}  # each state is stored as soon as its new value is known, which frees its registers early
+    for k, v in phase.stores.items():
+        stores.setdefault(name(v), []).append(f'store(tensor_ptr(row, {columns[k]}, {dtype(k)}), offsets, {name(v)}, mask, {dtype(k)})')
+    body += stores.pop(None, [])
+    for line in lines:
+        body.append(line)
+        body += stores.pop(line.split(' = ')[0], [])
+    body += [line for pending in stores.values() for line in pending]  # values known before any line: inputs
     for j, r in enumerate(phase.reductions):
         x = name(r.args[0])
         if r.op == 'max': body.append(f"max_to_slot(sums, t, {j}, tl.max(tl.where(mask, {x}, -float('inf')), axis=0), {n_reductions})")
         else: body.append(f'add_to_sum(sums, t, {j}, tl.sum(tl.where(mask, {x}, 0.), axis=0), {n_reductions})')
-    for k, v in phase.stores.items():
-        body.append(f'store(tensor_ptr(row, {columns[k]}, {dtype(k)}), offsets, {name(v)}, mask, {dtype(k)})')
     if phase.final is not None:
         scale, direction, denom = phase.final
         d = name(direction) if denom is None else f'{name(direction)} / {name(denom)}'
