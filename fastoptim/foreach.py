@@ -165,7 +165,7 @@ class ForeachBackend(Stepper):
         partials = torch.cat([self._chunk(functions[0], plan, bucket, cache, cut, lo, hi, values, None, False)
                               for lo, hi in cache['bounds']])
         owner = to_device(cache['owner'], bucket.device)
-        reds = torch.zeros(len(bucket), partials.shape[1], device=bucket.device, dtype=torch.float32)
+        reds = torch.zeros(len(bucket), partials.shape[1], device=bucket.device, dtype=partials.dtype)  # fp64 for fp64 tensors
         for j, kind in enumerate(plan.reduction_kinds):
             if reduction_ops[kind] == 'sum': reds[:, j].index_add_(0, owner, partials[:, j])
             else: reds[:, j].fill_(-math.inf).index_reduce_(0, owner, partials[:, j], 'amax')
