@@ -171,17 +171,15 @@ def phase_source(plan, phase, kernel, n_reductions):
     if phase.final is not None and 'p' not in reads: reads.insert(0, 'p')
     if 'g' in reads and 'p' not in reads: reads.insert(0, 'p')
     dtype = lambda t: 'tl.float32' if plan.algorithm.states.get(t) is not None and plan.algorithm.states[t].dtype == 'fp32' else 'DTYPE'
-    body = ['row, t, offsets, mask = locate_block(table, block_tensors, WIDTH, BLOCK)']
-    for t in reads:
-        if t == 'g': continue
-        body.append(f'{t} = load_math(tensor_ptr(row, {columns[t]}, {dtype(t)}), offsets, mask)')
-    if 'g' in reads:
-        body += [f'l2 = scalar(scalars, t, {list(plan.frontier).index("l2")}, K)',
-                 f'g = load_math(tensor_ptr(row, {columns["g"]}, DTYPE), offsets, mask) + l2 * p']
     needed = {k for n in used for a in n.args for k in [frontier.get(id(a))] if k} | {frontier.get(id(x)) for x in (phase.final or ())[:1] if x is not None} - {None}
     if phase.final is not None: needed.add('decay')
-    needed.discard('l2')
+    if 'g' in reads: needed.add('l2')
+    # the numbers first, then every tensor's loads back to back (the gradient last, for its L2 term): as the
+    # hand-written kernels did, so that all of a program's loads are in flight together
+    body = ['row, t, offsets, mask = locate_block(table, block_tensors, WIDTH, BLOCK)']
     body += [f'{k} = scalar(scalars, t, {j}, K)' for j, k in enumerate(plan.frontier) if k in needed]
+    body += [f'{t} = load_math(tensor_ptr(row, {columns[t]}, {dtype(t)}), offsets, mask)' for t in reads if t != 'g']
+    if 'g' in reads: body.append(f'g = load_math(tensor_ptr(row, {columns["g"]}, DTYPE), offsets, mask) + l2 * p')
     def known(a):
         if a.op == 'input' and a.tensor: return a.name
         if a.op == 'input' and a.device: return f'tl.load(sums + t * {n_reductions} + {a.name[3:]})'  # the reductions, per tensor
