@@ -354,3 +354,24 @@ def test_release_and_accumulation_match_plain_loop(algo, backend, group_bytes):
         if release: remove_gradient_release(model)
         return [p.detach().clone() for p in model.parameters()]
     assert rel_diff(run(True), run(False)) == 0.
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loaded state checked against the description before anything changes (a smaller state once made Triton
+# write past its end)
+
+@pytest.mark.parametrize('backend', ALL_BACKENDS)
+def test_wrong_shape_state_is_refused(backend):
+    ps = [torch.randn(4, 3, requires_grad=True), torch.randn(3, requires_grad=True)]
+    opt = Adam(ps, lr=LR, **{backend: True})
+    for p in ps: p.grad = torch.randn_like(p)
+    opt.step()
+    sd = copy.deepcopy(opt.state_dict())
+    sd['state'][0]['grad_avg'] = torch.zeros(2)
+    before = [p.detach().clone() for p in ps]
+    with pytest.raises(ValueError, match=r'State `grad_avg` has shape \(2,\), its parameter \(4, 3\)'): opt.load_state_dict(sd)
+    assert opt.state[ps[0]]['grad_avg'].shape == (4, 3)
+    opt.step()  # still the optimizer it was
+    assert all(not torch.equal(p, b) for p, b in zip(ps, before))
+    sgd_opt = SGD([p.detach().clone().requires_grad_() for p in ps], lr=LR, **{backend: True})
+    with pytest.raises(ValueError, match='another algorithm'): sgd_opt.load_state_dict(opt.state_dict())
