@@ -124,7 +124,7 @@ class Bucket:
         self.params, self.grads, self.states, self.groups, self.indices = [], [], [], [], []
         self.rounding, self.seeds, self.seed_bases = 'nearest', None, None  # set by the optimizer: see `FastOptimizer.rounding`
         self.generation = 0  # changes whenever the tensors of the bucket may have changed
-        self.step_counts, self.step_bases = None, {}  # steps taken before this one; `per_step` scalars' hypers
+        self.step_counts = None  # steps taken before this one
         self.capturing = False  # whether this step is being captured in a CUDA graph
 
     @property
