@@ -91,7 +91,7 @@ def _const(v):
 def _op(op, *args):
     args = [_const(a) for a in args]
     if op in reduction_ops:
-        if not args[0].tensor: raise TypeError(f"A reduction takes a tensor expression, got a number.")
+        if not args[0].tensor: raise TypeError("A reduction takes a tensor expression, got a number.")
         return Expr(op, args, device=True)
     if any(a.tensor for a in args) and op in scalar_only:
         raise TypeError(f"{op} takes numbers per tensor (hypers, step counts, reductions), not tensors.")

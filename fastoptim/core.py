@@ -14,8 +14,7 @@ __all__ = ['fold_numel', 'backends', 'no_reductions', 'backend_flags', 'engine_s
 # %% ../nbs/00_core.ipynb #a62f848f
 import inspect, linecache, math, warnings
 from functools import partial
-from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 import numpy as np
 import torch
 from torch import Tensor

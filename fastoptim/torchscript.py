@@ -7,8 +7,8 @@ Docs: https://fastoptim.github.io/fastoptim/torchscript.html.md"""
 # %% auto #0
 __all__ = ['script', 'bucket_loop', 'scripted_loops', 'TorchScriptBackend']
 
-# %% ../nbs/02_torchscript.ipynb #13b0cf65
-import linecache, warnings
+# %% ../nbs/02_torchscript.ipynb #b6fb0c79
+import warnings
 import torch
 from torch import Tensor
 from typing import List, Optional

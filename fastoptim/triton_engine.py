@@ -163,7 +163,7 @@ def derive_source(plan, kernel, hypers):
 def phase_source(plan, phase, kernel, n_reductions):
     "The kernel of one phase: load, compute, reduce, store the states, write the parameter if last"
     columns = {t: k for k, t in enumerate(plan.tensors)}
-    K, comp = len(plan.frontier) + 1, len(plan.tensors)
+    comp = len(plan.tensors)  # the Kahan compensation: the column after the plan's tensors
     frontier = {id(v): k for k, v in plan.frontier.items()}
     roots = [r.args[0] if any(r is x for x in phase.reductions) else r for r in phase.roots()]  # a reduction is added up, below
     used = nodes_of(roots)
