@@ -9,7 +9,7 @@ __all__ = ['fold_numel', 'backends', 'no_reductions', 'backend_flags', 'engine_s
            'check_hyper', 'as_math', 'write_back', 'flat', 'fold_moments', 'hash32', 'stochastic_round', 'update_param',
            'to_device', 'Bucket', 'compile_source', 'per_tensor_functions', 'combine_totals', 'Stepper',
            'ForLoopBackend', 'backend_from_flags', 'auto_backend', 'check_state', 'Layout', 'Numbers', 'Preparation',
-           'FastOptimizer', 'make_partial', 'make_optimizer']
+           'FastOptimizer', 'make_partial', 'OptFunc', 'partial_maker', 'make_optimizer']
 
 # %% ../nbs/00_core.ipynb #a62f848f
 import inspect, linecache, math, warnings
@@ -614,7 +614,10 @@ class FastOptimizer(Optimizer):
     def __repr__(self):
         chosen = self.backend or 'auto (triton on CUDA, else foreach)'
         used = ', '.join(f"{n} on {d}/{str(t).replace('torch.', '')}" for (d, t), n in self.backends_used.items())
-        h = ', '.join(f"{k}={v:g}" for k, v in self.hypers[-1].items() if isinstance(v, (int, float)) and not isinstance(v, bool))
+        def value(k):  # one number, or one per param group where they differ
+            vs = [h[k] for h in self.hypers]
+            return f"{vs[0]:g}" if all(v == vs[0] for v in vs) else '[' + ', '.join(f"{v:g}" for v in vs) + ']'
+        h = ', '.join(f"{k}={value(k)}" for k, v in self.hypers[0].items() if isinstance(v, (int, float, np.floating)) and not isinstance(v, bool))
         return (f"{self.algorithm.name}(backend={chosen}{'; stepped with ' + used if used else ''}; "
                 f"{len(self.param_lists)} param groups; {h}; decouple_wd={self.decouple_wd}"
                 f"{', decouple_lr=True' if self.decouple_lr else ''})")
@@ -629,7 +632,22 @@ def make_partial(constructor, **kwargs):
     specs = {**engine_hypers, **getattr(constructor, 'hypers', {})}
     for k, v in kwargs.items():
         if k in specs and not isinstance(v, slice): check_hyper(k, v, specs[k])
-    return partial(constructor, **kwargs)
+    return OptFunc(constructor, **kwargs)
+
+class OptFunc(partial):
+    "A partial of a fastoptim constructor, printed as it was written (`learn.summary()` shows it)"
+    def __repr__(self): return f"{self.func.__name__.lower()}({', '.join(f'{k}={v!r}' for k, v in self.keywords.items())})"
+
+def partial_maker(constructor, name:str):
+    "`name(**kw)`, a checked partial of `constructor` for `Learner(opt_func=...)`; called with parameters, as `opt_func=name` is, the optimizer"
+    def maker(*params, **kwargs): return constructor(*params, **kwargs) if params else make_partial(constructor, **kwargs)
+    sig = inspect.signature(constructor)
+    maker.__signature__ = sig.replace(parameters=[p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+                                                  for k, p in sig.parameters.items() if k != 'params'])
+    maker.__name__ = maker.__qualname__ = name
+    maker.__doc__ = (f"A partial of `{constructor.__name__}` for `Learner(opt_func={name}(...))`, its arguments checked "
+                     f"now; `opt_func={name}` (fastai's habit) works too")
+    return maker
 
 algorithms = {}  # name -> constructor, for every registered algorithm: the test matrix runs each in every backend
 
