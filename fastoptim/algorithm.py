@@ -249,7 +249,7 @@ class Plan:
             if not v.tensor: raise ValueError(f"{algorithm.name}: `{k}` must be an elementwise tensor expression.")
         if variant == 'apply': stores, update = self._apply(algorithm, p, g, s, stores, update)
         self.whole = Phase(stores, [], decompose(update))
-        self.phases = self._split(p, s)
+        self.phases = self._split(s)
         self._bind()
 
     def _apply(self, algorithm, p, g, s, stores, update):
@@ -257,8 +257,7 @@ class Plan:
         why = algorithm.accumulation or ("its update reads the gradient (or a state's old value) beside the moments "
                                          "folded from the micro-batches")
         if not algorithm.moments:  # no state to fold into: the engine sums the gradients in `grad_acc`
-            stores, (update,) = {k: v for k, v in stores.items()}, substitute([update], {id(g): leaf('grad_acc', True)})
-            return stores, update
+            return stores, substitute([update], {id(g): leaf('grad_acc', True)})[0]
         folded = {k: leaf(k, True) for k in algorithm.moments}
         mapping = {id(stores[k]): folded[k] for k in algorithm.moments if k in stores}
         rest = {k: v for k, v in stores.items() if k not in algorithm.moments}
@@ -268,7 +267,7 @@ class Plan:
             raise NotImplementedError(f"Optimizer accumulation cannot reproduce {algorithm.name}: {why}.")
         return dict(zip(rest, roots[1:])), roots[0]
 
-    def _split(self, p, s):
+    def _split(self, s):
         "One phase, or two when the update needs per-tensor sums: the first adds them up, the second reads them"
         whole = self.whole
         reductions = [n for n in nodes_of(whole.roots()) if n.op in reduction_ops]
@@ -301,6 +300,7 @@ class Plan:
         for e in engine: self.frontier.setdefault(e.name, e)
         order = ['p', 'g', *self.algorithm.states, 'grad_acc']
         self.tensors.sort(key=order.index)
+        self._host_order = nodes_of(list(self.frontier.values()))  # what `host_values` evaluates, in order
 
     def _name(self, n, names):
         if id(n) in names: return
@@ -318,13 +318,12 @@ class Plan:
 
     def host_values(self, leaves, n):
         "Each frontier number for `n` tensors, float64, from per-tensor arrays of the engine's inputs and hypers"
-        if not hasattr(self, '_host_order'): self._host_order = nodes_of(list(self.frontier.values()))  # once per plan
         return {k: np.broadcast_to(np.asarray(v, dtype=np.float64), (n,))
                 for k, v in zip(self.frontier, evaluate(list(self.frontier.values()), leaves, self._host_order))}
 
     def leaves(self):
         "The engine's inputs and hypers the frontier is computed from"
-        return [n.name for n in nodes_of(list(self.frontier.values())) if n.op == 'input']
+        return [n.name for n in self._host_order if n.op == 'input']
 
 # %% ../nbs/00_algorithm.ipynb #19c5b4b0
 host_ops = dict(add=np.add, sub=np.subtract, mul=np.multiply, div=np.divide, neg=np.negative, pow=np.power, sqrt=np.sqrt,
