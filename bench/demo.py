@@ -62,26 +62,32 @@ def why_not(name, device, dtype):
     return None
 
 
-def time_step(opt, device, warmup, reps):
-    "Median milliseconds of `opt.step()`"
-    for _ in range(warmup): opt.step()
-    times = []
-    if device.type == 'cuda':
-        for _ in range(reps):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record(); opt.step(); end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-    else:
-        for _ in range(reps):
-            t0 = time.perf_counter(); opt.step(); times.append((time.perf_counter() - t0) * 1e3)
-    return float(np.median(times))
+def time_interleaved(opts, device, rounds, reps):
+    """Per optimizer, (median over rounds, spread) of `opt.step()` in ms. Each round times `reps` steps of every
+    optimizer in turn, the order rotated between rounds, so that a slow spell of a shared machine falls on all of
+    them; a round's time is its median step, and the spread is (max - min) / median over the rounds"""
+    names = list(opts)
+    for opt in opts.values(): opt.step(); opt.step()  # warm-up: state created, code compiled
+    per_round = {k: [] for k in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            times = []
+            for _ in range(reps):
+                if device.type == 'cuda':
+                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    start.record(); opts[name].step(); end.record(); end.synchronize()
+                    times.append(start.elapsed_time(end))
+                else:
+                    t0 = time.perf_counter(); opts[name].step(); times.append((time.perf_counter() - t0) * 1e3)
+            per_round[name].append(float(np.median(times)))
+    return {k: (float(np.median(v)), (max(v) - min(v)) / float(np.median(v))) for k, v in per_round.items()}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--epochs', type=int, default=5)
-    parser.add_argument('--reps', type=int, default=7)
+    parser.add_argument('--rounds', type=int, default=7)
+    parser.add_argument('--reps', type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
 
@@ -95,32 +101,36 @@ def main():
     sets = [('digits MLP', [tuple(p.shape) for p in learn.model.parameters()]), ('ResNet-50-like', resnet50_shapes())]
     print(f'2. opt.step() time, AdamW (fastai defaults), fp32, on {device.type}: '
           f'{torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()}, '
-          f'{torch.get_num_threads()} threads, torch {torch.__version__}. Median of {args.reps} steps after warm-up, '
-          f'{"CUDA events" if device.type == "cuda" else "wall clock"}.\n')
-    rows = {}
+          f'{torch.get_num_threads()} threads, torch {torch.__version__}. {args.rounds} interleaved rounds of '
+          f'{args.reps} steps of every implementation, after 2 warm-up steps; each round\'s median step, then the '
+          f'median over rounds, {"CUDA events" if device.type == "cuda" else "wall clock"}. "spread": (slowest - '
+          f'fastest round) / median, the noise of this machine during the run.\n')
+    rows, info = {}, {}
     for set_name, shapes in sets:
-        n = sum(math.prod(s) for s in shapes)
+        info[set_name] = f'{len(shapes)} tensors, {sum(math.prod(s) for s in shapes) / 1e6:.2f}M params'
+        params = make_params(shapes, device, torch.float32)  # one set, stepped by every implementation in turn
+        opts = {}
         for name, make in implementations(device).items():
             reason = why_not(name, device, torch.float32)
             if reason: rows.setdefault(name, {})[set_name] = reason; continue
             with warnings.catch_warnings():
                 warnings.simplefilter('ignore')
-                opt = make(make_params(shapes, device, torch.float32))
-                rows.setdefault(name, {})[set_name] = time_step(opt, device, warmup=2, reps=args.reps)
-        sets_info = f'{len(shapes)} tensors, {n / 1e6:.2f}M params'
-        rows.setdefault('_info', {})[set_name] = sets_info
+                opts[name] = make(params)
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            for name, result in time_interleaved(opts, device, args.rounds, args.reps).items():
+                rows.setdefault(name, {})[set_name] = result
+        del opts, params
 
     names = [s for s, _ in sets]
-    header = "| implementation | " + ' | '.join(f'{s} ({rows["_info"][s]}) ms' for s in names) + ' |'
-    print(header)
+    print("| implementation | " + ' | '.join(f'{s} ({info[s]}) ms' for s in names) + ' |')
     print('|' + '---|' * (len(names) + 1))
     base = rows['fastai native Adam']
     for name, r in rows.items():
-        if name == '_info': continue
         cells = []
         for s in names:
             v = r[s]
-            cells.append(v if isinstance(v, str) else f'{v:.3f} ({base[s] / v:.1f}x fastai)')
+            cells.append(v if isinstance(v, str) else f'{v[0]:.3f} ({base[s][0] / v[0]:.1f}x fastai; spread {v[1]:.0%})')
         print(f'| {name} | ' + ' | '.join(cells) + ' |')
 
 

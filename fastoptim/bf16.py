@@ -6,9 +6,9 @@ Docs: https://fastoptim.github.io/fastoptim/bf16.html.md"""
 
 # %% auto #0
 __all__ = ['batch_norms', 'cast_floats', 'CastInputs', 'CastOutputs', 'cast_module', 'remove_fp32_hooks', 'to_bf16', 'to_fp32',
-           'check_no_mixed_precision', 'BF16']
+           'check_no_mixed_precision', 'rounding_warning', 'BF16']
 
-# %% ../nbs/20_bf16.ipynb #b05538db
+# %% ../nbs/20_bf16.ipynb #3b15a4e7
 import torch
 from torch import nn, Tensor
 from fastcore.basics import store_attr, patch
@@ -19,15 +19,15 @@ from fastai.callback.fp16 import MixedPrecision, NonNativeMixedPrecision, ModelT
 from .core import FastOptimizer
 from .low_precision import kahan_residual
 
-# %% ../nbs/20_bf16.ipynb #49ad218f
+# %% ../nbs/20_bf16.ipynb #f65a557c
 def cast_floats(x, dtype):
     "`x` with every floating-point tensor in it, however nested in tuples, lists and dicts, cast to `dtype`"
     return apply(lambda t: t.to(dtype) if isinstance(t, Tensor) and t.is_floating_point() else t, x)
 
-# %% ../nbs/20_bf16.ipynb #189b9f79
+# %% ../nbs/20_bf16.ipynb #81c4692a
 batch_norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
-# %% ../nbs/20_bf16.ipynb #a9cb286e
+# %% ../nbs/20_bf16.ipynb #9a6551fb
 class CastInputs:
     "Forward pre-hook (registered `with_kwargs=True`): the module's floating-point arguments in `dtype`"
     def __init__(self, dtype): self.dtype = dtype
@@ -38,7 +38,7 @@ class CastOutputs:
     def __init__(self, dtype): self.dtype = dtype
     def __call__(self, module, args, output): return cast_floats(output, self.dtype)
 
-# %% ../nbs/20_bf16.ipynb #e8aa4138
+# %% ../nbs/20_bf16.ipynb #f71a0781
 def cast_module(module:nn.Module, dtype:torch.dtype, recurse:bool=False):
     "Cast the floating-point parameters (and their gradients) and buffers of `module` to `dtype`, in place"
     for p in module.parameters(recurse=recurse):
@@ -49,7 +49,7 @@ def cast_module(module:nn.Module, dtype:torch.dtype, recurse:bool=False):
         for name, b in m.named_buffers(recurse=False):
             if b.is_floating_point(): setattr(m, name, b.to(dtype))
 
-# %% ../nbs/20_bf16.ipynb #e1185678
+# %% ../nbs/20_bf16.ipynb #ffcd1169
 def _outermost(model:nn.Module, classes) -> list:
     "The modules of `model` that are instances of `classes` and not inside another such module"
     found, inside = [], set()
@@ -60,7 +60,7 @@ def _outermost(model:nn.Module, classes) -> list:
             inside.update(id(s) for s in m.modules())
     return found
 
-# %% ../nbs/20_bf16.ipynb #e1c67132
+# %% ../nbs/20_bf16.ipynb #b7c8011f
 def remove_fp32_hooks(model:nn.Module):
     "Remove the casting hooks `to_bf16` put on `model`'s modules"
     for m in model.modules():
@@ -91,7 +91,9 @@ def to_fp32(model:nn.Module) -> nn.Module:
     remove_fp32_hooks(model)
     return model.float()
 
-# %% ../nbs/20_bf16.ipynb #a483c921
+# %% ../nbs/20_bf16.ipynb #86c58eb0
+import warnings
+
 def check_no_mixed_precision(cbs):
     "Raise if `cbs` hold one of fastai's mixed-precision callbacks, which pure bf16 training replaces"
     amp = [cb for cb in cbs if isinstance(cb, (MixedPrecision, NonNativeMixedPrecision, ModelToHalf))]
@@ -103,10 +105,22 @@ def check_no_mixed_precision(cbs):
         "`learn.to_non_native_fp32()`); for autocast over fp32 weights, `learn.remove_cb(BF16)` and "
         "`fastoptim.bf16.to_fp32(learn.model)`.")
 
+def rounding_warning(opt):
+    "What is lost when `opt` writes bf16 weights without compensation, or None when it compensates (or there is no optimizer)"
+    if opt is None: return None
+    if not isinstance(opt, FastOptimizer): return (
+        f"BF16: the optimizer ({type(opt).__name__}) is not a fastoptim optimizer, so it writes the bf16 weights by "
+        "rounding to nearest, with no compensation: an update smaller than half a bf16 step of its weight (about 0.4% "
+        "of it) is lost, and training stalls once updates get that small. Use a fastoptim optimizer (e.g. "
+        "opt_func=adam()), which adds Kahan summation by default, or stochastic rounding.")
+    if opt.rounding(torch.bfloat16) == 'nearest': return (
+        "BF16: the optimizer was built with kahan_sum=False and without stochastic rounding, so it writes the bf16 "
+        "weights by rounding to nearest: updates smaller than half a bf16 step of their weight are lost.")
+
 class BF16(Callback):
     "Pure bf16 training: a bf16 model (`keep_fp32` modules aside), bf16 floating-point inputs, fp32 predictions for the loss"
     order = MixedPrecision.order
-    def __init__(self, keep_fp32:tuple=batch_norms): store_attr()
+    def __init__(self, keep_fp32:tuple=batch_norms): store_attr(); self.warned = False
     def before_fit(self):
         check_no_mixed_precision(self.learn.cbs)
         self.cast()
@@ -114,6 +128,10 @@ class BF16(Callback):
     def cast(self):
         "Cast the model; a fastoptim optimizer with Kahan summation keeps what the cast rounds off fp32 weights"
         opt = self.learn.opt
+        message = rounding_warning(opt)
+        if message and not self.warned:
+            warnings.warn(message)
+            self.warned = True
         kahan = isinstance(opt, FastOptimizer) and opt.rounding(torch.bfloat16) == 'kahan'
         residuals = {p: kahan_residual(p) for p in self.learn.model.parameters() if p.dtype == torch.float32} if kahan else {}
         to_bf16(self.learn.model, self.keep_fp32)
@@ -122,7 +140,7 @@ class BF16(Callback):
     def before_batch(self): self.learn.xb = cast_floats(self.xb, torch.bfloat16)
     def after_pred(self): self.learn.pred = cast_floats(self.pred, torch.float32)
 
-# %% ../nbs/20_bf16.ipynb #d6547634
+# %% ../nbs/20_bf16.ipynb #c8e6573e
 @patch
 def to_pure_bf16(self:Learner, keep_fp32:tuple=batch_norms):
     "Train in pure bf16 with a `BF16` callback, replacing any already there (fastai's `to_bf16` is autocast)"

@@ -15,6 +15,7 @@ import math
 import numpy as np
 import torch
 from types import SimpleNamespace
+from torch.autograd.graph import increment_version
 from .core import backends, to_device, compile_source, Stepper
 from .algorithm import nodes_of
 
@@ -307,7 +308,8 @@ class TritonBackend(Stepper):
             cache['steps'] = to_device(bucket.step_counts.astype(np.int32), bucket.device)  # the derive kernel adds this step
             cache['sums'] = torch.empty(len(bucket) * max(code.reductions, 1) * sum_slots, device=bucket.device)  # set before use
             cache['reds'] = torch.empty(len(bucket), max(code.reductions, 1), device=bucket.device)
-            cache.update(key=key, width=len(tensors) + 2, captured=False, block=block, warps=warps)
+            cache.update(key=key, width=len(tensors) + 2, captured=False, block=block, warps=warps,
+                         written=[*bucket.params, *[t for k in plan.whole.stores for t in bucket.state(k)], *(bucket.comps or [])])
         self.upload(plan, bucket, leaves, cache)  # raises, before anything changes, if a capture cannot
         cache['captured'] |= bucket.capturing
         n = len(bucket)
@@ -327,6 +329,7 @@ class TritonBackend(Stepper):
         "The last phase, reading each tensor's reductions from `reds`"
         if cache['n_blocks'] == 0: return
         self.launch_phase(triton_code(plan).phases[-1], bucket, cache, cache['reds'])
+        increment_version(cache['written'])  # as torch's in-place ops do: autograd then refuses a graph that saved them
 
     def launch_phase(self, kernel, bucket, cache, sums):
         kernel[(cache['n_blocks'],)](cache['table'], cache['block_tensors'], cache['scalars'], sums, WIDTH=cache['width'],
@@ -345,6 +348,7 @@ class TritonBackend(Stepper):
         fold_gradients[(n_blocks,)](table, block_tensors, scalars, WIDTH=len(tensors) + 2, K=len(columns),
                                     MOMENTS=len(moments), SQUARED=sum(1 << j for j, (_, power) in enumerate(moments) if power == 2),
                                     DTYPE=getattr(tl, tl_dtypes[bucket.dtype]), BLOCK=block, num_warps=warps)
+        increment_version([t for name, _ in moments for t in bucket.state(name)])
 
     def upload(self, plan, bucket, leaves, cache):
         "Copy the per-tensor hypers (and seed bases) into the device table if they changed"
