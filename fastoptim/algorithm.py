@@ -164,6 +164,10 @@ class Algorithm:
         if unknown: raise ValueError(f"{self.name}: moments {sorted(unknown)} are not states.")
         self.__dict__['_plans'] = {}
     def __repr__(self): return f"Algorithm({self.name})"
+    # pickled (a Learner exported with its opt_func) without its plans: their compiled code (TorchScript
+    # functions, Triton kernels) cannot be pickled, and is made again on first use
+    def __getstate__(self): return {k: v for k, v in self.__dict__.items() if k != '_plans'}
+    def __setstate__(self, state): self.__dict__.update(state, _plans={})
 
     def plan(self, variant='step'):
         "The traced update (`variant` 'step', or 'apply': the weights from moments folded by accumulation)"

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 listing() { git status --porcelain --ignored --untracked-files=all -- nbs; }
 before=$(listing)
-nbdev-proc-nbs --force
+nbdev-proc-nbs --force  # it first tries to install Quarto, which needs root here: its "Cancelled" lines are expected
 after=$(listing)
 if [ "$before" != "$after" ]; then
   echo "nbdev-proc-nbs wrote into nbs/:" >&2
