@@ -91,7 +91,7 @@ def to_fp32(model:nn.Module) -> nn.Module:
     remove_fp32_hooks(model)
     return model.float()
 
-# %% ../nbs/20_bf16.ipynb #86c58eb0
+# %% ../nbs/20_bf16.ipynb #2f94a063
 import warnings
 
 def check_no_mixed_precision(cbs):
@@ -140,7 +140,7 @@ class BF16(Callback):
     def before_batch(self): self.learn.xb = cast_floats(self.xb, torch.bfloat16)
     def after_pred(self): self.learn.pred = cast_floats(self.pred, torch.float32)
 
-# %% ../nbs/20_bf16.ipynb #c8e6573e
+# %% ../nbs/20_bf16.ipynb #558981cd
 @patch
 def to_pure_bf16(self:Learner, keep_fp32:tuple=batch_norms):
     "Train in pure bf16 with a `BF16` callback, replacing any already there (fastai's `to_bf16` is autocast)"
