@@ -23,7 +23,7 @@ from torch import Tensor
 from fastcore.basics import store_attr
 from fastcore.foundation import L
 from fastai.optimizer import Optimizer
-from .algorithm import Algorithm, Hyper, State, engine_hypers, moment_values, torch_source
+from .algorithm import Algorithm, Hyper, State, engine_hypers, moment_values, torch_source, modified
 
 # %% ../nbs/00_core.ipynb #b0a34ca3
 fp32_max = float(torch.finfo(torch.float32).max)
@@ -418,7 +418,7 @@ class Numbers:
         if not opt.decouple_wd: l2, decay = wd, np.zeros_like(wd)
         elif opt.decouple_lr: l2, decay = np.zeros_like(wd), hp['lr'] / hp['max_lr'] * wd
         else: l2, decay = np.zeros_like(wd), hp['lr'] * wd
-        return {**hp, 'step': step.astype(np.float64), 'l2': l2, 'decay': decay}, step
+        return {**hp, 'step': step.astype(np.float64), 'l2': l2, 'decay': decay, 'numel': b.numels}, step
 
 # %% ../nbs/00_core.ipynb #f8a69424
 class Preparation:
@@ -433,6 +433,7 @@ class Preparation:
             b.backend, b.generation, b.group_index = names[key], generation, np.array(b.groups)
             b.step_counts = np.array([s.get('step', 0) for s in b.states], dtype=np.int64)
             b.do_wd = np.array([bool(s.get('do_wd', True)) for s in b.states])
+            b.numels = np.array([p.numel() for p in b.params], dtype=np.float64)
             if b.rounding == 'stochastic':
                 b.seed_bases = hash32(hash32(np.int64(opt.seed)) ^ np.array(b.indices, dtype=np.int64))
 
@@ -499,8 +500,11 @@ class FastOptimizer(Optimizer):
         kahan_sum:bool|None=None, # Kahan-compensated updates; None: for bf16 and fp16 parameters
         stochastic_rounding:bool=False, # round bf16 parameters stochastically instead (not with kahan_sum)
         seed:int=0,             # seed of the stochastic rounding
+        cautious:bool=False,    # zero the update where it does not descend, rescaled (Cautious optimizers)
+        grams:bool=False,       # the update's magnitude with the gradient's direction (Grams)
         **hypers                # the algorithm's hypers (see `algorithm.hypers`)
     ):
+        algorithm = modified(algorithm, cautious, grams)
         backend = backend_from_flags(forloop=forloop, foreach=foreach, jit=jit, triton=triton)
         if stochastic_rounding and kahan_sum:
             raise ValueError("Choose kahan_sum=True or stochastic_rounding=True, not both.")
@@ -758,15 +762,15 @@ def partial_maker(constructor, name:str):
 
 algorithms = {}  # name -> constructor, for every registered algorithm: the test matrix runs each in every backend
 
-def make_optimizer(algorithm:Algorithm, doc:str, name:str|None=None):
-    "The constructor `Name(params, lr, **hypers, **options)` of `algorithm`, with its hypers' defaults in its signature"
-    name = name or algorithm.name
-    def constructor(params, lr=1e-3, **kwargs): return FastOptimizer(params, algorithm, lr, **kwargs)
+def make_optimizer(algorithm:Algorithm, doc:str, name:str|None=None, lr:float=1e-3):
+    "The constructor `Name(params, lr, **hypers, **options)` of `algorithm`, with its hypers' defaults (and `lr`'s) in its signature"
+    name, default_lr = name or algorithm.name, lr
+    def constructor(params, lr=default_lr, **kwargs): return FastOptimizer(params, algorithm, lr, **kwargs)
     hypers = [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=h.default) for k, h in algorithm.hypers.items()]
     options = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for k, p in inspect.signature(FastOptimizer).parameters.items()
                if k not in ('self', 'params', 'algorithm', 'lr', 'hypers')]
     constructor.__signature__ = inspect.Signature([inspect.Parameter('params', inspect.Parameter.POSITIONAL_OR_KEYWORD),
-        inspect.Parameter('lr', inspect.Parameter.POSITIONAL_OR_KEYWORD, default=1e-3), *hypers, *options])
+        inspect.Parameter('lr', inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default_lr), *hypers, *options])
     constructor.__name__ = constructor.__qualname__ = name
     constructor.__doc__, constructor.algorithm, constructor.hypers = doc, algorithm, algorithm.hypers
     algorithms[name] = constructor

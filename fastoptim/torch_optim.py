@@ -12,10 +12,10 @@ import torch
 from torch import Tensor
 from .core import FastOptimizer
 from .adam import adam_algorithm
-from .sgd import sgd_algorithm, momentum_algorithm
+from .sgd import sgd_algorithm, momentum_algorithm, nesterov_algorithm
 
 # %% ../nbs/06_torch_optim.ipynb #2a97ed3e
-engine_options = ('forloop', 'foreach', 'jit', 'triton', 'kahan_sum', 'stochastic_rounding', 'seed')
+engine_options = ('forloop', 'foreach', 'jit', 'triton', 'kahan_sum', 'stochastic_rounding', 'seed', 'cautious', 'grams')
 
 class TorchOptimizer(torch.optim.Optimizer):
     "A `torch.optim.Optimizer` whose steps a fastoptim engine takes: subclasses name the algorithm and translate the hypers"
@@ -130,13 +130,16 @@ class SGD(TorchOptimizer):
     def __init__(self, params, lr:float=1e-3, momentum:float=0, dampening:float=0, weight_decay:float=0,
                  nesterov:bool=False, *, maximize:bool=False, foreach:bool|None=None, differentiable:bool=False,
                  fused:bool|None=None, **options):
-        refuse('SGD', nesterov=nesterov, maximize=maximize, differentiable=differentiable, dampening=dampening)
-        self.algorithm = momentum_algorithm if momentum else sgd_algorithm
-        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=0, weight_decay=weight_decay, nesterov=False),
+        refuse('SGD', maximize=maximize, differentiable=differentiable, dampening=dampening)
+        if nesterov and not momentum: raise ValueError("Nesterov momentum requires a momentum")
+        self.algorithm = nesterov_algorithm if nesterov else momentum_algorithm if momentum else sgd_algorithm
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=0, weight_decay=weight_decay, nesterov=nesterov),
                          fused=fused, foreach=foreach, **options)
 
     def translate(self, group):
-        if group.get('dampening') or group.get('nesterov'): refuse('SGD', dampening=group.get('dampening'), nesterov=group.get('nesterov'))
+        if group.get('dampening'): refuse('SGD', dampening=group.get('dampening'))
+        if bool(group.get('nesterov')) != (self.algorithm is nesterov_algorithm):
+            raise ValueError("A group's `nesterov` must be what the SGD was built with: build it with the momentum you will use.")
         if group['momentum'] and self.algorithm is sgd_algorithm:
             raise ValueError("This SGD was built with momentum=0 (no momentum state); build it with the momentum you will use.")
         return dict(lr=group['lr'], mom=group['momentum'], wd=group['weight_decay'])
