@@ -6,15 +6,15 @@ Docs: https://fastoptim.github.io/fastoptim/algorithm.html.md"""
 
 # %% auto #0
 __all__ = ['reduction_ops', 'scalar_only', 'commutative', 'engine_hypers', 'engine_scalars', 'plan_numbers', 'host_ops',
-           'modifiers', 'Hyper', 'State', 'Moment', 'Expr', 'sqrt', 'sign', 'maximum', 'minimum', 'where', 'lerp',
-           'addcmul', 'addcdiv', 'tensor_sum', 'tensor_max', 'total_sum', 'named', 'Algorithm', 'leaf', 'trace_hypers',
-           'nodes_of', 'substitute', 'reaches', 'decompose', 'Phase', 'Plan', 'evaluate', 'moment_values',
-           'TorchDialect', 'emit', 'ordered_stores', 'final_args', 'torch_source', 'modified']
+           'modifiers', 'Hyper', 'State', 'Moment', 'Expr', 'sqrt', 'atan2', 'exp', 'log', 'mod', 'sign', 'maximum',
+           'minimum', 'where', 'lerp', 'addcmul', 'addcdiv', 'tensor_sum', 'tensor_max', 'total_sum', 'named',
+           'Algorithm', 'leaf', 'trace_hypers', 'nodes_of', 'substitute', 'reaches', 'decompose', 'Phase', 'Plan',
+           'evaluate', 'moment_values', 'TorchDialect', 'emit', 'ordered_stores', 'final_args', 'torch_source',
+           'modified']
 
 # %% ../nbs/00_algorithm.ipynb #964e372e
 import itertools, math, re
-from dataclasses import replace
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 from typing import Callable, Optional
 import numpy as np
@@ -99,7 +99,7 @@ def _op(op, *args):
     return Expr(op, args, tensor=any(a.tensor for a in args), device=any(a.device for a in args))
 
 reduction_ops = dict(sum='sum', max='max', total='sum')  # each reduction, and how partial results combine
-scalar_only = ('pow', 'where', 'gt', 'lt', 'ge', 'le', 'eq', 'ne', 'and', 'or')
+scalar_only = ('pow', 'where', 'gt', 'lt', 'ge', 'le', 'eq', 'ne', 'and', 'or', 'exp', 'log', 'mod')
 commutative = ('add', 'mul', 'maximum', 'minimum')
 
 def _binary(op, a, b):
@@ -112,6 +112,14 @@ def _binary(op, a, b):
     return _op(op, a, b)
 
 def sqrt(x): return _op('sqrt', x)
+def atan2(y, x):
+    "The angle of (x, y), elementwise: `torch.atan2(y, x)`"
+    return _op('atan2', y, x)
+def exp(x): return _op('exp', x)
+def log(x): return _op('log', x)
+def mod(x, y):
+    "x modulo y for numbers per tensor (`h.step` counts from 1)"
+    return _op('mod', x, y)
 def sign(x): return _op('sign', x)
 def maximum(x, y): return _binary('maximum', x, y)
 def minimum(x, y): return _binary('minimum', x, y)
@@ -282,11 +290,16 @@ class Plan:
         if not reductions: return [whole]
         if any(reaches(r.args, reductions) for r in reductions): raise NotImplementedError("A reduction of a reduction.")
         sums = {id(r): Expr('input', device=True, name=f'red{j}') for j, r in enumerate(reductions)}
-        stored = {id(v): leaf(k, True) for k, v in whole.stores.items()}
+        # states whose new value needs no reduction are stored by the first pass; the others (Lookahead's slow weights
+        # over LAMB) by the second, which may read the first ones as stored, but not their overwritten old values
+        early = {k: v for k, v in whole.stores.items() if not reaches([v], reductions)}
+        late = {k: v for k, v in whole.stores.items() if k not in early}
+        stored = {id(v): leaf(k, True) for k, v in early.items()}
         final = [x if x is not None else _const(0.) for x in whole.final]
-        after = substitute(final, {**sums, **stored})
-        if not reaches(after, [getattr(s, k) for k in whole.stores]):  # the second pass reads the states as stored
-            return [Phase(whole.stores, reductions), Phase({}, [], (*after[:2], after[2] if whole.final[2] is not None else None))]
+        after = substitute([*final, *late.values()], {**sums, **stored})
+        if not reaches(after, [getattr(s, k) for k in early]):
+            return [Phase(early, reductions),
+                    Phase(dict(zip(late, after[3:])), [], (*after[:2], after[2] if whole.final[2] is not None else None))]
         rest = substitute([*final, *whole.stores.values()], sums)  # else the first pass only adds up
         return [Phase({}, reductions), Phase(dict(zip(whole.stores, rest[3:])),
                                              [], (*rest[:2], rest[2] if whole.final[2] is not None else None))]
@@ -333,6 +346,7 @@ class Plan:
 
 # %% ../nbs/00_algorithm.ipynb #19c5b4b0
 host_ops = dict(add=np.add, sub=np.subtract, mul=np.multiply, div=np.divide, neg=np.negative, pow=np.power, sqrt=np.sqrt,
+                atan2=np.arctan2, exp=np.exp, log=np.log, mod=np.fmod,
                 abs=np.abs, sign=np.sign, reciprocal=np.reciprocal, maximum=np.maximum, minimum=np.minimum, where=np.where,
                 gt=np.greater, lt=np.less, ge=np.greater_equal, le=np.less_equal, eq=np.equal, ne=np.not_equal,
                 **{'and': np.logical_and, 'or': np.logical_or})
@@ -372,12 +386,14 @@ class TorchDialect:
         'addcdiv': ('{0}.addcdiv_({1}, {2}, value={3})', 'torch.addcdiv({0}, {1}, {2}, value={3})'),
         'maximum': (None, 'torch.maximum({0}, {1})'), 'minimum': (None, 'torch.minimum({0}, {1})'),
         'maximum_s': ('{0}.clamp_(min={1})', '{0}.clamp(min={1})'), 'minimum_s': ('{0}.clamp_(max={1})', '{0}.clamp(max={1})'),
+        'atan2': ('{0}.atan2_({1})', 'torch.atan2({0}, {1})'),
     }
     device_ops = dict(add='({0} + {1})', sub='({0} - {1})', mul='({0} * {1})', div='({0} / {1})', neg='(-{0})',
                       sqrt='torch.sqrt({0})', abs='torch.abs({0})', sign='torch.sign({0})', reciprocal='torch.reciprocal({0})',
                       maximum='torch.maximum({0}, {1})', minimum='torch.minimum({0}, {1})', where='torch.where({0}, {1}, {2})',
                       gt='({0} > {1})', lt='({0} < {1})', ge='({0} >= {1})', le='({0} <= {1})', eq='({0} == {1})',
-                      ne='({0} != {1})', pow='torch.pow({0}, {1})', **{'and': '({0} & {1})', 'or': '({0} | {1})'})
+                      ne='({0} != {1})', pow='torch.pow({0}, {1})', atan2='torch.atan2({0}, {1})', exp='torch.exp({0})',
+                      log='torch.log({0})', mod='torch.fmod({0}, {1})', **{'and': '({0} & {1})', 'or': '({0} | {1})'})
     clamps = dict(maximum='torch.clamp({0}, min={1})', minimum='torch.clamp({0}, max={1})')  # a device number and a host one
     def tensor_var(self, name): return f'{name}_math'
     def host_var(self, name): return name
@@ -493,23 +509,50 @@ def torch_source(plan, name, phase=None):
     return (f"def {name}({', '.join(args)}, reds: Tensor, comp: Optional[Tensor], seed: int) -> Tensor:\n"
             + ''.join(f'    {l}\n' for l in prologue + lines))
 
-# %% ../nbs/00_algorithm.ipynb #90acd10b
-modifiers = ('cautious', 'grams')
+# %% ../nbs/00_algorithm.ipynb #e4fdd8e1
+modifiers = ('cautious', 'grams', 'lookahead')
 
-def modified(algorithm:Algorithm, cautious:bool=False, grams:bool=False) -> Algorithm:
-    "`algorithm` with its update masked where it does not descend (`cautious`), or given the gradient's direction (`grams`)"
-    chosen = [k for k, on in (('cautious', cautious), ('grams', grams)) if on]
-    if not chosen: return algorithm
-    if len(chosen) > 1: raise ValueError("cautious=True and grams=True both take the update's direction from the gradient: choose one.")
-    key = chosen[0]
+def _direction_modifier(algorithm, key):
+    "The update of `algorithm`, masked where it does not descend (`cautious`) or given the gradient's direction (`grams`)"
+    def update(p, g, s, h):
+        out = dict(algorithm.update(p, g, s, h))
+        u = out['update']
+        if key == 'cautious':
+            descends = maximum(-sign(u * g), 0.)  # 1 where the step moves against the gradient, else 0
+            out['update'] = u * descends * (h.numel / (tensor_sum(descends) + 1))
+        else: out['update'] = -abs(u) * sign(g)
+        return out
+    return replace(algorithm, name=f'{algorithm.name}+{key}', update=update)
+
+def _lookahead(algorithm):
+    "`algorithm`'s step, then every `lookahead_k` steps the slow weights pulled towards the result, which becomes the weights"
+    if 'lookahead_slow' in algorithm.states: raise ValueError(f"{algorithm.name} already has lookahead.")
+    def scalars(h):
+        own = algorithm.scalars(h) if algorithm.scalars else {}
+        return {**own, 'lookahead_sync': where(mod(h.step, h.lookahead_k) == 0, 1., 0.)}
+    def update(p, g, s, h):
+        out = dict(algorithm.update(p, g, s, h))
+        fast = p * (1 - h.decay) + out['update']  # the weights the algorithm's step gives
+        slow = s.lookahead_slow + (fast - s.lookahead_slow) * (h.lookahead_alpha * h.lookahead_sync)
+        out['lookahead_slow'] = slow
+        out['update'] = out['update'] + (slow - fast) * h.lookahead_sync  # the weights become the slow ones on a sync step
+        return out
+    return replace(algorithm, name=f'{algorithm.name}+lookahead', update=update, scalars=scalars,
+                   hypers={**algorithm.hypers, 'lookahead_k': Hyper(6., 1.), 'lookahead_alpha': Hyper(0.5, 0., 1., hi_open=False)},
+                   states={**algorithm.states, 'lookahead_slow': State(init='param')})
+
+def modified(algorithm:Algorithm, cautious:bool=False, grams:bool=False, lookahead:bool=False) -> Algorithm:
+    "`algorithm` with its update masked where it does not descend (`cautious`), or given the gradient's direction (`grams`), and/or wrapped in Lookahead"
+    if cautious and grams: raise ValueError("cautious=True and grams=True both take the update's direction from the gradient: choose one.")
+    key = tuple(k for k, on in (('cautious', cautious), ('grams', grams), ('lookahead', lookahead)) if on)
+    if not key: return algorithm
     if key not in algorithm._variants:
-        def update(p, g, s, h):
-            out = dict(algorithm.update(p, g, s, h))
-            u = out['update']
-            if key == 'cautious':
-                descends = maximum(-sign(u * g), 0.)  # 1 where the step moves against the gradient, else 0
-                out['update'] = u * descends * (h.numel / (tensor_sum(descends) + 1))
-            else: out['update'] = -abs(u) * sign(g)
-            return out
-        algorithm._variants[key] = replace(algorithm, name=f'{algorithm.name}+{key}', update=update)
+        variant = _direction_modifier(algorithm, key[0]) if key[0] != 'lookahead' else algorithm
+        if cautious:
+            try: variant.plan()
+            except NotImplementedError as e:
+                raise NotImplementedError(f"cautious=True cannot be applied to {algorithm.name}: its update already needs a per-tensor "
+                                          "reduction (a trust ratio), and the count of cautious components would be a second one, "
+                                          "in a third pass over the tensors; plans have at most two.") from e
+        algorithm._variants[key] = _lookahead(variant) if lookahead else variant
     return algorithm._variants[key]

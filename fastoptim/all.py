@@ -6,10 +6,10 @@ Docs: https://fastoptim.github.io/fastoptim/all.html.md"""
 
 # %% auto #0
 __all__ = ['FastOptimizer', 'Algorithm', 'Hyper', 'State', 'Moment', 'ForeachBackend', 'TorchScriptBackend', 'TritonBackend',
-           'SGD', 'sgd', 'Adam', 'adam', 'Lamb', 'lamb', 'RAdam', 'radam', 'Lion', 'lion', 'RMSProp', 'rmsprop',
-           'QHAdam', 'qhadam', 'Adamax', 'adamax', 'Adan', 'adan', 'ADOPT', 'adopt', 'seed_kahan_comp',
-           'kahan_residual', 'BF16', 'to_bf16', 'to_fp32', 'GradientRelease', 'OptimizerAccumulation',
-           'prepare_for_gradient_release', 'remove_gradient_release']
+           'SGD', 'sgd', 'Adam', 'adam', 'Lamb', 'lamb', 'RAdam', 'radam', 'Ranger', 'ranger', 'Lion', 'lion',
+           'RMSProp', 'rmsprop', 'QHAdam', 'qhadam', 'Adamax', 'adamax', 'Adan', 'adan', 'ADOPT', 'adopt', 'AdEMAMix',
+           'ademamix', 'AdamAtan2', 'adam_atan2', 'seed_kahan_comp', 'kahan_residual', 'BF16', 'to_bf16', 'to_fp32',
+           'GradientRelease', 'OptimizerAccumulation', 'prepare_for_gradient_release', 'remove_gradient_release']
 
 # %% ../nbs/99_all.ipynb #f701e169
 from .core import FastOptimizer, algorithms
@@ -20,18 +20,20 @@ from .triton_engine import TritonBackend
 from .sgd import SGD, sgd
 from .adam import Adam, adam
 from .lamb import Lamb, lamb
-from .radam import RAdam, radam
+from .radam import RAdam, radam, Ranger, ranger
 from .lion import Lion, lion
 from .rmsprop import RMSProp, rmsprop
 from .qhadam import QHAdam, qhadam
 from .adamax import Adamax, adamax
 from .adan import Adan, adan
 from .adopt import ADOPT, adopt
+from .ademamix import AdEMAMix, ademamix
+from .adam_atan2 import AdamAtan2, adam_atan2
 from .low_precision import seed_kahan_comp, kahan_residual
 from .bf16 import BF16, to_bf16, to_fp32
 from .gradient_release import GradientRelease, OptimizerAccumulation, prepare_for_gradient_release, remove_gradient_release
 
 _all_ = ['FastOptimizer', 'Algorithm', 'Hyper', 'State', 'Moment', 'ForeachBackend', 'TorchScriptBackend', 'TritonBackend',
-         'SGD', 'sgd', 'Adam', 'adam', 'Lamb', 'lamb', 'RAdam', 'radam', 'Lion', 'lion', 'RMSProp', 'rmsprop', 'QHAdam', 'qhadam',
-         'Adamax', 'adamax', 'Adan', 'adan', 'ADOPT', 'adopt', 'seed_kahan_comp', 'kahan_residual', 'BF16', 'to_bf16', 'to_fp32',
+         'SGD', 'sgd', 'Adam', 'adam', 'Lamb', 'lamb', 'RAdam', 'radam', 'Ranger', 'ranger', 'Lion', 'lion', 'RMSProp', 'rmsprop', 'QHAdam', 'qhadam',
+         'Adamax', 'adamax', 'Adan', 'adan', 'ADOPT', 'adopt', 'AdEMAMix', 'ademamix', 'AdamAtan2', 'adam_atan2', 'seed_kahan_comp', 'kahan_residual', 'BF16', 'to_bf16', 'to_fp32',
          'GradientRelease', 'OptimizerAccumulation', 'prepare_for_gradient_release', 'remove_gradient_release']

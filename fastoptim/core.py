@@ -502,9 +502,10 @@ class FastOptimizer(Optimizer):
         seed:int=0,             # seed of the stochastic rounding
         cautious:bool=False,    # zero the update where it does not descend, rescaled (Cautious optimizers)
         grams:bool=False,       # the update's magnitude with the gradient's direction (Grams)
+        lookahead:bool=False,   # Lookahead's slow weights, synchronised every `lookahead_k` steps
         **hypers                # the algorithm's hypers (see `algorithm.hypers`)
     ):
-        algorithm = modified(algorithm, cautious, grams)
+        algorithm = modified(algorithm, cautious, grams, lookahead)
         backend = backend_from_flags(forloop=forloop, foreach=foreach, jit=jit, triton=triton)
         if stochastic_rounding and kahan_sum:
             raise ValueError("Choose kahan_sum=True or stochastic_rounding=True, not both.")

@@ -90,7 +90,9 @@ class ForeachDialect(TorchDialect):
            'minimum_s': ('torch._foreach_minimum_({0}, {1})', 'torch._foreach_minimum({0}, {1})'),
            'lerp': ('torch._foreach_lerp_({0}, {1}, {2})', 'torch._foreach_lerp({0}, {1}, {2})'),
            'addcmul': ('torch._foreach_addcmul_({0}, {1}, {2}, {3})', 'torch._foreach_addcmul({0}, {1}, {2}, {3})'),
-           'addcdiv': ('torch._foreach_addcdiv_({0}, {1}, {2}, {3})', 'torch._foreach_addcdiv({0}, {1}, {2}, {3})')}
+           'addcdiv': ('torch._foreach_addcdiv_({0}, {1}, {2}, {3})', 'torch._foreach_addcdiv({0}, {1}, {2}, {3})'),
+           # torch has no foreach atan2: a loop over the list, still one line of the generated program
+           'atan2': ('[y.atan2_(x) for y, x in zip({0}, {1})]', '[torch.atan2(y, x) for y, x in zip({0}, {1})]')}
     lists = True
     def tensor_var(self, name): return f'{name}_list'
     def host_in_device(self, name): return f'as_tensor({name}, p_list)'

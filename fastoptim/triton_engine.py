@@ -6,7 +6,7 @@ Docs: https://fastoptim.github.io/fastoptim/triton.html.md"""
 
 # %% auto #0
 __all__ = ['triton_ops', 'tl_dtypes', 'sum_slots', 'SUM_SLOTS', 'roundings', 'locate_block', 'tensor_ptr', 'scalar', 'load_math',
-           'round_to', 'store', 'hash32', 'stochastic_round', 'store_param', 'power', 'triton_expressions',
+           'round_to', 'store', 'hash32', 'stochastic_round', 'store_param', 'power', 'atan2', 'triton_expressions',
            'derive_source', 'phase_source', 'triton_code', 'build_tables', 'fold_gradients', 'add_to_sum',
            'max_to_slot', 'interpreting', 'TritonBackend']
 
@@ -112,13 +112,30 @@ def power(x, n):
         x, n = x * x, n // 2
     return result
 
+@triton_jit
+def atan2(y, x):
+    "atan2 in fp32 without libdevice (which Triton's interpreter lacks): the angle reduced to [0, π/4], then Cephes' atanf polynomial"
+    ax, ay = tl.abs(x), tl.abs(y)
+    big = ay > ax
+    r = tl.where(big, ax / ay, ay / ax)  # in [0, 1]; 0/0 when both are 0
+    r = tl.where(ax == ay, tl.where(ax == 0, 0., 1.), r)
+    upper = r > 0.4142135623730950  # tan(π/8): reduce to [-tan(π/8), tan(π/8)] around π/4
+    z = tl.where(upper, (r - 1) / (r + 1), r)
+    z2 = z * z
+    a = (((8.05374449538e-2 * z2 - 1.38776856032e-1) * z2 + 1.99777106478e-1) * z2 - 3.33329491539e-1) * z2 * z + z
+    a = tl.where(upper, a + 0.7853981633974483, a)
+    a = tl.where(big, 1.5707963267948966 - a, a)
+    a = tl.where(x < 0, 3.141592653589793 - a, a)
+    return tl.where(y < 0, -a, a)
+
 triton_ops = dict(add='({0} + {1})', sub='({0} - {1})', mul='({0} * {1})', div='({0} / {1})', neg='(-{0})',
                   sqrt='tl.sqrt({0})', abs='tl.abs({0})', sign='tl.where({0} > 0, 1., tl.where({0} < 0, -1., {0}))',
                   reciprocal='(1. / {0})', maximum='tl.maximum({0}, {1}, propagate_nan=tl.PropagateNan.ALL)',
                   minimum='tl.minimum({0}, {1}, propagate_nan=tl.PropagateNan.ALL)',  # NaN in, NaN out, as torch
                   where='tl.where({0}, {1}, {2})', gt='({0} > {1})', lt='({0} < {1})', ge='({0} >= {1})',
                   le='({0} <= {1})', eq='({0} == {1})', ne='({0} != {1})', lerp='({0} + {2} * ({1} - {0}))',
-                  addcmul='({0} + {3} * {1} * {2})', addcdiv='({0} + {3} * {1} / {2})',
+                  addcmul='({0} + {3} * {1} * {2})', addcdiv='({0} + {3} * {1} / {2})', atan2='atan2({0}, {1})',
+                  exp='tl.exp({0})', log='tl.log({0})', mod='({0} % {1})',
                   **{'and': '({0} & {1})', 'or': '({0} | {1})'})
 
 def triton_expressions(roots, value_of):
@@ -215,7 +232,7 @@ def triton_code(plan):
         sources += [phase_source(plan, ph, f'{plan.name}_phase{i}', max(n_reductions, 1)) for i, ph in enumerate(plan.phases)]
         namespace = dict(triton=triton, tl=tl, locate_block=locate_block, tensor_ptr=tensor_ptr, scalar=scalar,
                          load_math=load_math, store=store, store_param=store_param, add_to_sum=add_to_sum, max_to_slot=max_to_slot,
-                         power=power, hash32=hash32)
+                         power=power, hash32=hash32, atan2=atan2)
         kernels = [compile_source(src, src.split('def ')[1].split('(')[0], namespace) for src in sources]
         plan.code['triton'] = SimpleNamespace(derive=kernels[0], phases=kernels[1:], hypers=hypers, K=len(plan.frontier) + 1,
                                               reductions=n_reductions, source='\n'.join(sources))
