@@ -270,6 +270,7 @@ class Plan:
         "The step that writes the weights after accumulation: moments read as folded, the gradient unused"
         why = algorithm.accumulation or ("its update reads the gradient (or a state's old value) beside the moments "
                                          "folded from the micro-batches")
+        if algorithm.accumulation: raise NotImplementedError(f"Optimizer accumulation cannot reproduce {algorithm.name}: {why}.")
         if not algorithm.moments:  # no state to fold into: the engine sums the gradients in `grad_acc`
             return stores, substitute([update], {id(g): leaf('grad_acc', True)})[0]
         folded = {k: leaf(k, True) for k in algorithm.moments}

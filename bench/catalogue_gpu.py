@@ -1,0 +1,219 @@
+"""GPU check of the catalogue and of this session's reliability changes, in one call: every registered algorithm
+(and each modifier) in every backend against the for-loop reference on CUDA, fp32 and bf16 with Kahan; each
+algorithm's Triton step captured in a CUDA graph and replayed against eager; autograd's in-place check after a
+Triton step; a state edit between steps; then each algorithm's Triton step timed on the ResNet-50-like (fp32) and
+LLM-like (bf16 + Kahan) sets, eager and replayed, as a fraction of the copy bandwidth measured in the same run, beside
+peers' implementations where there are some.
+
+Run on the GPU machine from the repository root (wheels: ../shared/gpu/wheels.sh pytorch-optimizer==4.1.0
+adam-atan2-pytorch==0.4.1 einops):
+    python3 bench/catalogue_gpu.py --out $OUT
+"""
+import argparse, datetime, json, math, os, sys, traceback
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+assert os.environ.get('TRITON_INTERPRET', '0') != '1', 'unset TRITON_INTERPRET to run the kernels on the GPU'
+
+import torch
+import triton
+import fastoptim.all  # noqa: F401  (registers every backend and algorithm)
+from fastoptim.core import algorithms
+from fastoptim.low_precision import seed_kahan_comp
+from fastoptim.testing import drive, rel_diff
+from shapes import llm_shapes, resnet50_shapes
+from timing import copy_bandwidth, median_ms, write_report
+
+dev = torch.device('cuda')
+BACKENDS = ('foreach', 'jit', 'triton')
+MODIFIERS = {'cautious': dict(cautious=True), 'grams': dict(grams=True), 'lookahead': dict(lookahead=True, lookahead_k=4)}
+
+
+def make(name, backend, **kw):
+    return lambda g: algorithms[name](g, lr=slice(1e-3, 1e-2), wd=0.1, **{backend: True}, **kw)
+
+
+def correctness():
+    rows = []
+    for name in algorithms:
+        for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 3e-2)):
+            _, expected = drive(make(name, 'forloop'), device=dev, dtype=dtype, steps=24, frozen=(8, 16))
+            for b in BACKENDS:
+                _, actual = drive(make(name, b), device=dev, dtype=dtype, steps=24, frozen=(8, 16))
+                d = rel_diff(actual, expected)
+                rows.append(dict(check=f'{name} {str(dtype)[6:]}', backend=b, value=d, ok=d < tol))
+    for name in ('Adam', 'Lion', 'AdEMAMix', 'Lamb'):
+        for mod, kw in MODIFIERS.items():
+            if mod == 'cautious' and name == 'Lamb': continue  # refused: a third pass
+            _, expected = drive(make(name, 'forloop', **kw), device=dev, steps=24, frozen=(8, 16))
+            _, actual = drive(make(name, 'triton', **kw), device=dev, steps=24, frozen=(8, 16))
+            d = rel_diff(actual, expected)
+            rows.append(dict(check=f'{name}+{mod} fp32', backend='triton', value=d, ok=d < 1e-5))
+    return rows
+
+
+def capture_check(name):
+    "Eager Triton steps, then the same steps replayed from a CUDA graph on a copy: the two runs must agree exactly"
+    gen = torch.Generator(device=dev).manual_seed(0)
+    shapes = [(256, 64), (64,), (1000,)]
+    def params(): return [torch.randn(s, device=dev, generator=torch.Generator(device=dev).manual_seed(i)).requires_grad_()
+                          for i, s in enumerate(shapes)]
+    a, b = params(), params()
+    grads = [[torch.randn(s, device=dev, generator=gen) for s in shapes] for _ in range(8)]
+    oa, ob = algorithms[name](a, lr=1e-3, triton=True), algorithms[name](b, lr=1e-3, triton=True)
+    for p, q, g in zip(a, b, grads[0]): p.grad, q.grad = g.clone(), g.clone()
+    oa.step(); ob.step()  # outside the graph: builds the tables
+    side = torch.cuda.Stream(); side.wait_stream(torch.cuda.current_stream())
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(side):
+        with torch.cuda.graph(graph): ob.step()
+    torch.cuda.current_stream().wait_stream(side)
+    for gs in grads[1:]:
+        for p, q, g in zip(a, b, gs): p.grad.copy_(g); q.grad.copy_(g)
+        oa.step(); graph.replay()
+    torch.cuda.synchronize()
+    return rel_diff(b, a)
+
+
+def reliability_checks():
+    rows = []
+    w = torch.randn(1000, device=dev, requires_grad=True)
+    opt = algorithms['Adam']([w], lr=1e-2, triton=True)
+    loss = (w * w).sum(); loss.backward(retain_graph=True); opt.step()
+    try: loss.backward(); refused = False
+    except RuntimeError as e: refused = 'inplace' in str(e)
+    rows.append(dict(check='backward through weights a Triton step changed is refused', backend='triton', value=float(refused), ok=refused))
+    ps = [torch.randn(300, device=dev, dtype=torch.bfloat16, requires_grad=True) for _ in range(3)]
+    qs = [p.detach().clone().requires_grad_() for p in ps]
+    opts = [algorithms['Adam'](x, lr=1e-3, triton=True) for x in (ps, qs)]
+    for i in range(4):
+        g = [torch.randn(300, device=dev, dtype=torch.bfloat16) for _ in range(3)]
+        for x, o in zip((ps, qs), opts):
+            for p, gi in zip(x, g):
+                if p.grad is None: p.grad = gi.clone()
+                else: p.grad.copy_(gi)
+            if i == 2:  # on the live optimizer, and on a fresh one that loads the state first: the same result
+                if o is opts[1]:
+                    sd = o.state_dict(); opts[1] = o = algorithms['Adam'](qs, lr=1e-3, triton=True); o.load_state_dict(sd)
+                seed_kahan_comp(o, [p.detach().float() + 1e-3 for p in x])
+            o.step()
+    d = rel_diff(ps, qs)
+    rows.append(dict(check='seed_kahan_comp after two steps, live vs reloaded', backend='triton', value=d, ok=d == 0.))
+    return rows
+
+
+def bytes_per_step(opt):
+    "Bytes a one-pass step moves at least: every tensor its plan reads, every state it writes, and the weights"
+    plan, n = opt.algorithm.plan(), 0
+    for p in opt.flat_params:
+        s = opt.state[p]
+        tensors = [p, p.grad, *[s[k] for k in plan.tensors if k not in ('p', 'g')], *[s[k] for k in plan.whole.stores], p]
+        if 'kahan_comp' in s: tensors += [s['kahan_comp']] * 2
+        n += sum(t.numel() * t.element_size() for t in tensors)
+    return n, len(plan.phases)
+
+
+def make_params(shapes, dtype):
+    gen = torch.Generator(device=dev).manual_seed(0)
+    ps = []
+    for s in shapes:
+        p = torch.randn(s, device=dev, generator=gen).mul_(0.02).to(dtype).requires_grad_()
+        p.grad = torch.randn(s, device=dev, generator=gen).to(dtype)
+        ps.append(p)
+    return ps
+
+
+def peers():
+    "Other people's implementations of the new algorithms, to time beside ours (only those that are installed)"
+    out = {'Adamax': ('torch.optim foreach', lambda ps: torch.optim.Adamax(ps, lr=1e-3, foreach=True)),
+           'nesterov': ('torch.optim foreach', lambda ps: torch.optim.SGD(ps, lr=1e-3, momentum=0.9, nesterov=True, foreach=True)),
+           'rmsprop': ('torch.optim foreach', lambda ps: torch.optim.RMSprop(ps, lr=1e-3, foreach=True))}
+    try:
+        import pytorch_optimizer as po
+        out.update(Adan=('pytorch_optimizer foreach', lambda ps: po.Adan(ps, lr=1e-3, weight_decouple=True, foreach=True)),
+                   ADOPT=('pytorch_optimizer foreach', lambda ps: po.ADOPT(ps, lr=1e-3, foreach=True)),
+                   AdEMAMix=('pytorch_optimizer foreach', lambda ps: po.AdEMAMix(ps, lr=1e-3, foreach=True)))
+    except ImportError: pass
+    try:
+        from adam_atan2_pytorch import AdamAtan2
+        out['AdamAtan2'] = ('adam_atan2_pytorch (reference)', lambda ps: AdamAtan2(ps, lr=1e-3))
+    except ImportError: pass
+    return out
+
+
+def timing(bandwidth, reps):
+    rows = []
+    sets = [('ResNet-50-like', resnet50_shapes(), torch.float32), ('LLM-like', llm_shapes(), torch.bfloat16)]
+    others = peers()
+    for set_name, shapes, dtype in sets:
+        for name in algorithms:
+            if '+' in name or name in ('sgd',): continue
+            ps = make_params(shapes, dtype)
+            opt = algorithms[name](ps, lr=1e-4, triton=True)
+            opt.step(); opt.step()
+            eager = median_ms(opt.step, reps, dev, warmup=3)
+            side = torch.cuda.Stream(); side.wait_stream(torch.cuda.current_stream())
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.stream(side):
+                with torch.cuda.graph(graph): opt.step()
+            torch.cuda.current_stream().wait_stream(side)
+            replay = median_ms(graph.replay, reps, dev, warmup=3)
+            n, phases = bytes_per_step(opt)
+            bound = n / bandwidth / 1e6
+            row = dict(set=set_name, dtype=str(dtype)[6:], algorithm=name, passes=phases, eager_ms=eager, graph_ms=replay,
+                       bound_ms=bound, eager_frac=bound / eager, graph_frac=bound / replay)
+            del opt, graph
+            if name in others and dtype == torch.float32:
+                label, ctor = others[name]
+                try:
+                    qs = make_params(shapes, dtype)
+                    peer = ctor(qs); peer.step()
+                    row.update(peer=label, peer_ms=median_ms(peer.step, reps, dev, warmup=3))
+                    del peer, qs
+                except Exception as e: row.update(peer=f'{label}: {type(e).__name__}: {str(e)[:80]}')
+            rows.append(row)
+            del ps
+            torch.cuda.empty_cache()
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument('--out', default=os.environ.get('OUT', 'catalogue_gpu'))
+    ap.add_argument('--reps', type=int, default=30)
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    head = (f"# Catalogue on the GPU\n\n{datetime.date.today()}, {torch.cuda.get_device_name()}, torch {torch.__version__}, "
+            f"triton {triton.__version__}; command: `python3 bench/catalogue_gpu.py --out $OUT`\n")
+    results = {}
+    for part, fn in (('correctness', correctness), ('reliability', reliability_checks),
+                     ('capture', lambda: [dict(check=f'{n}: graph replay vs eager', backend='triton', value=capture_check(n))
+                                          for n in algorithms])):
+        try: results[part] = fn()
+        except Exception: results[part] = [dict(check=f'{part} crashed', backend='', value=math.nan, ok=False, error=traceback.format_exc()[-2000:])]
+        json.dump(results, open(os.path.join(args.out, 'results.json'), 'w'), indent=1, default=str)
+    for r in results['capture']: r['ok'] = r.get('ok', r['value'] < 1e-6)
+    bandwidth = copy_bandwidth(dev)
+    try: results['timing'] = timing(bandwidth, args.reps)
+    except Exception: results['timing'] = [dict(error=traceback.format_exc()[-2000:])]
+    json.dump(results, open(os.path.join(args.out, 'results.json'), 'w'), indent=1, default=str)
+    lines = [head, f"Copy bandwidth measured in this run: {bandwidth:.0f} GB/s.\n", '## Checks\n',
+             '| check | backend | value | ok |', '|---|---|---|---|']
+    for part in ('correctness', 'reliability', 'capture'):
+        for r in results[part]:
+            lines.append(f"| {r['check']} | {r['backend']} | {r['value']:.3g} | {'yes' if r.get('ok') else '**NO**'} |")
+            if 'error' in r: lines.append(f"\n```\n{r['error']}\n```\n")
+    lines += ['', '## Triton step time (median of CUDA events; fraction = one-pass byte bound / time)\n',
+              '| set | dtype | algorithm | passes | eager ms (frac) | graph ms (frac) | peer | peer ms |', '|---|---|---|---|---|---|---|---|']
+    for r in results['timing']:
+        if 'error' in r: lines.append(f"\n```\n{r['error']}\n```\n"); continue
+        lines.append(f"| {r['set']} | {r['dtype']} | {r['algorithm']} | {r['passes']} | {r['eager_ms']:.3f} ({r['eager_frac']:.2f}) | "
+                     f"{r['graph_ms']:.3f} ({r['graph_frac']:.2f}) | {r.get('peer', '')} | "
+                     f"{r['peer_ms']:.3f} |" if 'peer_ms' in r else
+                     f"| {r['set']} | {r['dtype']} | {r['algorithm']} | {r['passes']} | {r['eager_ms']:.3f} ({r['eager_frac']:.2f}) | "
+                     f"{r['graph_ms']:.3f} ({r['graph_frac']:.2f}) | {r.get('peer', '')} | |")
+    bad = [r for part in ('correctness', 'reliability', 'capture') for r in results[part] if not r.get('ok')]
+    lines.append(f"\n{len(bad)} failed checks.")
+    write_report('\n'.join(lines), os.path.join(args.out, 'catalogue_gpu.md'))
+
+
+if __name__ == '__main__':
+    main()
