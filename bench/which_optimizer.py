@@ -26,7 +26,7 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt
 import bf16_gpt as g
-from fastoptim.all import (Adam, Lamb, RAdam, Ranger, Lion, RMSProp, QHAdam, Adamax, Adan, ADOPT, AdEMAMix, AdamAtan2, SGD,
+from fastoptim.all import (Adam, Lamb, RAdam, Ranger, Lion, RMSProp, QHAdam, Adamax, Adan, ADOPT, AdEMAMix, AdamAtan2, SGD, NAdam,
                            to_bf16, seed_kahan_comp)
 
 # label: (constructor, peak lr, hypers), the hypers those of the paper or the authors' code for language models
@@ -47,6 +47,7 @@ def catalogue(steps):
         'Adamax': (Adamax, 2e-3, dict(mom=0.9, inf_mom=0.999, eps=1e-8, wd=0.1)),
         'RMSProp': (RMSProp, 3e-4, dict(sqr_mom=0.99, mom=0., eps=1e-8, wd=0.1)),
         'SGD, Nesterov': (SGD, 3e-1, dict(mom=0.9, nesterov=True, wd=1e-4)),
+        'NAdam': (NAdam, 2e-3, dict(mom=0.9, sqr_mom=0.999, eps=1e-8, momentum_decay=4e-3, wd=0.1)),
     }
 
 

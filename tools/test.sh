@@ -20,6 +20,6 @@ say "running every notebook (about 4 minutes; each is listed as it ends, with it
 nbdev-test --n-workers 2 --do-print --timing
 say "processing the notebooks for the docs, as Quarto would get them (tools/proc_nbs.sh)"
 bash tools/proc_nbs.sh
-say "the test matrix in tests/ (about 6 minutes; a dot per test, the slowest listed at the end)"
-python -m pytest tests -q -p no:cacheprovider --durations=10
+say "the test matrix in tests/, on every core (about 5 minutes; a dot per test, the slowest listed at the end)"
+python -m pytest tests -q -p no:cacheprovider -n auto --durations=10
 say "all tests passed"
