@@ -16,10 +16,10 @@ if [ "${CI:-}" = true ] && [ -n "$(git status --porcelain -- fastoptim 2>/dev/nu
   exit 1
 fi
 python tools/readme.py --check
-say "running every notebook (about 4 minutes; each is listed as it ends, with its time)"
+say "running every notebook (about 5 minutes; each is listed as it ends, with its time)"
 nbdev-test --n-workers 2 --do-print --timing
 say "processing the notebooks for the docs, as Quarto would get them (tools/proc_nbs.sh)"
 bash tools/proc_nbs.sh
-say "the test matrix in tests/, on every core (about 5 minutes; a dot per test, the slowest listed at the end)"
+say "the test matrix in tests/, on every core (about 4 minutes; a dot per test, the slowest listed at the end)"
 python -m pytest tests -q -p no:cacheprovider -n auto --durations=10
 say "all tests passed"
