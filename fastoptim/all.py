@@ -8,9 +8,9 @@ Docs: https://fastoptim.github.io/fastoptim/all.html.md"""
 __all__ = ['FastOptimizer', 'Algorithm', 'Hyper', 'State', 'Moment', 'ForeachBackend', 'TorchScriptBackend', 'TritonBackend',
            'SGD', 'sgd', 'Adam', 'adam', 'Lamb', 'lamb', 'RAdam', 'radam', 'Ranger', 'ranger', 'Lion', 'lion',
            'RMSProp', 'rmsprop', 'QHAdam', 'qhadam', 'Adamax', 'adamax', 'Adan', 'adan', 'ADOPT', 'adopt', 'AdEMAMix',
-           'ademamix', 'AdamAtan2', 'adam_atan2', 'NAdam', 'nadam', 'seed_kahan_comp', 'kahan_residual', 'BF16',
-           'to_bf16', 'to_fp32', 'GradientRelease', 'OptimizerAccumulation', 'prepare_for_gradient_release',
-           'remove_gradient_release']
+           'ademamix', 'AdamAtan2', 'adam_atan2', 'NAdam', 'nadam', 'SimplifiedAdEMAMix', 'simplified_ademamix',
+           'seed_kahan_comp', 'kahan_residual', 'BF16', 'to_bf16', 'to_fp32', 'GradientRelease',
+           'OptimizerAccumulation', 'prepare_for_gradient_release', 'remove_gradient_release']
 
 # %% ../nbs/99_all.ipynb #f701e169
 from .core import FastOptimizer, algorithms
@@ -31,11 +31,12 @@ from .adopt import ADOPT, adopt
 from .ademamix import AdEMAMix, ademamix
 from .adam_atan2 import AdamAtan2, adam_atan2
 from .nadam import NAdam, nadam
+from .simplified_ademamix import SimplifiedAdEMAMix, simplified_ademamix
 from .low_precision import seed_kahan_comp, kahan_residual
 from .bf16 import BF16, to_bf16, to_fp32
 from .gradient_release import GradientRelease, OptimizerAccumulation, prepare_for_gradient_release, remove_gradient_release
 
 _all_ = ['FastOptimizer', 'Algorithm', 'Hyper', 'State', 'Moment', 'ForeachBackend', 'TorchScriptBackend', 'TritonBackend',
          'SGD', 'sgd', 'Adam', 'adam', 'Lamb', 'lamb', 'RAdam', 'radam', 'Ranger', 'ranger', 'Lion', 'lion', 'RMSProp', 'rmsprop', 'QHAdam', 'qhadam',
-         'Adamax', 'adamax', 'Adan', 'adan', 'ADOPT', 'adopt', 'AdEMAMix', 'ademamix', 'AdamAtan2', 'adam_atan2', 'NAdam', 'nadam', 'seed_kahan_comp', 'kahan_residual', 'BF16', 'to_bf16', 'to_fp32',
+         'Adamax', 'adamax', 'Adan', 'adan', 'ADOPT', 'adopt', 'AdEMAMix', 'ademamix', 'AdamAtan2', 'adam_atan2', 'NAdam', 'nadam', 'SimplifiedAdEMAMix', 'simplified_ademamix', 'seed_kahan_comp', 'kahan_residual', 'BF16', 'to_bf16', 'to_fp32',
          'GradientRelease', 'OptimizerAccumulation', 'prepare_for_gradient_release', 'remove_gradient_release']
