@@ -7,7 +7,7 @@ On the GPU machine, from the repository root (wheels from ../shared/gpu/wheels.s
     python3 bench/which_optimizer.py --steps 400 --out $OUT
 CPU dry run: python bench/which_optimizer.py --device cpu --tiny --out /tmp/which
 """
-import argparse, datetime, json, math, os, sys, time
+import argparse, datetime, json, os, sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 ap = argparse.ArgumentParser()

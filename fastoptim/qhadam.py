@@ -10,7 +10,7 @@ __all__ = ['qhadam_algorithm', 'QHAdam', 'qhadam', 'qhadam_update']
 # %% ../nbs/16_qhadam.ipynb #28fed783
 from .algorithm import Algorithm, Hyper, State, sqrt
 from .core import make_optimizer, partial_maker
-from .adam import adam_scalars, adam_moments, adam_moment_forms
+from .adam import adam_scalars, adam_moments
 
 def qhadam_update(p, g, s, h):
     m, v = adam_moments(g, s, h)

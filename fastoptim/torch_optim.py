@@ -96,7 +96,7 @@ class TorchOptimizer(torch.optim.Optimizer):
 def refuse(name, **flags):
     "Raise for torch options that fastoptim does not implement (rather than ignore them)"
     for k, v in flags.items():
-        if v: raise NotImplementedError(f"{name}: {k}=True is not supported by fastoptim.")
+        if v: raise NotImplementedError(f"{name}: {k}={v!r} is not supported by fastoptim.")
 
 # %% ../nbs/06_torch_optim.ipynb #be9c3083
 class AdamW(TorchOptimizer):

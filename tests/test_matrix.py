@@ -5,18 +5,17 @@ CI has no GPU, so Triton runs in its CPU interpreter: TRITON_INTERPRET must be s
 import os
 os.environ.setdefault('TRITON_INTERPRET', '1')
 
-import copy, io, math, subprocess, sys
+import copy, io, subprocess, sys
 from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import fastai.optimizer as fastai_optim
 import fastoptim.all  # registers every backend
-from fastoptim.all import SGD, Adam, Lamb, adam, sgd, lamb
+from fastoptim.all import SGD, Adam, Lamb, adam
 from fastoptim.core import backends, algorithms
 from fastoptim.triton_engine import interpreting
 from functools import partial

@@ -6,14 +6,14 @@ CI has no GPU, so Triton runs in its CPU interpreter: TRITON_INTERPRET must be s
 import os
 os.environ.setdefault('TRITON_INTERPRET', '1')
 
-import copy, math, random, time, warnings
+import copy, random, time
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import fastoptim.all  # registers every backend
-from fastoptim.all import Adam, Lamb, SGD
+from fastoptim.all import Adam, Lamb
 from fastoptim.core import algorithms
 from fastoptim.gradient_release import prepare_for_gradient_release, remove_gradient_release
 from fastoptim.low_precision import seed_kahan_comp
