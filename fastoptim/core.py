@@ -9,8 +9,9 @@ __all__ = ['fp32_max', 'fold_numel', 'backends', 'no_reductions', 'backend_flags
            'engine_write', 'algorithms', 'check_hyper', 'check_hypers', 'as_math', 'write_back', 'flat', 'fold_moments',
            'hash32', 'stochastic_round', 'update_param', 'to_device', 'Bucket', 'compile_source',
            'per_tensor_functions', 'combine_totals', 'Stepper', 'ForLoopBackend', 'backend_from_flags', 'auto_backend',
-           'check_state', 'ParamState', 'StateTable', 'Layout', 'Numbers', 'Preparation', 'GroupView', 'FastOptimizer',
-           'make_partial', 'OptFunc', 'partial_maker', 'make_optimizer']
+           'check_state', 'is_sharded', 'local_tensor', 'sharding', 'shard_salt', 'state_of_shards', 'local_state',
+           'complete_shards', 'ParamState', 'StateTable', 'Layout', 'Numbers', 'Preparation', 'GroupView',
+           'FastOptimizer', 'make_partial', 'OptFunc', 'partial_maker', 'make_optimizer']
 
 # %% ../nbs/00_core.ipynb #a62f848f
 import inspect, linecache, math, warnings
@@ -23,7 +24,7 @@ from torch import Tensor
 from fastcore.basics import store_attr
 from fastcore.foundation import L
 from fastai.optimizer import Optimizer
-from .algorithm import Algorithm, Hyper, State, engine_hypers, moment_values, torch_source, modified
+from .algorithm import Algorithm, Hyper, State, engine_hypers, moment_values, torch_source, modified, reduction_ops
 
 # %% ../nbs/00_core.ipynb #b0a34ca3
 fp32_max = float(torch.finfo(torch.float32).max)
@@ -136,6 +137,8 @@ class Bucket:
     def __init__(self, device, dtype):
         store_attr()
         self.params, self.grads, self.states, self.groups, self.indices = [], [], [], [], []
+        self.shard_groups, self.logical_numels, self.salts = [], [], []  # per tensor: see `sharding`, the whole tensor's size, `shard_salt`
+        self.sharded = {}  # process groups -> rows of the tensors sharded over them: set by `Preparation`
         self.rounding, self.seeds, self.seed_bases = 'nearest', None, None  # set by the optimizer: see `FastOptimizer.rounding`
         self.generation = 0  # changes whenever the tensors of the bucket may have changed
         self.step_counts = None  # steps taken before this one
@@ -144,10 +147,11 @@ class Bucket:
     @property
     def comps(self): return self.state('kahan_comp') if self.rounding == 'kahan' else None
 
-    def add(self, p, grad, state, group, index=0):
-        "Parameter `p`, its gradient and state, from param group `group`; `index` is its position in the optimizer"
+    def add(self, p, grad, state, group, index=0, shard_groups=(), numel=None, salt=0):
+        "Parameter `p` (a local shard, of a tensor of `numel` elements sharded over `shard_groups`), its gradient and state, from param group `group`; `index` is its position in the optimizer"
         self.params.append(p); self.grads.append(grad); self.states.append(state); self.groups.append(group)
-        self.indices.append(index)
+        self.indices.append(index); self.shard_groups.append(shard_groups)
+        self.logical_numels.append(p.numel() if numel is None else numel); self.salts.append(salt)
 
     def state(self, name): return [s[name] for s in self.states]
     def tensors(self, name):
@@ -168,15 +172,17 @@ def compile_source(source, name, namespace):
     fn.source = source
     return fn
 
-def per_tensor_functions(plan):
-    "The plan's update for one tensor as PyTorch functions, made once per plan: the whole update, or its phases when it sums over every tensor"
-    if 'torch' not in plan.code:
+def per_tensor_functions(plan, phased=False):
+    "The plan's update for one tensor as PyTorch functions, made once per plan: the whole update, or its phases when it sums over every tensor (or over shards: `phased`)"
+    phased = phased or plan.global_reductions
+    key = 'torch phased' if phased else 'torch'
+    if key not in plan.code:
         namespace = dict(__name__=__name__, torch=torch, Tensor=Tensor, Optional=Optional, as_math=as_math, write_back=write_back,
                          update_param=update_param)
-        phases = plan.phases if plan.global_reductions else [plan.whole]
-        plan.code['torch'] = [compile_source(torch_source(plan, f'{plan.name}_{i}', ph), f'{plan.name}_{i}', namespace)
-                              for i, ph in enumerate(phases)]
-    return plan.code['torch']
+        phases = plan.phases if phased else [plan.whole]
+        plan.code[key] = [compile_source(torch_source(plan, f'{plan.name}_{i}', ph), f'{plan.name}_{i}', namespace)
+                          for i, ph in enumerate(phases)]
+    return plan.code[key]
 
 def combine_totals(plan, reds):
     "Give every tensor of every bucket the sum over all of them, in each `total_sum` column of the buckets' reductions"
@@ -198,7 +204,6 @@ class ForLoopBackend(Stepper):
     "Call the plan's per-tensor functions on each tensor of the bucket"
     name, capturable = 'forloop', False
     def check(self, device, dtype): return None
-    def check_tensors(self, params, grads): return None
     def rounding_args(self, bucket):
         "Per tensor, the last two arguments of a per-tensor function: its Kahan compensation (or None) and its seed (or -1)"
         return (bucket.comps or [None] * len(bucket),
@@ -219,11 +224,11 @@ class ForLoopBackend(Stepper):
         return [fn(*[ts[i] for ts in tensors], *rows[i], reds[i], comps[i], seeds[i]) for i in range(len(bucket))]
 
     def reduce(self, plan, bucket, leaves, cache):
-        fns = per_tensor_functions(plan)
+        fns = per_tensor_functions(plan, bool(bucket.sharded))  # a shard's sums are completed between the phases
         return torch.stack(self.call(fns[0], plan, bucket, leaves, None)) if len(fns) > 1 else None
 
     def finish(self, plan, bucket, leaves, cache, reds):
-        self.call(per_tensor_functions(plan)[-1], plan, bucket, leaves, reds)
+        self.call(per_tensor_functions(plan, bool(bucket.sharded))[-1], plan, bucket, leaves, reds)
 
 no_reductions = torch.empty(0)  # the `reds` argument of a per-tensor function that reads none
 
@@ -268,8 +273,10 @@ def check_state(algorithm, p, state, stepping=False):
         if k in algorithm.states or k in engine_state:
             if not isinstance(v, Tensor) or not v.is_floating_point():
                 raise TypeError(f"State `{k}` must be a floating-point tensor, got {type(v).__name__ if not isinstance(v, Tensor) else v.dtype}.")
-            if v.shape != p.shape:
-                raise ValueError(f"State `{k}` has shape {tuple(v.shape)}, its parameter {tuple(p.shape)}.")
+            if v.shape != local_tensor(p).shape:
+                raise ValueError(f"State `{k}` has shape {tuple(v.shape)}, its parameter {tuple(local_tensor(p).shape)}"
+                                 + (" (this process's shard of a sharded parameter: load a sharded state with "
+                                    "torch.distributed.checkpoint, see fastoptim.distributed)." if is_sharded(p) else "."))
         elif k in engine_counts:
             if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < engine_counts[k]:
                 raise ValueError(f"State `{k}` must be an int in [0, {engine_counts[k]}), got {v!r}.")
@@ -292,7 +299,84 @@ def _dense(t):
     return t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)) \
         or (t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d))
 
-# %% ../nbs/00_core.ipynb #46340599
+# %% ../nbs/00_core.ipynb #0538910a
+try: from torch.distributed.tensor import DTensor
+except ImportError: DTensor = None  # torch built without distributed support: no parameter can be sharded
+
+def is_sharded(t) -> bool:
+    "Whether `t` is a `DTensor` (a parameter or gradient of FSDP2 or tensor parallelism)"
+    return DTensor is not None and isinstance(t, DTensor)
+
+def local_tensor(t):
+    "The part of `t` this process holds, sharing its memory: a DTensor's local shard, else `t` itself"
+    if not is_sharded(t): return t
+    with torch.no_grad(): return t.to_local()
+
+def sharding(p, g=None) -> tuple:
+    "The process groups over whose shards `p`'s per-tensor sums must be completed (empty if `p` is not sharded); raises if `p` (or its gradient `g`) cannot be stepped shard by shard"
+    if not is_sharded(p):
+        if is_sharded(g): raise RuntimeError(f"A parameter of shape {tuple(p.shape)} is a plain tensor but its gradient is a DTensor.")
+        return ()
+    where = f"a sharded parameter of shape {tuple(p.shape)} (placements {p.placements})"
+    if any(pl.is_partial() for pl in p.placements):
+        raise RuntimeError(f"fastoptim cannot step {where}: a Partial placement holds a sum not yet taken.")
+    if g is not None and (not is_sharded(g) or g.placements != p.placements or g.device_mesh != p.device_mesh):
+        got = f"placements {g.placements}" if is_sharded(g) else f"a plain {type(g).__name__}"
+        raise RuntimeError(f"fastoptim cannot step {where}: its gradient has {got}; it must be placed like the "
+                           "parameter (a gradient not yet reduced over the shards would be stepped as if it were).")
+    return tuple(p.device_mesh.get_group(i) for i, pl in enumerate(p.placements) if pl.is_shard())
+
+def shard_salt(p) -> int:
+    "A number that differs between the shards of `p` (0 when it is not sharded): stochastic rounding mixes it into its seeds"
+    if not is_sharded(p): return 0
+    return 1 + int(np.ravel_multi_index(p.device_mesh.get_coordinate(), tuple(p.device_mesh.shape)))
+
+def state_of_shards(p, state):
+    "`state` of sharded `p` for saving: each state tensor (a local shard) as a DTensor placed like `p`, which `torch.distributed.checkpoint` saves and loads shard by shard"
+    if not is_sharded(p): return state
+    return {k: DTensor.from_local(v, p.device_mesh, p.placements, run_check=False, shape=p.shape, stride=p.stride())
+            if isinstance(v, Tensor) else v for k, v in state.items()}
+
+def local_state(p, state):
+    "A loaded `state` of `p` with each DTensor as its local shard, after checking it is placed like `p`"
+    if not isinstance(state, dict): return state
+    out = {}
+    for k, v in state.items():
+        if is_sharded(v):
+            if not is_sharded(p) or v.placements != p.placements or v.device_mesh != p.device_mesh or v.shape != p.shape:
+                where = f"placements {p.placements}" if is_sharded(p) else "an unsharded parameter"
+                raise ValueError(f"State `{k}` is a DTensor of shape {tuple(v.shape)} with placements {v.placements}; "
+                                 f"its parameter, of shape {tuple(p.shape)}, has {where}.")
+            v = local_tensor(v)
+        out[k] = v
+    return out
+
+def complete_shards(plan, buckets, reds):
+    "Add (or take the maximum of) each sharded tensor's per-tensor reductions over its shards: one `all_reduce` per kind and process groups for all `buckets`"
+    pending = [(b, r) for b, r in zip(buckets, reds) if b.sharded]
+    if not pending or not plan.reduction_kinds: return reds
+    import torch.distributed as dist
+    reds = list(reds)
+    for j, (b, r) in enumerate(zip(buckets, reds)):  # a bucket whose shards are all empty here reduced nothing: its identity
+        if b.sharded and r is None:
+            reds[j] = torch.tensor([[-math.inf if reduction_ops[k] == 'max' else 0. for k in plan.reduction_kinds]],
+                                   device=b.device).expand(len(b), -1).contiguous()
+    for op in ('sum', 'max'):
+        cols = [j for j, k in enumerate(plan.reduction_kinds) if reduction_ops[k] == op]
+        if not cols: continue
+        keys = dict.fromkeys(k for b in buckets for k in b.sharded)  # the same order on every process
+        for groups in keys:
+            parts = [(r, torch.as_tensor(b.sharded[groups], device=r.device)) for b, r in zip(buckets, reds) if groups in b.sharded]
+            flat = torch.cat([r[rows][:, cols].double().reshape(-1) for r, rows in parts])
+            for group in groups: dist.all_reduce(flat, dist.ReduceOp.SUM if op == 'sum' else dist.ReduceOp.MAX, group=group)
+            at = 0
+            for r, rows in parts:
+                n = len(rows) * len(cols)
+                r[rows[:, None], torch.as_tensor(cols, device=r.device)] = flat[at:at + n].view(len(rows), len(cols)).to(r.dtype)
+                at += n
+    return reds
+
+# %% ../nbs/00_core.ipynb #372cb73e
 engine_write = dict.__setitem__  # the engine's writes into a `ParamState` (step counts, created state): not an edit
 
 class ParamState(dict):
@@ -329,7 +413,7 @@ class StateTable(dict):
     def __delitem__(self, p): self.layout.stale(); super().__delitem__(p)
     def __reduce__(self): return dict, (dict(self),)
 
-# %% ../nbs/00_core.ipynb #6c3318d0
+# %% ../nbs/00_core.ipynb #2cf17dae
 class Layout:
     "The buckets of a step: parameters with gradients by (device, dtype), kept while no address changes"
     def __init__(self, opt):
@@ -340,8 +424,9 @@ class Layout:
         "This step's gradients (None where a parameter is not stepped) and what identifies the layout they make"
         params = self.opt.flat_params
         grads = [p.grad if p.requires_grad else None for p in params]
-        try: return grads, (*map(Tensor.data_ptr, params), *[0 if g is None else g.data_ptr() for g in grads])
-        except RuntimeError: return grads, (*map(_address, params), *[0 if g is None else _address(g) for g in grads])
+        shards, local_grads = (list(map(local_tensor, params)), list(map(local_tensor, grads))) if self.opt.sharded else (params, grads)
+        try: return grads, (*map(Tensor.data_ptr, shards), *[0 if g is None else g.data_ptr() for g in local_grads])
+        except RuntimeError: return grads, (*map(_address, shards), *[0 if g is None else _address(g) for g in local_grads])
 
     def group(self, params, grads, indices):
         "Buckets of the `params` that have a gradient; `indices` are their positions in the optimizer"
@@ -350,7 +435,8 @@ class Layout:
             if g is None: continue
             b = buckets.get((p.device, p.dtype))
             if b is None: b = buckets[p.device, p.dtype] = Bucket(p.device, p.dtype)
-            b.add(p, g, self.opt.state[p], self.opt.group_of[i], i)
+            b.add(local_tensor(p), local_tensor(g), self.opt.state[p], self.opt.group_of[i], i,
+                  sharding(p, g), p.numel(), shard_salt(p))
         return buckets
 
     def current(self, capturing=False):
@@ -367,7 +453,8 @@ class Layout:
             self.opt.preparation(buckets, self.generation)
             self.buckets, self.sig = buckets, sig
         else:
-            for b in self.buckets.values(): b.grads = [grads[i] for i in b.indices]
+            for b in self.buckets.values():
+                b.grads = [local_tensor(grads[i]) for i in b.indices] if self.opt.sharded else [grads[i] for i in b.indices]
         return self.buckets
 
     def forget(self):
@@ -390,7 +477,7 @@ class Layout:
                 for s, n in zip(b.states, steps): engine_write(s, 'step', n)
                 b.step_counts = np.array(steps, dtype=np.int64)
 
-# %% ../nbs/00_core.ipynb #64a03260
+# %% ../nbs/00_core.ipynb #7e2a1d13
 class Numbers:
     "The per-tensor numbers an update reads (the plan's inputs), from the hypers of each tensor's group"
     def __init__(self, opt): self.opt = opt
@@ -420,7 +507,7 @@ class Numbers:
         else: l2, decay = np.zeros_like(wd), hp['lr'] * wd
         return {**hp, 'step': step.astype(np.float64), 'l2': l2, 'decay': decay, 'numel': b.numels}, step
 
-# %% ../nbs/00_core.ipynb #f8a69424
+# %% ../nbs/00_core.ipynb #ee5291c4
 class Preparation:
     "Check buckets and choose their backends, then give them their state: whatever can raise does so before any write"
     def __init__(self, opt): self.opt = opt
@@ -433,9 +520,14 @@ class Preparation:
             b.backend, b.generation, b.group_index = names[key], generation, np.array(b.groups)
             b.step_counts = np.array([s.get('step', 0) for s in b.states], dtype=np.int64)
             b.do_wd = np.array([bool(s.get('do_wd', True)) for s in b.states])
-            b.numels = np.array([p.numel() for p in b.params], dtype=np.float64)
+            b.numels = np.array(b.logical_numels, dtype=np.float64)
+            b.sharded = {}  # process groups -> the rows of the tensors sharded over them (see `complete_shards`)
+            for i, groups in enumerate(b.shard_groups):
+                if groups: b.sharded.setdefault(groups, []).append(i)
+            b.sharded = {k: np.array(v) for k, v in b.sharded.items()}
             if b.rounding == 'stochastic':
                 b.seed_bases = hash32(hash32(np.int64(opt.seed)) ^ np.array(b.indices, dtype=np.int64))
+                if b.sharded: b.seed_bases = hash32(b.seed_bases ^ np.array(b.salts, dtype=np.int64))
 
     def check(self, b):
         "The backend that will step bucket `b`, after checking its tensors and state"
@@ -446,8 +538,7 @@ class Preparation:
             err = _param_error(p) or _grad_error(p, g)
             if err: raise RuntimeError(f"{opt.algorithm.name} cannot step a parameter of shape {tuple(p.shape)}: {err}.")
         name = opt.backend or auto_backend(b.device, b.dtype)
-        if opt.backend is None and backends[name].check_tensors(b.params, b.grads): name = 'foreach'
-        reason = backends[name].check(b.device, b.dtype) or backends[name].check_tensors(b.params, b.grads)
+        reason = backends[name].check(b.device, b.dtype)
         if reason: raise RuntimeError(f"The {name} backend cannot run on {b.device} with {b.dtype}: {reason}")
         for p, s in zip(b.params, b.states): check_state(opt.algorithm, p, s, stepping=True)
         return name
@@ -465,7 +556,7 @@ class Preparation:
                 elif t.device != p.device or t.dtype != dtype or t.stride() != p.stride():
                     engine_write(s, n, torch.empty_like(p, dtype=dtype, memory_format=torch.preserve_format).copy_(t))
 
-# %% ../nbs/00_core.ipynb #29f66fbd
+# %% ../nbs/00_core.ipynb #05a5e676
 class GroupView(MutableMapping):
     "Param group `i` of `opt` as torch code sees it: `params` and the group's hypers, a write checked and stored in the hypers"
     def __init__(self, opt, i): self.opt, self.i = opt, i
@@ -483,7 +574,7 @@ class GroupView(MutableMapping):
     def __len__(self): return 1 + len(self.opt.hypers[self.i])
     def __repr__(self): return f"GroupView({dict(self)})"
 
-# %% ../nbs/00_core.ipynb #c15e2047
+# %% ../nbs/00_core.ipynb #d63b81e9
 class FastOptimizer(Optimizer):
     "A fastai `Optimizer` running `algorithm` over (device, dtype) buckets with one backend call per bucket"
     def __init__(self,
@@ -531,6 +622,7 @@ class FastOptimizer(Optimizer):
         super().__init__(params, [], lr=lr, **{**{k: h.default for k, h in algorithm.hypers.items()}, **hypers})
         self._check_params()
         self.flat_params = [p for pg in self.param_lists for p in pg]
+        self.sharded = any(map(is_sharded, self.flat_params))  # FSDP2: the engine steps the local shards
         if not self.flat_params: raise ValueError("The optimizer got no parameters (its param groups are empty).")
         self.group_of = [gi for gi, pg in enumerate(self.param_lists) for _ in pg]
         self._index = {id(p): i for i, p in enumerate(self.flat_params)}
@@ -597,6 +689,7 @@ class FastOptimizer(Optimizer):
             missing = {'lr', *self.algorithm.hypers} - set(h)
             if missing: raise ValueError(f"Param group {i} of the state dict lacks hypers {sorted(missing)}: "
                                          f"was it saved by another algorithm than {self.algorithm.name}?")
+        sd = {**sd, 'state': [local_state(p, state) for p, state in zip(params, sd['state'])]}
         for p, state in zip(params, sd['state']): check_state(self.algorithm, p, state)
         super().load_state_dict(sd)
         self.layout.forget()
@@ -614,8 +707,8 @@ class FastOptimizer(Optimizer):
         self.numbers.check()
         self._run(self.layout.current(capturing), self.layout.caches, capturing)
 
-    def step_params(self, params):
-        "Step `params` now, as `step` would, in one-off buckets (the next `step` rebuilds its layout)"
+    def step_params(self, params, grads=None):
+        "Step `params` now, as `step` would, in one-off buckets (the next `step` rebuilds its layout); `grads`: theirs, if not `p.grad`"
         if self._capturing(): raise RuntimeError(
             "Gradient release and optimizer accumulation step in one-off buckets, which a CUDA graph cannot capture.")
         self.numbers.check()
@@ -626,7 +719,9 @@ class FastOptimizer(Optimizer):
             indices.append(self._index[id(p)])
         self.layout.sync_steps()
         self.layout.forget()
-        buckets = self.layout.group(params, [p.grad if p.requires_grad else None for p in params], indices)
+        if grads is None: grads = [p.grad if p.requires_grad else None for p in params]
+        elif len(grads) != len(params): raise ValueError(f"Got {len(grads)} gradients for {len(params)} parameters.")
+        buckets = self.layout.group(params, grads, indices)
         self.preparation(buckets, -1)  # -1: the backends' caches, fresh below, know nothing of it
         self._run(buckets, {})
 
@@ -692,6 +787,7 @@ class FastOptimizer(Optimizer):
                 work.append((key, b, leaves, step))
             # every bucket adds up its reductions before any writes: a `total_sum` is over all of them
             reds = [backends[b.backend].reduce(plan, b, leaves, caches.setdefault(key, {})) for key, b, leaves, _ in work]
+            if self.sharded: reds = complete_shards(plan, [b for _, b, _, _ in work], reds)
             combine_totals(plan, [r for r in reds if r is not None])
             for (key, b, leaves, step), r in zip(work, reds):
                 backends[b.backend].finish(plan, b, leaves, caches[key], r)
@@ -717,10 +813,10 @@ class FastOptimizer(Optimizer):
         return last
 
     def state_dict(self):
-        "fastai's `{'state', 'hypers'}` in plain lists, dicts and Python numbers, loadable with `weights_only=True`"
+        "fastai's `{'state', 'hypers'}` in plain lists, dicts and Python numbers, loadable with `weights_only=True`; a sharded parameter's state as DTensors"
         self.layout.sync_steps()
         def plain(v): return v.item() if isinstance(v, np.generic) else v
-        return {'state': [dict(self.state[p]) for p, *_ in self.all_params()],
+        return {'state': [state_of_shards(p, dict(self.state[p])) for p, *_ in self.all_params()],
                 'hypers': [{k: plain(v) for k, v in h.items()} for h in self.hypers]}
 
     def __repr__(self):
@@ -734,7 +830,7 @@ class FastOptimizer(Optimizer):
                 f"{len(self.param_lists)} param groups; {h}; decouple_wd={self.decouple_wd}"
                 f"{', decouple_lr=True' if self.decouple_lr else ''})")
 
-# %% ../nbs/00_core.ipynb #f57e82da
+# %% ../nbs/00_core.ipynb #971f4467
 def make_partial(constructor, **kwargs):
     "A partial of `constructor` for `Learner(opt_func=...)`, its arguments checked now"
     allowed = set(inspect.signature(constructor).parameters) - {'params'}

@@ -143,7 +143,6 @@ class ForeachBackend(Stepper):
     name, capturable = 'foreach', False
     def __init__(self, chunk_numel=None): self.chunk_numel = chunk_numel or {'cuda': 2**24, 'cpu': 2**20}
     def check(self, device, dtype): return None
-    def check_tensors(self, params, grads): return None
     fold = staticmethod(fold_moments)
 
     def prepare(self, plan, bucket, leaves, cache):

@@ -32,11 +32,12 @@ def bucket_loop(fn, tensors, n_scalars):
     return compile_source(source, name, {'__name__': __name__, fn.__name__: fn, 'List': List, 'Optional': Optional,
                                          'Tensor': Tensor})
 
-def scripted_loops(plan):
-    "The plan's per-tensor functions and their loops over a bucket, scripted (once per plan)"
-    if 'jit' not in plan.code:
-        plan.code['jit'] = [script(bucket_loop(fn, plan.tensors, len(plan.frontier))) for fn in per_tensor_functions(plan)]
-    return plan.code['jit']
+def scripted_loops(plan, phased=False):
+    "The plan's per-tensor functions (`phased`: see `per_tensor_functions`) and their loops over a bucket, scripted (once per plan)"
+    key = 'jit phased' if phased else 'jit'
+    if key not in plan.code:
+        plan.code[key] = [script(bucket_loop(fn, plan.tensors, len(plan.frontier))) for fn in per_tensor_functions(plan, phased)]
+    return plan.code[key]
 
 class TorchScriptBackend(ForLoopBackend):
     "The plan's per-tensor functions and their loops over a bucket, scripted"
@@ -45,9 +46,9 @@ class TorchScriptBackend(ForLoopBackend):
         reds = list(reds) if reds is not None else [no_reductions] * len(bucket)
         return loop(*[bucket.tensors(t) for t in plan.tensors], self.rows(plan, bucket, leaves), reds, *self.rounding_args(bucket))
     def reduce(self, plan, bucket, leaves, cache):
-        loops = scripted_loops(plan)
+        loops = scripted_loops(plan, bool(bucket.sharded))
         return torch.stack(self.call(loops[0], plan, bucket, leaves, None)) if len(loops) > 1 else None
     def finish(self, plan, bucket, leaves, cache, reds):
-        self.call(scripted_loops(plan)[-1], plan, bucket, leaves, reds)
+        self.call(scripted_loops(plan, bool(bucket.sharded))[-1], plan, bucket, leaves, reds)
 
 backends['jit'] = TorchScriptBackend()

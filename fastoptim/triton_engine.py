@@ -7,7 +7,7 @@ Docs: https://fastoptim.github.io/fastoptim/triton.html.md"""
 # %% auto #0
 __all__ = ['triton_ops', 'tl_dtypes', 'sum_slots', 'SUM_SLOTS', 'roundings', 'locate_block', 'tensor_ptr', 'scalar', 'load_math',
            'round_to', 'store', 'hash32', 'stochastic_round', 'store_param', 'power', 'atan2', 'triton_expressions',
-           'derive_source', 'phase_source', 'triton_code', 'build_tables', 'fold_gradients', 'add_to_sum',
+           'derive_source', 'phase_source', 'triton_code', 'alignment', 'build_tables', 'fold_gradients', 'add_to_sum',
            'max_to_slot', 'interpreting', 'TritonBackend']
 
 # %% ../nbs/03_triton.ipynb #e5df9e03
@@ -39,9 +39,11 @@ def locate_block(table, block_tensors, WIDTH: tl.constexpr, BLOCK: tl.constexpr)
     return row, t, offsets, offsets < tl.load(row)
 
 @triton_jit
-def tensor_ptr(row, k, DTYPE: tl.constexpr):
-    "Pointer to tensor `k` of a row: 0 the parameter, 1 the gradient, 2… the states; 16-byte aligned (checked on the host)"
-    return tl.multiple_of(tl.load(row + 2 + k).to(tl.pointer_type(DTYPE)), 16)
+def tensor_ptr(row, k, DTYPE: tl.constexpr, ALIGN: tl.constexpr):
+    "Pointer to tensor `k` of a row: 0 the parameter, 1 the gradient, 2… the states; `ALIGN`-byte aligned (known on the host)"
+    ptr = tl.load(row + 2 + k).to(tl.pointer_type(DTYPE))
+    if ALIGN > 1: ptr = tl.multiple_of(ptr, ALIGN)
+    return ptr
 
 @triton_jit
 def scalar(scalars, t, j, K: tl.constexpr):
@@ -85,15 +87,15 @@ def stochastic_round(x, key):
 
 @triton_jit
 def store_param(row, t, offsets, mask, p, direction, scale, decay, scalars, K: tl.constexpr, COMP: tl.constexpr,
-                DTYPE: tl.constexpr, ROUNDING: tl.constexpr):
+                DTYPE: tl.constexpr, ROUNDING: tl.constexpr, ALIGN: tl.constexpr):
     "Write p·(1-decay) + scale·direction: rounded to nearest (ROUNDING 0), with Kahan compensation (1) or stochastically (2)"
-    ptr = tensor_ptr(row, 0, DTYPE)
+    ptr = tensor_ptr(row, 0, DTYPE, ALIGN)
     if ROUNDING == 0:
         store(ptr, offsets, p * (1 - decay) + scale * direction, mask, DTYPE)
     else:
         u = scale * direction - decay * p
         if ROUNDING == 1:
-            comp_ptr = tensor_ptr(row, COMP, DTYPE)
+            comp_ptr = tensor_ptr(row, COMP, DTYPE, ALIGN)
             y = u + load_math(comp_ptr, offsets, mask)
             s = round_to(p + y, DTYPE)
             store(comp_ptr, offsets, y - (s.to(tl.float32) - p), mask, DTYPE)
@@ -196,8 +198,8 @@ def phase_source(plan, phase, kernel, n_reductions):
     # hand-written kernels did, so that all of a program's loads are in flight together
     body = ['row, t, offsets, mask = locate_block(table, block_tensors, WIDTH, BLOCK)']
     body += [f'{k} = scalar(scalars, t, {j}, K)' for j, k in enumerate(plan.frontier) if k in needed]
-    body += [f'{t} = load_math(tensor_ptr(row, {columns[t]}, {dtype(t)}), offsets, mask)' for t in reads if t != 'g']
-    if 'g' in reads: body.append(f'g = load_math(tensor_ptr(row, {columns["g"]}, DTYPE), offsets, mask) + l2 * p')
+    body += [f'{t} = load_math(tensor_ptr(row, {columns[t]}, {dtype(t)}, ALIGN), offsets, mask)' for t in reads if t != 'g']
+    if 'g' in reads: body.append(f'g = load_math(tensor_ptr(row, {columns["g"]}, DTYPE, ALIGN), offsets, mask) + l2 * p')
     def known(a):
         if a.op == 'input' and a.tensor: return a.name
         if a.op == 'input' and a.device: return f'tl.load(sums + t * {n_reductions} + {a.name[3:]})'  # the reductions, per tensor
@@ -205,7 +207,7 @@ def phase_source(plan, phase, kernel, n_reductions):
     lines, name = triton_expressions(roots, known)
     stores = {}  # each state is stored as soon as its new value is known, which frees its registers early
     for k, v in phase.stores.items():
-        stores.setdefault(name(v), []).append(f'store(tensor_ptr(row, {columns[k]}, {dtype(k)}), offsets, {name(v)}, mask, {dtype(k)})')
+        stores.setdefault(name(v), []).append(f'store(tensor_ptr(row, {columns[k]}, {dtype(k)}, ALIGN), offsets, {name(v)}, mask, {dtype(k)})')
     body += stores.pop(None, [])
     for line in lines:
         body.append(line)
@@ -218,9 +220,9 @@ def phase_source(plan, phase, kernel, n_reductions):
     if phase.final is not None:
         scale, direction, denom = phase.final
         d = name(direction) if denom is None else f'{name(direction)} / {name(denom)}'
-        body.append(f'store_param(row, t, offsets, mask, p, {d}, {name(scale)}, decay, scalars, K, {comp}, DTYPE, ROUNDING)')
+        body.append(f'store_param(row, t, offsets, mask, p, {d}, {name(scale)}, decay, scalars, K, {comp}, DTYPE, ROUNDING, ALIGN)')
     return (f"@triton.jit\ndef {kernel}(table, block_tensors, scalars, sums, WIDTH: tl.constexpr, K: tl.constexpr, "
-            "DTYPE: tl.constexpr, BLOCK: tl.constexpr, ROUNDING: tl.constexpr):\n"
+            "DTYPE: tl.constexpr, BLOCK: tl.constexpr, ROUNDING: tl.constexpr, ALIGN: tl.constexpr):\n"
             + ''.join(f'    {l}\n' for l in body))
 
 def triton_code(plan):
@@ -238,7 +240,11 @@ def triton_code(plan):
                                               reductions=n_reductions, source='\n'.join(sources))
     return plan.code['triton']
 
-# %% ../nbs/03_triton.ipynb #1c20b40d
+# %% ../nbs/03_triton.ipynb #5bc0ce29
+def alignment(tensor_lists) -> int:
+    "The `ALIGN` the kernels may promise for these tensors: 16 bytes if every one starts at a multiple of 16, else 1"
+    return 16 if all(t.data_ptr() % 16 == 0 for ts in tensor_lists for t in ts) else 1
+
 def build_tables(tensor_lists, device, block):
     "The tensor table, the block map and the number of blocks for lists (params, grads, *states)"
     numel = np.array([t.numel() for t in tensor_lists[0]], dtype=np.int64)
@@ -252,14 +258,14 @@ def build_tables(tensor_lists, device, block):
 # %% ../nbs/03_triton.ipynb #41729450
 @triton_jit
 def fold_gradients(table, block_tensors, scalars, WIDTH: tl.constexpr, K: tl.constexpr, MOMENTS: tl.constexpr,
-                   SQUARED: tl.constexpr, DTYPE: tl.constexpr, BLOCK: tl.constexpr):
+                   SQUARED: tl.constexpr, DTYPE: tl.constexpr, BLOCK: tl.constexpr, ALIGN: tl.constexpr):
     "Each moment j becomes moment·decay_j + weight_j·(g + l2·p)**(2 if bit j of SQUARED else 1)"
     row, t, offsets, mask = locate_block(table, block_tensors, WIDTH, BLOCK)
-    g = load_math(tensor_ptr(row, 1, DTYPE), offsets, mask)
+    g = load_math(tensor_ptr(row, 1, DTYPE, ALIGN), offsets, mask)
     l2 = scalar(scalars, t, 0, K)
-    if l2 != 0: g += l2 * load_math(tensor_ptr(row, 0, DTYPE), offsets, mask)
+    if l2 != 0: g += l2 * load_math(tensor_ptr(row, 0, DTYPE, ALIGN), offsets, mask)
     for j in tl.static_range(MOMENTS):
-        ptr = tensor_ptr(row, 2 + j, DTYPE)
+        ptr = tensor_ptr(row, 2 + j, DTYPE, ALIGN)
         if (SQUARED >> j) & 1: term = g * g
         else: term = g
         moment = load_math(ptr, offsets, mask) * scalar(scalars, t, 1 + 2 * j, K)
@@ -305,10 +311,6 @@ class TritonBackend(Stepper):
                     "the host; unset it to run them on the GPU.")
         if device.type not in ('cpu', 'cuda'): return f"Triton needs CUDA tensors, got {device.type}."
 
-    def check_tensors(self, params, grads):
-        "Why these tensors cannot be used (the kernels assume 16-byte aligned addresses), or None"
-        if any(t.data_ptr() % 16 for ts in (params, grads) for t in ts):
-            return "a parameter or gradient is not 16-byte aligned (a view at an odd offset?); use foreach=True."
 
     def reduce(self, plan, bucket, leaves, cache):
         "Build the tables if the layout changed, upload changed hypers, derive the numbers; run the first phase if there are two"
@@ -322,6 +324,7 @@ class TritonBackend(Stepper):
             tensors = [bucket.tensors(t) for t in names]
             cache.clear()
             cache['table'], cache['block_tensors'], cache['n_blocks'] = build_tables(tensors, bucket.device, block)
+            cache['align'] = alignment(tensors)
             cache['steps'] = to_device(bucket.step_counts.astype(np.int32), bucket.device)  # the derive kernel adds this step
             cache['sums'] = torch.empty(len(bucket) * max(code.reductions, 1) * sum_slots, device=bucket.device)  # set before use
             cache['reds'] = torch.empty(len(bucket), max(code.reductions, 1), device=bucket.device)
@@ -352,7 +355,7 @@ class TritonBackend(Stepper):
     def launch_phase(self, kernel, bucket, cache, sums):
         kernel[(cache['n_blocks'],)](cache['table'], cache['block_tensors'], cache['scalars'], sums, WIDTH=cache['width'],
             K=cache['scalars'].shape[1], DTYPE=getattr(tl, tl_dtypes[bucket.dtype]), BLOCK=cache['block'],
-            ROUNDING=roundings[bucket.rounding], num_warps=cache['warps'])
+            ROUNDING=roundings[bucket.rounding], ALIGN=cache['align'], num_warps=cache['warps'])
 
     def fold(self, bucket, moments, l2, decays, weights):
         "Optimizer accumulation's fold (`fastoptim.core.fold_moments`) in one launch over the bucket"
@@ -365,7 +368,8 @@ class TritonBackend(Stepper):
         scalars = to_device(np.stack(columns, 1).astype(np.float32), bucket.device)
         fold_gradients[(n_blocks,)](table, block_tensors, scalars, WIDTH=len(tensors) + 2, K=len(columns),
                                     MOMENTS=len(moments), SQUARED=sum(1 << j for j, (_, power) in enumerate(moments) if power == 2),
-                                    DTYPE=getattr(tl, tl_dtypes[bucket.dtype]), BLOCK=block, num_warps=warps)
+                                    DTYPE=getattr(tl, tl_dtypes[bucket.dtype]), BLOCK=block, ALIGN=alignment(tensors),
+                                    num_warps=warps)
 
     def upload(self, plan, bucket, leaves, cache):
         "Copy the per-tensor hypers (and seed bases) into the device table if they changed"
