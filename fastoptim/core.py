@@ -180,8 +180,8 @@ def per_tensor_functions(plan, phased=False):
         namespace = dict(__name__=__name__, torch=torch, Tensor=Tensor, Optional=Optional, as_math=as_math, write_back=write_back,
                          update_param=update_param)
         phases = plan.phases if phased else [plan.whole]
-        plan.code[key] = [compile_source(torch_source(plan, f'{plan.name}_{i}', ph), f'{plan.name}_{i}', namespace)
-                          for i, ph in enumerate(phases)]
+        names = [f'{plan.name}_{"phase" if phased else ""}{i}' for i in range(len(phases))]  # TorchScript keys functions by name
+        plan.code[key] = [compile_source(torch_source(plan, name, ph), name, namespace) for name, ph in zip(names, phases)]
     return plan.code[key]
 
 def combine_totals(plan, reds):
@@ -724,6 +724,17 @@ class FastOptimizer(Optimizer):
         buckets = self.layout.group(params, grads, indices)
         self.preparation(buckets, -1)  # -1: the backends' caches, fresh below, know nothing of it
         self._run(buckets, {})
+
+    def create_state(self, params):
+        "Create now, without stepping, the state tensors a step would create for `params` (what a checkpoint is loaded into)"
+        for p in params:
+            if not self.owns(p): raise ValueError(f"A parameter of shape {tuple(p.shape)} is not in this optimizer.")
+        self.layout.sync_steps()
+        # a step's buckets, with each parameter standing in for its gradient: creating state reads only the parameters
+        buckets = self.layout.group(params, params, [self._index[id(p)] for p in params])
+        with torch.no_grad():
+            for b in buckets.values(): self.preparation.create_state(b)
+        self.layout.forget()
 
     def check_params(self, params):
         "Raise now if stepping `params` would be refused for the hypers or their state (gradient release's check before backward)"

@@ -8,26 +8,21 @@ Docs: https://fastoptim.github.io/fastoptim/gradient_release.html.md"""
 __all__ = ['PartialReleaseWarning', 'prepare_for_gradient_release', 'remove_gradient_release', 'GradientRelease',
            'OptimizerAccumulation']
 
-# %% ../nbs/21_gradient_release.ipynb #a1cac1bd
-import math, warnings, weakref
+# %% ../nbs/21_gradient_release.ipynb #b87e7f15
+import math, threading, warnings, weakref
 from functools import partial
 import torch
+import torch.distributed as dist
 from torch import nn
 from fastcore.basics import store_attr
 from fastai.callback.core import Callback
 from fastai.callback.fp16 import MixedPrecision, AMPMode
 from fastai.callback.training import GradientClip, GradientAccumulation
 from fastai.torch_core import find_bs
-from .core import FastOptimizer
+from .core import FastOptimizer, is_sharded
 
 # %% ../nbs/21_gradient_release.ipynb #3f8b366c
 _released = weakref.WeakKeyDictionary()  # model -> its _Release
-
-def _check_model(model):
-    if isinstance(model, nn.parallel.DistributedDataParallel):
-        raise RuntimeError("Gradient release cannot run under DistributedDataParallel: a parameter's hook fires before "
-                           "DDP has all-reduced its gradient. Train without GradientRelease; OptimizerAccumulation "
-                           "alone (folding in opt.step(), after the all-reduce) still saves accumulation's gradient memory.")
 
 class PartialReleaseWarning(UserWarning):
     "A backward pass raised after gradient release had stepped some of the parameters"
@@ -39,22 +34,48 @@ class _Release:
         self.passes = {}  # backward passes under way (autograd's graph task ids) -> the parameters stepped in each
         self.params = [p for p in model.parameters() if p.requires_grad and opt.owns(p)]
         self.checked = None  # (state edits, trainable parameters) at the last check of their state
-        self.handles = [p.register_post_accumulate_grad_hook(self.completed) for p in self.params]
+        self.ddp = isinstance(model, nn.parallel.DistributedDataParallel)
+        self.lock = threading.Lock()  # DDP may complete its all-reduces, and so call `step_reduced`, on its own threads
+        if self.ddp: _comm_hook(model).release, self.handles = self, []
+        else: self.handles = [p.register_post_accumulate_grad_hook(self.completed) for p in self.params]
         self.handles.append(model.register_forward_pre_hook(self.before_forward))
 
-    def completed(self, p):
+    def begin_pass(self):
+        "The pass under way (autograd's id for it); on its first call, check before anything is stepped and arrange its end"
         this_pass = torch._C._current_graph_task_id()
         if this_pass not in self.passes:
             self.check()
             self.passes[this_pass] = []
-            torch.autograd.Variable._execution_engine.queue_callback(partial(self.end_pass, this_pass))
+            end = partial(self.end_pass, this_pass)
+            # under DDP, after DDP's own end of backward (queued after this), which writes every gradient back to .grad
+            queue = torch.autograd.Variable._execution_engine.queue_callback
+            queue(partial(queue, end) if self.ddp else end)
+        return this_pass
+
+    def completed(self, p):
+        this_pass = self.begin_pass()
         if id(p) not in self.waiting:
             self.waiting[id(p)] = p
-            self.waiting_bytes += p.grad.nbytes
+            self.waiting_bytes += p.numel() * p.element_size()  # a sharded one's whole size: every process groups alike
         if self.waiting_bytes >= self.group_bytes: self.release(this_pass)
+
+    def step_reduced(self, params, grads, this_pass):
+        "Under DDP: step `params` on their all-reduced gradients `grads` (views of DDP's bucket)"
+        owned = [(p, g) for p, g in zip(params, grads) if self.opt.owns(p) and p.requires_grad]
+        if not owned: return
+        with self.lock:
+            self.opt.step_params([p for p, _ in owned], [g for _, g in owned])
+            self.passes[this_pass] += [p for p, _ in owned]
 
     def check(self):
         "Before a pass steps anything: the hypers, and if it was edited (or other parameters are trainable) the state of each it may step"
+        if not self.ddp and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 \
+                and not all(map(is_sharded, self.params)):
+            raise RuntimeError(
+                f"Gradient release in one of {dist.get_world_size()} processes, on a model whose gradients nothing reduces: "
+                "each process would step on its own gradient. Under DistributedDataParallel prepare the DDP model "
+                "(prepare_for_gradient_release(ddp_model, opt); GradientRelease does so after fastai's DistributedTrainer), "
+                "or shard it with FSDP2.")
         trainable = tuple(p.requires_grad for p in self.opt.flat_params)  # the hooks' and those `step()` steps after
         key = (self.opt.layout.edits, trainable)
         if self.checked == key: return self.opt.numbers.check()
@@ -71,6 +92,8 @@ class _Release:
 
     def end_pass(self, this_pass):
         self.release(this_pass)
+        if self.ddp:  # DDP wrote the reduced gradients back: they were used
+            for p in self.passes[this_pass]: p.grad = None
         del self.passes[this_pass]
 
     def before_forward(self, module, args):
@@ -80,12 +103,44 @@ class _Release:
         self.passes, self.waiting, self.waiting_bytes = {}, {}, 0
         if stepped: warnings.warn(
             f"The last backward pass raised after gradient release had stepped {len(stepped)} of the model's "
-            f"{len(self.handles) - 1} released parameters: the model is partly updated (the others keep their "
+            f"{len(self.params)} released parameters: the model is partly updated (the others keep their "
             "gradients, which the next backward adds to). Reload a checkpoint to undo it.", PartialReleaseWarning)
+
+class _AllReduceThenStep:
+    "The state of a DDP model's communication hook: its process group, and the gradient release (if any) that steps each reduced bucket"
+    def __init__(self, process_group): self.process_group, self.release = process_group, None
+
+def _all_reduce_then_step(state, bucket):
+    "DDP's communication hook: average the bucket over the processes (as DDP's default hook does), then step its parameters"
+    buffer = bucket.buffer().div_(state.process_group.size())
+    reduced = dist.all_reduce(buffer, group=state.process_group, async_op=True).get_future()
+    release = state.release
+    if release is None: return reduced.then(lambda f: f.value()[0])
+    this_pass, params, grads = release.begin_pass(), bucket.parameters(), bucket.gradients()
+    def step(f):
+        buffer = f.value()[0]  # raises, stepping nothing, if the all-reduce failed
+        release.step_reduced(params, grads, this_pass)
+        return buffer
+    return reduced.then(step)
+
+_comm_hooks = weakref.WeakKeyDictionary()  # DDP model -> its _AllReduceThenStep: DDP takes one hook, for good
+
+def _comm_hook(ddp):
+    if ddp not in _comm_hooks:
+        if not ddp.gradient_as_bucket_view: warnings.warn(
+            "This DistributedDataParallel keeps each gradient twice, in its buckets and in .grad: gradient release "
+            "steps each bucket as soon as it is all-reduced, but frees neither. Build it with "
+            "gradient_as_bucket_view=True (under fastai's distrib_ctx: kwargs_handlers=[DistributedDataParallelKwargs("
+            "gradient_as_bucket_view=True)]) to keep one.")
+        state = _AllReduceThenStep(ddp.process_group)
+        try: ddp.register_comm_hook(state, _all_reduce_then_step)
+        except RuntimeError as e: raise RuntimeError(f"Gradient release steps from DDP's communication hook, but this DDP model "
+                                                     f"has one already ({e}).") from None
+        _comm_hooks[ddp] = state
+    return _comm_hooks[ddp]
 
 def prepare_for_gradient_release(model:nn.Module, opt:FastOptimizer, group_bytes:int=2**24):
     "Step each parameter of `model` in `opt` once its gradient is complete (in groups of `group_bytes`), and free the gradient"
-    _check_model(model)
     if not isinstance(opt, FastOptimizer):
         raise TypeError(f"Gradient release needs a fastoptim optimizer (e.g. adam()), got {type(opt).__name__}.")
     if not (isinstance(group_bytes, int) and group_bytes >= 0):
@@ -99,9 +154,10 @@ def remove_gradient_release(model:nn.Module):
     release = _released.pop(model, None)
     if release is None: return
     for h in release.handles: h.remove()
+    if release.ddp: _comm_hooks[model].release = None  # the hook then only averages, as DDP's default does
     release.opt.stop_release()
 
-# %% ../nbs/21_gradient_release.ipynb #3975dfe2
+# %% ../nbs/21_gradient_release.ipynb #61773d5d
 def _refuse_with_release(cbs):
     for cb in cbs:
         if isinstance(cb, GradientClip):
@@ -117,14 +173,18 @@ def _refuse_with_release(cbs):
 
 class GradientRelease(Callback):
     "Step each parameter during backward, once its gradient is complete (in groups of `group_bytes`), and free the gradient"
+    order = 12  # after fastai's DistributedTrainer (11), which wraps the model in DDP in its own `before_fit`
     def __init__(self, group_bytes:int=2**24): store_attr()
     def before_fit(self):
+        self.prepared = None
         if self.learn.opt is None: return  # validate/get_preds/predict before any fit, or a load_learner'd model
         _refuse_with_release(self.learn.cbs)
         prepare_for_gradient_release(self.learn.model, self.learn.opt, self.group_bytes)
-    def after_fit(self): remove_gradient_release(self.learn.model)
+        self.prepared = self.learn.model  # DistributedTrainer unwraps it in `after_fit` before this one runs
+    def after_fit(self):
+        if self.prepared is not None: remove_gradient_release(self.prepared)
 
-# %% ../nbs/21_gradient_release.ipynb #6a9dd64f
+# %% ../nbs/21_gradient_release.ipynb #b0efb32a
 class OptimizerAccumulation(Callback):
     "Accumulate `n_acc` samples in the optimizer's states, then write the weights (with or without GradientRelease)"
     run_valid = False
