@@ -16,7 +16,7 @@ from fastai.torch_core import apply
 from fastai.callback.core import Callback
 from fastai.learner import Learner
 from fastai.callback.fp16 import MixedPrecision, NonNativeMixedPrecision, ModelToHalf
-from .core import FastOptimizer
+from .core import FastOptimizer, is_sharded
 from .low_precision import kahan_residual
 
 # %% ../nbs/20_bf16.ipynb #f65a557c
@@ -120,13 +120,17 @@ def rounding_warning(opt):
 class BF16(Callback):
     "Pure bf16 training: a bf16 model (`keep_fp32` modules aside), bf16 floating-point inputs, fp32 predictions for the loss"
     order = MixedPrecision.order
-    def __init__(self, keep_fp32:tuple=batch_norms): store_attr(); self.warned = False
+    def __init__(self, keep_fp32:tuple=batch_norms): store_attr(); self.warned, self.cast_model = False, None
     def before_fit(self):
         check_no_mixed_precision(self.learn.cbs)
         self.cast()
 
     def cast(self):
         "Cast the model; a fastoptim optimizer with Kahan summation keeps what the cast rounds off fp32 weights"
+        if any(map(is_sharded, self.learn.model.parameters())):
+            if self.learn.model is self.cast_model: return  # cast before it was sharded (`Learner.to_sharded` does so)
+            raise RuntimeError("BF16 casts the model's parameters, which FSDP2 has sharded already: add BF16 (or call "
+                               "learn.to_pure_bf16()) before learn.to_sharded(), which then casts before sharding.")
         opt = self.learn.opt
         message = rounding_warning(opt)
         if message and not self.warned:
@@ -135,6 +139,7 @@ class BF16(Callback):
         kahan = isinstance(opt, FastOptimizer) and opt.rounding(torch.bfloat16) == 'kahan'
         residuals = {p: kahan_residual(p) for p in self.learn.model.parameters() if p.dtype == torch.float32} if kahan else {}
         to_bf16(self.learn.model, self.keep_fp32)
+        self.cast_model = self.learn.model
         for p, r in residuals.items():
             if p.dtype == torch.bfloat16 and 'kahan_comp' not in opt.state[p]: opt.state[p]['kahan_comp'] = r
     def before_batch(self): self.learn.xb = cast_floats(self.xb, torch.bfloat16)

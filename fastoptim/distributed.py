@@ -18,7 +18,8 @@ from fastai.learner import Learner
 from fastai.callback.core import Callback
 from fastai.callback.tracker import SaveModelCallback
 from fastai.distributed import DistributedDL
-from .core import FastOptimizer, is_sharded, local_tensor
+from .core import FastOptimizer, is_sharded
+from .bf16 import BF16
 
 # %% ../nbs/07_distributed.ipynb #cc82038a
 def shard_model(model:nn.Module, modules=None, **fsdp_kwargs) -> nn.Module:
@@ -60,6 +61,8 @@ class ShardedTrainer(Callback):
 @patch
 def to_sharded(self:Learner, modules=None, **fsdp_kwargs):
     "Shard the model with FSDP2 (`shard_model`), drop the optimizer so that `fit` builds it on the shards, and add `ShardedTrainer`"
+    for cb in self.cbs:
+        if isinstance(cb, BF16): cb.cast()  # a sharded parameter cannot be cast: pure bf16 casts first
     shard_model(self.model, modules, **fsdp_kwargs)
     self.opt = None
     self.add_cb(ShardedTrainer())

@@ -1,0 +1,199 @@
+"""DDP and FSDP2 in two processes (gloo, on the CPU) against one process that sees the same global batch:
+every algorithm, every backend on the representative ones, gradient release, optimizer accumulation, bf16,
+fastai `Learner`s under `distrib_ctx` (DDP through accelerate) and `sharded_ctx` (FSDP2), and the refusals.
+
+The two processes are started once for the module and run every case; each returns its weights (whole
+tensors, gathered from the shards), and the tests compare them with each other and with the one-process run,
+computed here. Triton runs in its CPU interpreter."""
+import os
+os.environ.setdefault('TRITON_INTERPRET', '1')
+
+import socket, tempfile, traceback, warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+import fastoptim.all  # registers every backend
+from fastoptim.all import adam
+from fastoptim.core import algorithms
+from fastoptim.distributed import shard_model, ShardedDL
+from fastoptim.gradient_release import prepare_for_gradient_release, GradientRelease, OptimizerAccumulation
+from fastoptim.bf16 import BF16
+
+WORLD = 2
+
+# ----------------------------------------------------------------------------------------------------------
+# The cases: a plain loop (`Loop`) or a fastai Learner (`Fit`), each run in one process and in two
+
+@dataclass(frozen=True)
+class Loop:
+    algo: str
+    mode: str                  # 'ddp' (DDP, gradients copied to .grad), 'ddp_view' (gradient_as_bucket_view), 'fsdp'
+    backend: str = 'foreach'
+    release: bool = False      # gradient release, with groups of 64 bytes (several per pass)
+    micro: int = 1             # micro-batches folded by optimizer accumulation per step (1: none)
+    dtype: str = 'float32'
+    options: tuple = ()        # more optimizer arguments, as (name, value) pairs
+    def name(self): return '-'.join(str(v) for v in (self.algo, self.mode, self.backend, 'release' * self.release,
+                                                   f'micro{self.micro}' * (self.micro > 1), self.dtype, *self.options) if v)
+
+@dataclass(frozen=True)
+class Fit:
+    mode: str                  # 'ddp': fastai's distrib_ctx; 'fsdp': sharded_ctx
+    callbacks: tuple = ()      # 'release', 'accumulate', 'bf16'
+    def name(self): return '-'.join(('fit', self.mode, *self.callbacks))
+
+LOOPS = [Loop(a, m) for a in algorithms for m in ('ddp', 'fsdp')]  # every algorithm, elementwise or not
+LOOPS += [Loop(a, 'fsdp', b) for a in ('Adam', 'Lamb') for b in ('forloop', 'jit', 'triton')]  # LAMB: a reduction per tensor
+LOOPS += [Loop('Lamb', 'ddp', 'triton'), Loop('Adam', 'fsdp', 'foreach', options=(('cautious', True),))]
+LOOPS += [Loop(a, m, release=True) for a in ('Adam', 'Lamb') for m in ('ddp', 'ddp_view', 'fsdp')]
+LOOPS += [Loop('Lamb', 'fsdp', 'triton', release=True), Loop('Adam', 'ddp_view', 'triton', release=True)]
+LOOPS += [Loop('Adam', m, micro=2) for m in ('ddp', 'fsdp')] + [Loop('Adam', 'ddp_view', release=True, micro=2)]
+LOOPS += [Loop('Adam', m, b, dtype='bfloat16') for m in ('ddp', 'fsdp') for b in ('foreach', 'triton')]
+LOOPS += [Loop('Adam', 'fsdp', 'triton', dtype='bfloat16', options=(('stochastic_rounding', True),))]
+FITS = [Fit(m, cbs) for m in ('ddp', 'fsdp') for cbs in ((), ('release',), ('accumulate',), ('bf16',), ('release', 'accumulate'))]
+CASES = {c.name(): c for c in LOOPS + FITS}
+TOLERANCE = {'float32': 1e-5, 'bfloat16': 2e-2}  # relative to the weights: the processes average in another order
+
+def small_model(dtype='float32'):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 9), nn.ReLU(), nn.Linear(9, 5), nn.ReLU(), nn.Linear(5, 1)).to(getattr(torch, dtype))
+
+def global_batches(steps=3, micro=1, bs=8):
+    "Each step's micro-batches of `bs` samples, the same in every process"
+    g = torch.Generator().manual_seed(1)
+    return [[(torch.randn(bs, 6, generator=g), torch.randn(bs, 1, generator=g)) for _ in range(micro)] for _ in range(steps)]
+
+def whole(model):
+    "The model's weights as whole fp32 tensors on the CPU (gathered from the shards of a sharded model)"
+    return [(p.full_tensor() if hasattr(p, 'full_tensor') else p).detach().float().clone() for p in model.parameters()]
+
+def run_loop(case, rank=0, world=1):
+    "Train the case's model for three steps on this process's part of each global micro-batch; its weights, and whether release freed every gradient during backward"
+    dtype = getattr(torch, case.dtype)
+    model = small_model(case.dtype)
+    if case.mode == 'fsdp' and world > 1: wrapped = shard_model(model)
+    elif case.mode.startswith('ddp') and world > 1:
+        wrapped = nn.parallel.DistributedDataParallel(model, gradient_as_bucket_view=case.mode == 'ddp_view', bucket_cap_mb=1e-4)
+    else: wrapped = model
+    opt = algorithms[case.algo](list(model.parameters()), lr=1e-2, wd=0.1, **{case.backend: True}, **dict(case.options))
+    if case.release:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')  # DDP without bucket views: the warning that release frees nothing there
+            prepare_for_gradient_release(wrapped, opt, group_bytes=64)
+    freed = True
+    for micro_batches in global_batches(micro=case.micro):
+        for j, (x, y) in enumerate(micro_batches):
+            n = len(x) // world
+            x, y = x[rank * n:(rank + 1) * n].to(dtype), y[rank * n:(rank + 1) * n].to(dtype)
+            if case.micro > 1: opt.accumulate(1 / case.micro, j == case.micro - 1)
+            ((wrapped(x) - y) ** 2).mean().backward()
+            if case.release: freed &= all(p.grad is None for p in model.parameters())
+            opt.step(); opt.zero_grad()
+    return whole(model), freed
+
+def fit_data(world):
+    "Items ordered so that one process's batch i of 16 holds what batch i of each of `world` processes holds (8 each)"
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(64, 6, generator=g), torch.randn(64, 1, generator=g)
+    if world == 1:  # DistributedDL gives process r the items [32r, 32r + 32): interleave them by batches of 8
+        order = torch.tensor([h * 32 + b * 8 + k for b in range(4) for h in range(2) for k in range(8)])
+        x, y = x[order], y[order]
+    return x, y
+
+def run_fit(case, rank=0, world=1):
+    from fastai.data.core import DataLoaders
+    from fastai.data.load import DataLoader
+    from fastai.learner import Learner
+    import fastai.callback.schedule, fastai.distributed, fastoptim.distributed
+    x, y = fit_data(world)
+    ds = list(zip(x, y))
+    bs = 16 // world
+    dls = DataLoaders(DataLoader(ds, bs=bs), DataLoader(ds[:16], bs=bs), device='cpu')
+    cbs = {'release': GradientRelease(group_bytes=64), 'accumulate': OptimizerAccumulation(2 * bs),  # two micro-batches: n_acc counts one process's samples, as fastai's does
+           'bf16': BF16()}
+    learn = Learner(dls, small_model(), loss_func=nn.MSELoss(), opt_func=adam(foreach=True, wd=0.1),
+                    cbs=[cbs[c] for c in case.callbacks])
+    with learn.no_bar(), learn.no_logging():
+        if world == 1: learn.fit_one_cycle(2, 1e-2)
+        elif case.mode == 'ddp':
+            with learn.distrib_ctx(cpu=True): learn.fit_one_cycle(2, 1e-2)  # accelerate runs several CPU processes only if told
+        else:
+            with learn.sharded_ctx(): learn.fit_one_cycle(2, 1e-2)
+    return whole(learn.model), True
+
+def run_case(case, rank=0, world=1):
+    return (run_loop if isinstance(case, Loop) else run_fit)(case, rank, world)
+
+# ----------------------------------------------------------------------------------------------------------
+# The two processes
+
+def refusals(rank):
+    "What must be refused in two processes, each as the error's text (or None if nothing was raised)"
+    out = {}
+    model = small_model()
+    opt = adam(list(model.parameters()), foreach=True)
+    prepare_for_gradient_release(model, opt)  # before DDP wraps it: its hooks would see unreduced gradients
+    ddp = nn.parallel.DistributedDataParallel(model)
+    before = whole(model)
+    try: ddp(torch.randn(4, 6)).sum().backward(); out['release before DDP'] = None
+    except RuntimeError as e: out['release before DDP'] = str(e)
+    out['release before DDP changed nothing'] = all(torch.equal(a, b) for a, b in zip(before, whole(model)))
+    return out
+
+def worker(rank, port, out_dir):
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(WORLD))
+    torch.set_num_threads(1)
+    dist.init_process_group('gloo', rank=rank, world_size=WORLD)
+    from fastai.distributed import DistributedDL
+    DistributedDL._broadcast = ShardedDL._broadcast  # fastai's sends the batch order through CUDA; the CPU has none
+    results = {}
+    for name, case in CASES.items():
+        try: results[name] = run_case(case, rank, WORLD)
+        except Exception: results[name] = traceback.format_exc()
+        dist.barrier()
+    try: results['refusals'] = refusals(rank)
+    except Exception: results['refusals'] = traceback.format_exc()
+    torch.save(results, Path(out_dir) / f'rank{rank}.pt')
+    dist.destroy_process_group()
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+@pytest.fixture(scope='module')
+def ranks():
+    "Each process's results, by case"
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(worker, args=(free_port(), tmp), nprocs=WORLD, join=True)
+        return [torch.load(Path(tmp) / f'rank{r}.pt', weights_only=False) for r in range(WORLD)]
+
+# ----------------------------------------------------------------------------------------------------------
+# The tests
+
+@pytest.mark.parametrize('name', list(CASES))
+def test_against_one_process(ranks, name):
+    "Every process ends with the same weights, and with those of one process that saw the same global batches"
+    case = CASES[name]
+    for r in ranks:
+        assert not isinstance(r[name], str), r[name]
+    (first, freed0), (second, freed1) = ranks[0][name], ranks[1][name]
+    for a, b in zip(first, second): assert torch.equal(a, b)
+    expected, _ = run_case(case)
+    tol = TOLERANCE['bfloat16' if (isinstance(case, Loop) and case.dtype == 'bfloat16') or 'bf16' in getattr(case, 'callbacks', ()) else 'float32']
+    for a, e in zip(first, expected):
+        assert (a - e).abs().max() <= tol * e.abs().max().clamp(min=1e-3), (name, (a - e).abs().max(), e.abs().max())
+    if isinstance(case, Loop) and case.release: assert freed0 and freed1, 'release left gradients after backward'
+
+def test_release_prepared_before_ddp_is_refused(ranks):
+    for r in ranks:
+        assert not isinstance(r['refusals'], str), r['refusals']
+        assert 'nothing reduces' in r['refusals']['release before DDP']
+        assert r['refusals']['release before DDP changed nothing']
