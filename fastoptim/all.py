@@ -10,7 +10,8 @@ __all__ = ['FastOptimizer', 'Algorithm', 'Hyper', 'State', 'Moment', 'ForeachBac
            'RMSProp', 'rmsprop', 'QHAdam', 'qhadam', 'Adamax', 'adamax', 'Adan', 'adan', 'ADOPT', 'adopt', 'AdEMAMix',
            'ademamix', 'AdamAtan2', 'adam_atan2', 'NAdam', 'nadam', 'SimplifiedAdEMAMix', 'simplified_ademamix',
            'seed_kahan_comp', 'kahan_residual', 'BF16', 'to_bf16', 'to_fp32', 'GradientRelease',
-           'OptimizerAccumulation', 'prepare_for_gradient_release', 'remove_gradient_release']
+           'OptimizerAccumulation', 'prepare_for_gradient_release', 'remove_gradient_release', 'shard_model',
+           'ShardedTrainer', 'save_checkpoint', 'load_checkpoint']
 
 # %% ../nbs/99_all.ipynb #f701e169
 from .core import FastOptimizer, algorithms
@@ -35,8 +36,10 @@ from .simplified_ademamix import SimplifiedAdEMAMix, simplified_ademamix
 from .low_precision import seed_kahan_comp, kahan_residual
 from .bf16 import BF16, to_bf16, to_fp32
 from .gradient_release import GradientRelease, OptimizerAccumulation, prepare_for_gradient_release, remove_gradient_release
+from .distributed import shard_model, ShardedTrainer, save_checkpoint, load_checkpoint
 
 _all_ = ['FastOptimizer', 'Algorithm', 'Hyper', 'State', 'Moment', 'ForeachBackend', 'TorchScriptBackend', 'TritonBackend',
          'SGD', 'sgd', 'Adam', 'adam', 'Lamb', 'lamb', 'RAdam', 'radam', 'Ranger', 'ranger', 'Lion', 'lion', 'RMSProp', 'rmsprop', 'QHAdam', 'qhadam',
          'Adamax', 'adamax', 'Adan', 'adan', 'ADOPT', 'adopt', 'AdEMAMix', 'ademamix', 'AdamAtan2', 'adam_atan2', 'NAdam', 'nadam', 'SimplifiedAdEMAMix', 'simplified_ademamix', 'seed_kahan_comp', 'kahan_residual', 'BF16', 'to_bf16', 'to_fp32',
-         'GradientRelease', 'OptimizerAccumulation', 'prepare_for_gradient_release', 'remove_gradient_release']
+         'GradientRelease', 'OptimizerAccumulation', 'prepare_for_gradient_release', 'remove_gradient_release',
+         'shard_model', 'ShardedTrainer', 'save_checkpoint', 'load_checkpoint']

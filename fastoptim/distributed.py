@@ -21,7 +21,7 @@ from fastai.distributed import DistributedDL
 from .core import FastOptimizer, is_sharded
 from .bf16 import BF16
 
-# %% ../nbs/07_distributed.ipynb #cc82038a
+# %% ../nbs/07_distributed.ipynb #23b89f3d
 def shard_model(model:nn.Module, modules=None, **fsdp_kwargs) -> nn.Module:
     "Shard `model` with FSDP2 over the default process group: each of `modules` (default: each direct child with parameters), then the rest"
     from torch.distributed.fsdp import fully_shard
@@ -33,7 +33,7 @@ def shard_model(model:nn.Module, modules=None, **fsdp_kwargs) -> nn.Module:
     fully_shard(model, **fsdp_kwargs)
     return model
 
-# %% ../nbs/07_distributed.ipynb #4609b68d
+# %% ../nbs/07_distributed.ipynb #7051907b
 class ShardedDL(DistributedDL):
     "fastai's `DistributedDL` with the batch order sent as a Python object: on any backend (gloo on the CPU, NCCL)"
     def _broadcast(self, t, rank):
@@ -76,7 +76,7 @@ def sharded_ctx(self:Learner, modules=None, **fsdp_kwargs):
     try: yield self
     finally: self.remove_cb(ShardedTrainer)
 
-# %% ../nbs/07_distributed.ipynb #4358cf98
+# %% ../nbs/07_distributed.ipynb #59c72560
 def save_checkpoint(path, model:nn.Module, opt:FastOptimizer):
     "Save `model` and `opt` (sharded or not) with `torch.distributed.checkpoint`, every process writing its shards"
     import torch.distributed.checkpoint as dcp
