@@ -146,6 +146,27 @@ def refusals(rank):
     out['release before DDP changed nothing'] = all(torch.equal(a, b) for a, b in zip(before, whole(model)))
     return out
 
+def resumed(rank, out_dir, backend):
+    "FSDP2, three steps of Lamb uninterrupted, and the same with a DCP checkpoint after two loaded into a new model and optimizer"
+    from fastoptim.distributed import save_checkpoint, load_checkpoint
+    def fresh():
+        model = shard_model(small_model())
+        return model, algorithms['Lamb'](list(model.parameters()), lr=1e-2, wd=0.1, **{backend: True})
+    def train(model, opt, batches):
+        for [(x, y)] in batches:
+            n = len(x) // WORLD
+            ((model(x[rank * n:(rank + 1) * n]) - y[rank * n:(rank + 1) * n]) ** 2).mean().backward()
+            opt.step(); opt.zero_grad()
+    batches = global_batches()
+    model, opt = fresh(); train(model, opt, batches)
+    uninterrupted = whole(model)
+    model, opt = fresh(); train(model, opt, batches[:2])
+    save_checkpoint(Path(out_dir) / f'checkpoint-{backend}', model, opt)
+    model, opt = fresh()
+    load_checkpoint(Path(out_dir) / f'checkpoint-{backend}', model, opt)
+    train(model, opt, batches[2:])
+    return uninterrupted, whole(model)
+
 def worker(rank, port, out_dir):
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(WORLD))
@@ -158,6 +179,9 @@ def worker(rank, port, out_dir):
         try: results[name] = run_case(case, rank, WORLD)
         except Exception: results[name] = traceback.format_exc()
         dist.barrier()
+    for backend in ('foreach', 'triton'):
+        try: results[f'resumed-{backend}'] = resumed(rank, out_dir, backend)
+        except Exception: results[f'resumed-{backend}'] = traceback.format_exc()
     try: results['refusals'] = refusals(rank)
     except Exception: results['refusals'] = traceback.format_exc()
     torch.save(results, Path(out_dir) / f'rank{rank}.pt')
@@ -197,3 +221,11 @@ def test_release_prepared_before_ddp_is_refused(ranks):
         assert not isinstance(r['refusals'], str), r['refusals']
         assert 'nothing reduces' in r['refusals']['release before DDP']
         assert r['refusals']['release before DDP changed nothing']
+
+@pytest.mark.parametrize('backend', ['foreach', 'triton'])
+def test_sharded_checkpoint_resumes(ranks, backend):
+    "A run saved with torch.distributed.checkpoint after two steps and loaded into a new model and optimizer continues as the uninterrupted run"
+    for r in ranks:
+        assert not isinstance(r[f'resumed-{backend}'], str), r[f'resumed-{backend}']
+        uninterrupted, resumed = r[f'resumed-{backend}']
+        for a, b in zip(uninterrupted, resumed): assert torch.equal(a, b)
