@@ -7,10 +7,10 @@ whether the two processes end with identical weights, and the largest difference
 in one process on the same global batches (each process computes that run too, without communication; for
 gradient release, the run without it, which the CPU tests show to be identical).
 
-Part 2: the 0.94B LM of `release_memory.py` (pure bf16, Kahan AdamW, Triton; the loss on whole fp32 logits, since
-DDP and FSDP2 act in the model's forward) under DDP (gradients copied into
+Part 2: the 0.94B LM of `release_memory.py` (pure bf16, Kahan AdamW, Triton, its loss in 8 checkpointed chunks
+inside the model's forward, where DDP's and FSDP2's hooks act) under DDP (gradients copied into
 .grad, DDP's default; and `gradient_as_bucket_view=True`) and FSDP2 (each block sharded), each with and without
-gradient release: peak memory above the resident weights and state, the gradient bytes of one process for
+gradient release, and gradient release averaging the gradients itself without DDP (`data_parallel=True`, mode dp): peak memory above the resident weights and state, the gradient bytes of one process for
 reference, and the median time of a training step. Then the optimizer step alone (`opt.step()`, CUDA events) per
 backend, under DDP and FSDP2, for Adam and LAMB (LAMB's norms are completed over the shards by one all-reduce).
 
@@ -119,6 +119,13 @@ def lm_args(tiny):
     if tiny: a.layers, a.d_model, a.heads, a.mlp, a.vocab, a.ctx, a.batch = 2, 64, 4, 176, 256, 32, 2
     return a
 
+class LossLM(nn.Module):
+    "The LM with its loss in its forward (head and cross-entropy over 8 checkpointed token chunks, as `release_memory.py`), so that DDP's and FSDP2's forward hooks see the whole step"
+    def __init__(self, lm): super().__init__(); self.lm = lm
+    def forward(self, x, y):
+        from release_memory import lm_loss
+        return lm_loss(self.lm, x, y, 8)
+
 def build_lm(args, device, mode, backend='triton', algo='Adam'):
     from release_memory import LM
     from fastoptim.bf16 import to_bf16
@@ -126,9 +133,10 @@ def build_lm(args, device, mode, backend='triton', algo='Adam'):
     from fastoptim.distributed import shard_model
     torch.manual_seed(0)
     with torch.device(device):
-        model = LM(args.layers, args.d_model, args.heads, args.mlp, args.vocab, args.ckpt)
+        model = LossLM(LM(args.layers, args.d_model, args.heads, args.mlp, args.vocab, args.ckpt))
     to_bf16(model, keep_fp32=())
-    if mode == 'fsdp': wrapped = shard_model(model, modules=list(model.blocks))
+    if mode == 'fsdp': wrapped = shard_model(model, modules=list(model.lm.blocks))
+    elif mode == 'dp': wrapped = model  # gradient release averages the gradients itself (data_parallel=True)
     else: wrapped = nn.parallel.DistributedDataParallel(model, gradient_as_bucket_view=mode == 'ddp_view',
                                                          device_ids=[device.index] if device.type == 'cuda' else None)
     opt = algorithms[algo](list(model.parameters()), lr=1e-4, mom=0.9, sqr_mom=0.95, eps=1e-8, wd=0.1, **{backend: True})
@@ -138,7 +146,6 @@ def sync(device):
     if device.type == 'cuda': torch.cuda.synchronize(device)
 
 def lm_config(args, device, mode, release, steps):
-    from release_memory import lm_loss
     from fastoptim.gradient_release import prepare_for_gradient_release, remove_gradient_release
     gc.collect()
     if device.type == 'cuda': torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats(device)
@@ -146,37 +153,39 @@ def lm_config(args, device, mode, release, steps):
     if release:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')  # DDP without bucket views: release frees nothing more there, measured here
-            prepare_for_gradient_release(wrapped, opt)
+            prepare_for_gradient_release(wrapped, opt, data_parallel=mode == 'dp')
     g = torch.Generator(device=device).manual_seed(dist.get_rank())
-    data = [torch.randint(0, args.vocab, (args.batch, args.ctx + 1), device=device, generator=g) for _ in range(2 + steps)]
-    times, resident = [], None
+    warmup = 4  # DDP rebuilds its buckets after the first iteration
+    data = [torch.randint(0, args.vocab, (args.batch, args.ctx + 1), device=device, generator=g) for _ in range(warmup + steps)]
+    times, held, resident = [], [], None
     for i, tokens in enumerate(data):
-        if i == 2:
+        if i == warmup:
             sync(device)
             resident = torch.cuda.memory_allocated(device) if device.type == 'cuda' else 0
             if device.type == 'cuda': torch.cuda.reset_peak_memory_stats(device)
         sync(device); t = time.perf_counter()
-        lm_loss(wrapped, tokens[:, :-1], tokens[:, 1:], 1).backward()  # through forward: DDP's and FSDP2's hooks
+        wrapped(tokens[:, :-1], tokens[:, 1:]).backward()
+        if i >= warmup and device.type == 'cuda': held.append(torch.cuda.memory_allocated(device))  # no sync: the allocator knows
         opt.step(); model.zero_grad(set_to_none=True)
         sync(device)
-        if i >= 2: times.append(time.perf_counter() - t)
+        if i >= warmup: times.append(time.perf_counter() - t)
     peak = torch.cuda.max_memory_allocated(device) if device.type == 'cuda' else 0
     if release: remove_gradient_release(wrapped)
     local_numel = sum((p.to_local() if hasattr(p, 'to_local') else p).numel() for p in model.parameters())
     out = dict(mode=mode, release=release, resident_gib=resident / 2**30, peak_gib=peak / 2**30,
                peak_above_resident_gib=(peak - resident) / 2**30, grad_gib_this_process=local_numel * 2 / 2**30,
+               after_backward_above_resident_gib=(max(held, default=0) - resident) / 2**30,
                step_s=statistics.median(times))
     del model, wrapped, opt
     return out
 
 def opt_step_time(args, device, mode, backend, algo, reps=10):
     "opt.step() alone, median of CUDA events (perf_counter on the CPU), on gradients left by one backward"
-    from release_memory import lm_loss
     gc.collect()
     if device.type == 'cuda': torch.cuda.empty_cache()
     model, wrapped, opt = build_lm(args, device, mode, backend, algo)
     tokens = torch.randint(0, args.vocab, (args.batch, args.ctx + 1), device=device)
-    lm_loss(wrapped, tokens[:, :-1], tokens[:, 1:], 1).backward()  # through forward: DDP's and FSDP2's hooks
+    wrapped(tokens[:, :-1], tokens[:, 1:]).backward()
     times = []
     for i in range(reps + 2):
         sync(device)
@@ -193,13 +202,12 @@ def opt_step_time(args, device, mode, backend, algo, reps=10):
 def part2(rank, device, args):
     lm = lm_args(args.tiny)
     memory = []
-    for mode in ('ddp', 'ddp_view', 'fsdp'):
-        for release in (False, True):
-            try: r = lm_config(lm, device, mode, release, args.steps)
-            except Exception: r = dict(mode=mode, release=release, error=traceback.format_exc())
-            dist.barrier()
-            memory.append(r)
-            if rank == 0: print(r, flush=True)
+    for mode, release in [(m, r) for m in ('ddp', 'ddp_view', 'fsdp') for r in (False, True)] + [('dp', True)]:
+        try: r = lm_config(lm, device, mode, release, args.steps)
+        except Exception: r = dict(mode=mode, release=release, error=traceback.format_exc())
+        dist.barrier()
+        memory.append(r)
+        if rank == 0: print(r, flush=True)
     steps = []
     for mode in ('ddp', 'fsdp'):
         for backend, algo in (('triton', 'Adam'), ('foreach', 'Adam'), ('jit', 'Adam'), ('triton', 'Lamb'), ('foreach', 'Lamb')):
@@ -233,13 +241,14 @@ def report(results, args, seconds):
     if 'part2' in results:
         lines += ['## Gradient release on the 0.94B LM (pure bf16, Kahan AdamW, Triton), per process', '',
                   '"peak above resident": `max_memory_allocated` over the measured steps minus `memory_allocated` after '
-                  'two warm-up steps (weights, optimizer state and, under DDP, its gradient buckets). "gradient": the '
+                  'four warm-up steps (weights, optimizer state and, under DDP, its gradient buckets); "after backward": '
+                  '`memory_allocated` when backward returns, before `opt.step()`: the gradients still held. "gradient": the '
                   "bf16 gradients of this process's parameters (a shard of each under FSDP2).", '',
-                  '| mode | release | resident GiB | peak GiB | peak above resident GiB | gradient GiB | step s |',
-                  '|---|---|---|---|---|---|---|']
+                  '| mode | release | resident GiB | after backward, above resident GiB | peak GiB | peak above resident GiB | gradient GiB | step s |',
+                  '|---|---|---|---|---|---|---|---|']
         for r in results['part2']['memory']:
             if 'error' in r: lines.append(f"| {r['mode']} | {r['release']} | **error**: {r['error'].strip().splitlines()[-1][:150]} | | | | |")
-            else: lines.append(f"| {r['mode']} | {r['release']} | {r['resident_gib']:.2f} | {r['peak_gib']:.2f} | "
+            else: lines.append(f"| {r['mode']} | {r['release']} | {r['resident_gib']:.2f} | {r['after_backward_above_resident_gib']:.2f} | {r['peak_gib']:.2f} | "
                                f"{r['peak_above_resident_gib']:.2f} | {r['grad_gib_this_process']:.2f} | {r['step_s']:.3f} |")
         lines += ['', '## `opt.step()` alone on the LM, per process (median of 10, CUDA events)', '',
                   '| mode | algorithm | backend | ms |', '|---|---|---|---|']

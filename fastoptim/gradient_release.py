@@ -29,8 +29,9 @@ class PartialReleaseWarning(UserWarning):
 
 class _Release:
     "The hooks of one model: completed gradients wait until they reach `group_bytes`, then one step frees them"
-    def __init__(self, model, opt, group_bytes):
+    def __init__(self, model, opt, group_bytes, data_parallel=False):
         self.opt, self.group_bytes, self.waiting, self.waiting_bytes = opt, group_bytes, {}, 0
+        self.data_parallel = data_parallel  # average each group over the processes before stepping it
         self.passes = {}  # backward passes under way (autograd's graph task ids) -> the parameters stepped in each
         self.params = [p for p in model.parameters() if p.requires_grad and opt.owns(p)]
         self.checked = None  # (state edits, trainable parameters) at the last check of their state
@@ -69,13 +70,13 @@ class _Release:
 
     def check(self):
         "Before a pass steps anything: the hypers, and if it was edited (or other parameters are trainable) the state of each it may step"
-        if not self.ddp and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 \
-                and not all(map(is_sharded, self.params)):
+        if not (self.ddp or self.data_parallel) and dist.is_available() and dist.is_initialized() \
+                and dist.get_world_size() > 1 and not all(map(is_sharded, self.params)):
             raise RuntimeError(
                 f"Gradient release in one of {dist.get_world_size()} processes, on a model whose gradients nothing reduces: "
                 "each process would step on its own gradient. Under DistributedDataParallel prepare the DDP model "
                 "(prepare_for_gradient_release(ddp_model, opt); GradientRelease does so after fastai's DistributedTrainer), "
-                "or shard it with FSDP2.")
+                "shard it with FSDP2, or let release average the gradients (data_parallel=True).")
         trainable = tuple(p.requires_grad for p in self.opt.flat_params)  # the hooks' and those `step()` steps after
         key = (self.opt.layout.edits, trainable)
         if self.checked == key: return self.opt.numbers.check()
@@ -85,6 +86,7 @@ class _Release:
     def release(self, this_pass):
         if not self.waiting: return
         params = list(self.waiting.values())
+        if self.data_parallel: _average([p.grad for p in params])
         self.opt.step_params(params)  # raises before anything changes if the step is refused
         for p in params: p.grad = None
         self.passes[this_pass] += params
@@ -139,14 +141,31 @@ def _comm_hook(ddp):
         _comm_hooks[ddp] = state
     return _comm_hooks[ddp]
 
-def prepare_for_gradient_release(model:nn.Module, opt:FastOptimizer, group_bytes:int=2**24):
-    "Step each parameter of `model` in `opt` once its gradient is complete (in groups of `group_bytes`), and free the gradient"
+def _average(grads):
+    "Average `grads` over the processes in place: an all-reduce each, all in flight at once (on CUDA the host does not wait)"
+    world = dist.get_world_size()
+    for work in [dist.all_reduce(g.div_(world), async_op=True) for g in grads]: work.wait()
+
+def _check_data_parallel(model):
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError("data_parallel=True averages gradients over the processes: initialise torch.distributed first.")
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        raise ValueError("data_parallel=True averages the gradients itself; a DDP model averages them already: leave it False.")
+    if any(map(is_sharded, model.parameters())):
+        raise ValueError("data_parallel=True averages whole gradients; FSDP2 reduce-scatters them already: leave it False.")
+
+def prepare_for_gradient_release(model:nn.Module, opt:FastOptimizer, group_bytes:int=2**24, data_parallel:bool=False):
+    "Step each parameter of `model` in `opt` once its gradient is complete (in groups of `group_bytes`), and free the gradient; `data_parallel`: average each group over the processes first, without DDP"
     if not isinstance(opt, FastOptimizer):
         raise TypeError(f"Gradient release needs a fastoptim optimizer (e.g. adam()), got {type(opt).__name__}.")
     if not (isinstance(group_bytes, int) and group_bytes >= 0):
         raise ValueError(f"group_bytes must be a non-negative int (0: step each tensor alone), got {group_bytes!r}.")
+    if data_parallel:
+        _check_data_parallel(model)
+        with torch.no_grad():  # every process starts from process 0's weights and buffers, as DDP makes them
+            for t in [*model.parameters(), *model.buffers()]: dist.broadcast(t, src=0)
     remove_gradient_release(model)
-    _released[model] = _Release(model, opt, group_bytes)
+    _released[model] = _Release(model, opt, group_bytes, data_parallel)
     opt.start_release()
 
 def remove_gradient_release(model:nn.Module):

@@ -33,7 +33,8 @@ WORLD = 2
 @dataclass(frozen=True)
 class Loop:
     algo: str
-    mode: str                  # 'ddp' (DDP, gradients copied to .grad), 'ddp_view' (gradient_as_bucket_view), 'fsdp'
+    mode: str                  # 'ddp' (DDP, gradients copied to .grad), 'ddp_view' (gradient_as_bucket_view), 'fsdp',
+                               # 'dp' (no wrapper: gradient release averages each group, data_parallel=True)
     backend: str = 'foreach'
     release: bool = False      # gradient release, with groups of 64 bytes (several per pass)
     micro: int = 1             # micro-batches folded by optimizer accumulation per step (1: none)
@@ -53,6 +54,8 @@ LOOPS += [Loop(a, 'fsdp', b) for a in ('Adam', 'Lamb') for b in ('forloop', 'jit
 LOOPS += [Loop('Lamb', 'ddp', 'triton'), Loop('Adam', 'fsdp', 'foreach', options=(('cautious', True),))]
 LOOPS += [Loop(a, m, release=True) for a in ('Adam', 'Lamb') for m in ('ddp', 'ddp_view', 'fsdp')]
 LOOPS += [Loop('Lamb', 'fsdp', 'triton', release=True), Loop('Adam', 'ddp_view', 'triton', release=True)]
+LOOPS += [Loop(a, 'dp', b, release=True) for a, b in (('Adam', 'foreach'), ('Lamb', 'foreach'), ('Adam', 'triton'))]
+LOOPS += [Loop('Adam', 'dp', release=True, micro=2), Loop('Adam', 'dp', release=True, dtype='bfloat16')]
 LOOPS += [Loop('Adam', m, micro=2) for m in ('ddp', 'fsdp')] + [Loop('Adam', 'ddp_view', release=True, micro=2)]
 LOOPS += [Loop('Adam', m, b, dtype='bfloat16') for m in ('ddp', 'fsdp') for b in ('foreach', 'triton')]
 LOOPS += [Loop('Adam', 'fsdp', 'triton', dtype='bfloat16', options=(('stochastic_rounding', True),))]
@@ -81,11 +84,14 @@ def run_loop(case, rank=0, world=1):
     elif case.mode.startswith('ddp') and world > 1:
         wrapped = nn.parallel.DistributedDataParallel(model, gradient_as_bucket_view=case.mode == 'ddp_view', bucket_cap_mb=1e-4)
     else: wrapped = model
+    if case.mode == 'dp' and rank == 1:
+        with torch.no_grad():  # release's data_parallel broadcasts process 0's weights: this must not survive
+            for p in model.parameters(): p.add_(1)
     opt = algorithms[case.algo](list(model.parameters()), lr=1e-2, wd=0.1, **{case.backend: True}, **dict(case.options))
     if case.release:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')  # DDP without bucket views: the warning that release frees nothing there
-            prepare_for_gradient_release(wrapped, opt, group_bytes=64)
+            prepare_for_gradient_release(wrapped, opt, group_bytes=64, data_parallel=case.mode == 'dp' and world > 1)
     freed = True
     for micro_batches in global_batches(micro=case.micro):
         for j, (x, y) in enumerate(micro_batches):
