@@ -133,7 +133,8 @@ def _comm_hook(ddp):
             "This DistributedDataParallel keeps each gradient twice, in its buckets and in .grad: gradient release "
             "steps each bucket as soon as it is all-reduced, but frees neither. Build it with "
             "gradient_as_bucket_view=True (under fastai's distrib_ctx: kwargs_handlers=[DistributedDataParallelKwargs("
-            "gradient_as_bucket_view=True)]) to keep one.")
+            "gradient_as_bucket_view=True)]) to keep one, or leave the model unwrapped and let release average the "
+            "gradients (prepare_for_gradient_release(model, opt, data_parallel=True)) to keep none.")
         state = _AllReduceThenStep(ddp.process_group)
         try: ddp.register_comm_hook(state, _all_reduce_then_step)
         except RuntimeError as e: raise RuntimeError(f"Gradient release steps from DDP's communication hook, but this DDP model "
