@@ -10,7 +10,7 @@ __all__ = ['engine_options', 'TorchOptimizer', 'refuse', 'AdamW', 'Adam', 'SGD']
 # %% ../nbs/06_torch_optim.ipynb #a5a3a5b7
 import torch
 from torch import Tensor
-from .core import FastOptimizer
+from .core import FastOptimizer, state_of_shards
 from .adam import adam_algorithm
 from .sgd import sgd_algorithm, momentum_algorithm, nesterov_algorithm
 
@@ -79,7 +79,9 @@ class TorchOptimizer(torch.optim.Optimizer):
 
     def state_dict(self):
         sd = super().state_dict()
-        sd['state'] = {k: dict(v) for k, v in sd['state'].items()}  # plain dicts: loadable with weights_only=True
+        params = [p for g in self.param_groups for p in g['params']]  # torch numbers them in this order
+        # plain dicts, loadable with weights_only=True; a sharded parameter's state as DTensors, for DCP
+        sd['state'] = {k: state_of_shards(params[k], dict(v)) for k, v in sd['state'].items()}
         return sd
 
     @torch.no_grad()
