@@ -154,6 +154,8 @@ def named(x, name):
 
 engine_hypers = dict(lr=Hyper(1e-3), wd=Hyper(0.), max_lr=Hyper(1e-3, lo_open=True))
 engine_scalars = ('lr', 'decay', 'l2', 'step', 'numel')  # what every update may read besides its own hypers (numel: the tensor's)
+# `h.wd` is the group's weight-decay coefficient as a number (LARS's trust ratio reads it); the engine alone applies
+# weight decay, as `decay` (decoupled) or `l2` (added to g), and only to parameters whose `do_wd` is true
 
 @dataclass(frozen=True, eq=False)
 class Algorithm:
@@ -186,7 +188,7 @@ def leaf(name, tensor=False): return Expr('input', tensor=tensor, name=name)
 
 def trace_hypers(algorithm):
     "The hypers an update reads, as named inputs, with its per-step formulas"
-    h = SimpleNamespace(**{k: leaf(k) for k in (*engine_scalars, *[k for k in algorithm.hypers if k != 'wd'])})
+    h = SimpleNamespace(**{k: leaf(k) for k in (*engine_scalars, *algorithm.hypers)})
     if algorithm.scalars is not None:
         for k, v in algorithm.scalars(h).items(): setattr(h, k, named(v, k))
     return h

@@ -9,9 +9,9 @@ __all__ = ['FastOptimizer', 'Algorithm', 'Hyper', 'State', 'Moment', 'ForeachBac
            'SGD', 'sgd', 'Adam', 'adam', 'Lamb', 'lamb', 'RAdam', 'radam', 'Ranger', 'ranger', 'Lion', 'lion',
            'RMSProp', 'rmsprop', 'QHAdam', 'qhadam', 'Adamax', 'adamax', 'Adan', 'adan', 'ADOPT', 'adopt', 'AdEMAMix',
            'ademamix', 'AdamAtan2', 'adam_atan2', 'NAdam', 'nadam', 'SimplifiedAdEMAMix', 'simplified_ademamix',
-           'seed_kahan_comp', 'kahan_residual', 'BF16', 'to_bf16', 'to_fp32', 'GradientRelease',
-           'OptimizerAccumulation', 'prepare_for_gradient_release', 'remove_gradient_release', 'shard_model',
-           'ShardedTrainer', 'save_checkpoint', 'load_checkpoint']
+           'StableAdamW', 'stable_adamw', 'Larc', 'larc', 'Lars', 'lars', 'seed_kahan_comp', 'kahan_residual', 'BF16',
+           'to_bf16', 'to_fp32', 'GradientRelease', 'OptimizerAccumulation', 'prepare_for_gradient_release',
+           'remove_gradient_release', 'shard_model', 'ShardedTrainer', 'save_checkpoint', 'load_checkpoint']
 
 # %% ../nbs/99_all.ipynb #f701e169
 from .core import FastOptimizer, algorithms
@@ -33,6 +33,8 @@ from .ademamix import AdEMAMix, ademamix
 from .adam_atan2 import AdamAtan2, adam_atan2
 from .nadam import NAdam, nadam
 from .simplified_ademamix import SimplifiedAdEMAMix, simplified_ademamix
+from .stable_adamw import StableAdamW, stable_adamw
+from .larc import Larc, larc, Lars, lars
 from .low_precision import seed_kahan_comp, kahan_residual
 from .bf16 import BF16, to_bf16, to_fp32
 from .gradient_release import GradientRelease, OptimizerAccumulation, prepare_for_gradient_release, remove_gradient_release
@@ -40,6 +42,6 @@ from .distributed import shard_model, ShardedTrainer, save_checkpoint, load_chec
 
 _all_ = ['FastOptimizer', 'Algorithm', 'Hyper', 'State', 'Moment', 'ForeachBackend', 'TorchScriptBackend', 'TritonBackend',
          'SGD', 'sgd', 'Adam', 'adam', 'Lamb', 'lamb', 'RAdam', 'radam', 'Ranger', 'ranger', 'Lion', 'lion', 'RMSProp', 'rmsprop', 'QHAdam', 'qhadam',
-         'Adamax', 'adamax', 'Adan', 'adan', 'ADOPT', 'adopt', 'AdEMAMix', 'ademamix', 'AdamAtan2', 'adam_atan2', 'NAdam', 'nadam', 'SimplifiedAdEMAMix', 'simplified_ademamix', 'seed_kahan_comp', 'kahan_residual', 'BF16', 'to_bf16', 'to_fp32',
+         'Adamax', 'adamax', 'Adan', 'adan', 'ADOPT', 'adopt', 'AdEMAMix', 'ademamix', 'AdamAtan2', 'adam_atan2', 'NAdam', 'nadam', 'SimplifiedAdEMAMix', 'simplified_ademamix', 'StableAdamW', 'stable_adamw', 'Larc', 'larc', 'Lars', 'lars', 'seed_kahan_comp', 'kahan_residual', 'BF16', 'to_bf16', 'to_fp32',
          'GradientRelease', 'OptimizerAccumulation', 'prepare_for_gradient_release', 'remove_gradient_release',
          'shard_model', 'ShardedTrainer', 'save_checkpoint', 'load_checkpoint']
