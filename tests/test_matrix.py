@@ -34,9 +34,13 @@ pytestmark = pytest.mark.filterwarnings('error:lr .* exceeds max_lr:UserWarning'
 
 # Every registered algorithm (`make_optimizer`), so a new algorithm notebook joins the matrix without editing it
 ALGOS = {name: (ctor, {}) for name, ctor in algorithms.items()}
+# LARS/LARC's default trust coefficient (0.02) makes steps so small against the weights that L2's effect on a
+# 12-step run falls below what `test_weight_decay_matters` can see: a trust coefficient of 1 keeps the runs telling
+ALGOS.update({name: (algorithms[name], dict(trust_coeff=1.)) for name in ('Larc', 'Lars')})
 FASTAI = {  # registry name: (fastai's own optimizer, its extra kwargs), where fastai has the algorithm
     'sgd': (fastai_optim.SGD, {}), 'momentum': (fastai_optim.SGD, dict(mom=0.9)), 'Adam': (fastai_optim.Adam, {}),
     'Lamb': (fastai_optim.Lamb, {}), 'RAdam': (fastai_optim.RAdam, {}),
+    'Larc': (fastai_optim.Larc, dict(trust_coeff=1.)), 'Lars': (fastai_optim.Larc, dict(clip=False, trust_coeff=1.)),
 }
 ALL_BACKENDS = ('forloop', 'foreach', 'jit', 'triton')
 BACKENDS = ('foreach', 'jit', 'triton')  # compared against forloop
