@@ -9,7 +9,8 @@ __all__ = ['reduction_ops', 'scalar_only', 'commutative', 'engine_hypers', 'engi
            'State', 'Moment', 'Expr', 'sqrt', 'atan2', 'exp', 'log', 'mod', 'sign', 'maximum', 'minimum', 'where',
            'lerp', 'addcmul', 'addcdiv', 'tensor_sum', 'tensor_max', 'total_sum', 'named', 'Algorithm', 'leaf',
            'trace_hypers', 'nodes_of', 'substitute', 'reaches', 'decompose', 'Phase', 'Plan', 'evaluate',
-           'moment_values', 'TorchDialect', 'emit', 'ordered_stores', 'final_args', 'torch_source', 'modified']
+           'moment_values', 'TorchDialect', 'emit', 'ordered_stores', 'final_args', 'torch_source',
+           'orthogonal_gradient', 'modified']
 
 # %% ../nbs/00_algorithm.ipynb #964e372e
 import itertools, math, re
@@ -541,18 +542,35 @@ def _lookahead(algorithm):
                    hypers={**algorithm.hypers, 'lookahead_k': Hyper(6., 1.), 'lookahead_alpha': Hyper(0.5, 0., 1., hi_open=False)},
                    states={**algorithm.states, 'lookahead_slow': State(init='param')})
 
-def modified(algorithm:Algorithm, cautious:bool=False, grams:bool=False, lookahead:bool=False) -> Algorithm:
-    "`algorithm` with its update masked where it does not descend (`cautious`), or given the gradient's direction (`grams`), and/or wrapped in Lookahead"
+def orthogonal_gradient(p, g, eps=1e-30):
+    "OrthoGrad's gradient: `g`'s part orthogonal to `p`, rescaled to `g`'s norm (0 where that part vanishes), from three sums per tensor"
+    pg, pp, gg = tensor_sum(p * g), tensor_sum(p * p), tensor_sum(g * g)
+    c = pg / (pp + eps)
+    orth_sq = gg - 2 * c * pg + c * c * pp  # ‖g_⊥‖², to a few fp32 ulps of g·g: below that, g is taken as parallel to p
+    scale = where(orth_sq <= 16 * 1.1920928955078125e-07 * gg, 0., sqrt(gg) / (sqrt(maximum(orth_sq, 0.)) + eps))
+    return (g - c * p) * scale
+
+def _orthograd(algorithm):
+    "`algorithm` stepping on the gradient's part orthogonal to the weights, rescaled to the gradient's norm"
+    def update(p, g, s, h): return algorithm.update(p, orthogonal_gradient(p, g), s, h)
+    return replace(algorithm, name=f'{algorithm.name}+orthograd', update=update,
+                   accumulation="OrthoGrad projects each step's gradient against the weights, and the moments hold the "
+                                "projected gradients, which folding raw micro-batch gradients cannot reproduce")
+
+def modified(algorithm:Algorithm, cautious:bool=False, grams:bool=False, lookahead:bool=False, orthograd:bool=False) -> Algorithm:
+    "`algorithm` stepping on OrthoGrad's gradient (`orthograd`), with its update masked where it does not descend (`cautious`), or given the gradient's direction (`grams`), and/or wrapped in Lookahead"
     if cautious and grams: raise ValueError("cautious=True and grams=True both take the update's direction from the gradient: choose one.")
-    key = tuple(k for k, on in (('cautious', cautious), ('grams', grams), ('lookahead', lookahead)) if on)
+    key = tuple(k for k, on in (('orthograd', orthograd), ('cautious', cautious), ('grams', grams), ('lookahead', lookahead)) if on)
     if not key: return algorithm
     if key not in algorithm._variants:
-        variant = _direction_modifier(algorithm, key[0]) if key[0] != 'lookahead' else algorithm
-        if cautious:
+        variant = _orthograd(algorithm) if orthograd else algorithm
+        if cautious or grams: variant = _direction_modifier(variant, 'cautious' if cautious else 'grams')
+        if cautious or orthograd:
             try: variant.plan()
             except NotImplementedError as e:
-                raise NotImplementedError(f"cautious=True cannot be applied to {algorithm.name}: its update already needs a per-tensor "
-                                          "reduction (a trust ratio), and the count of cautious components would be a second one, "
-                                          "in a third pass over the tensors; plans have at most two.") from e
+                named = ' and '.join(f'{k}=True' for k in key if k in ('orthograd', 'cautious'))
+                raise NotImplementedError(f"{named} cannot be applied to {algorithm.name}: each needs a per-tensor sum, and with the "
+                                          "update's own (a trust ratio) or each other's they would need a third pass over the "
+                                          "tensors; plans have at most two.") from e
         algorithm._variants[key] = _lookahead(variant) if lookahead else variant
     return algorithm._variants[key]

@@ -591,12 +591,13 @@ class FastOptimizer(Optimizer):
         kahan_sum:bool|None=None, # Kahan-compensated updates; None: for bf16 and fp16 parameters
         stochastic_rounding:bool=False, # round bf16 parameters stochastically instead (not with kahan_sum)
         seed:int=0,             # seed of the stochastic rounding
+        orthograd:bool=False,   # step on the gradient's part orthogonal to the weights, rescaled (OrthoGrad)
         cautious:bool=False,    # zero the update where it does not descend, rescaled (Cautious optimizers)
         grams:bool=False,       # the update's magnitude with the gradient's direction (Grams)
         lookahead:bool=False,   # Lookahead's slow weights, synchronised every `lookahead_k` steps
         **hypers                # the algorithm's hypers (see `algorithm.hypers`)
     ):
-        algorithm = modified(algorithm, cautious, grams, lookahead)
+        algorithm = modified(algorithm, cautious, grams, lookahead, orthograd)
         backend = backend_from_flags(forloop=forloop, foreach=foreach, jit=jit, triton=triton)
         if stochastic_rounding and kahan_sum:
             raise ValueError("Choose kahan_sum=True or stochastic_rounding=True, not both.")

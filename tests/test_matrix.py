@@ -99,7 +99,8 @@ def test_backend_matches_forloop(algo, backend, mode, dtype_name):
     assert d < TOL[dtype_name], f"{algo}/{backend}/{mode}/{dtype_name}: rel_diff {d:.3g} vs forloop"
 
 
-MODIFIERS = {'cautious': dict(cautious=True), 'grams': dict(grams=True), 'lookahead': dict(lookahead=True, lookahead_k=4)}
+MODIFIERS = {'cautious': dict(cautious=True), 'grams': dict(grams=True), 'lookahead': dict(lookahead=True, lookahead_k=4),
+             'orthograd': dict(orthograd=True)}
 
 # Every modifier on every algorithm with foreach, and in every backend on algorithms that stand for the kinds of
 # plan there are (one pass; a per-tensor reduction; per-step formulas): the generated code differs by plan kind
@@ -112,7 +113,7 @@ def test_modifiers_match_forloop(algo, backend, modifier):
     "Each modifier of the description against the for-loop backend, fp32, decoupled decay (their oracles are in their notebooks)"
     ctor, extra = ALGOS[algo]
     def run(b): return drive(lambda g: ctor(g, lr=slice(LR / 10, LR), wd=WD, **extra, **MODIFIERS[modifier], **{b: True}))
-    if modifier == 'cautious' and ctor.algorithm.plan().reduction_kinds:  # a trust ratio already takes the second pass
+    if modifier in ('cautious', 'orthograd') and ctor.algorithm.plan().reduction_kinds:  # a trust ratio takes the second pass
         with pytest.raises(NotImplementedError, match='third pass'): run(backend)
         return
     (opt, actual), (_, expected) = run(backend), run('forloop')
