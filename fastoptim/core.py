@@ -418,6 +418,7 @@ class Layout:
     "The buckets of a step: parameters with gradients by (device, dtype), kept while no address changes"
     def __init__(self, opt):
         self.opt, self.sig, self.buckets, self.generation, self.caches = opt, None, {}, 0, {}
+        self.one_off = {}  # `step_params`' buckets and backend caches, by the parameters they step: see `one_off_buckets`
         self.edits = 0  # how many times the state was edited by hand: who checked it can tell whether to check again
 
     def signature(self):
@@ -435,9 +436,26 @@ class Layout:
             if g is None: continue
             b = buckets.get((p.device, p.dtype))
             if b is None: b = buckets[p.device, p.dtype] = Bucket(p.device, p.dtype)
-            b.add(local_tensor(p), local_tensor(g), self.opt.state[p], self.opt.group_of[i], i,
-                  sharding(p, g), p.numel(), shard_salt(p))
+            if self.opt.sharded: b.add(local_tensor(p), local_tensor(g), self.opt.state[p], self.opt.group_of[i], i,
+                                       sharding(p, g), p.numel(), shard_salt(p))
+            else: b.add(p, g, self.opt.state[p], self.opt.group_of[i], i)
         return buckets
+
+    def one_off_buckets(self, params, grads, indices):
+        "`step_params`' buckets and caches: the last call's for these parameters while their gradients (address, dtype, shape, strides) and step counts are unchanged, else new ones, checked and given their state"
+        local_grads = [local_tensor(g) for g in grads] if self.opt.sharded else grads
+        sig = tuple(None if g is None else (g.data_ptr(), g.dtype, g.shape, g.stride()) for g in local_grads)
+        key = tuple(indices)
+        hit = self.one_off.get(key)
+        if hit is not None and hit[0] == sig and all([s.get('step', 0) for s in b.states] == b.step_counts.tolist()
+                                                      for b in hit[1].values()):
+            by_index = dict(zip(indices, local_grads))
+            for b in hit[1].values(): b.grads = [by_index[i] for i in b.indices]
+            return hit[1], hit[2]
+        buckets = self.group(params, grads, indices)
+        self.opt.preparation(buckets, -1)  # -1: the backends' caches, fresh, know nothing of it
+        self.one_off[key] = (sig, buckets, {})
+        return buckets, self.one_off[key][2]
 
     def current(self, capturing=False):
         "This step's buckets: rebuilt, checked and given their state only when the signature changed"
@@ -457,13 +475,19 @@ class Layout:
                 b.grads = [local_tensor(grads[i]) for i in b.indices] if self.opt.sharded else [grads[i] for i in b.indices]
         return self.buckets
 
-    def forget(self):
-        "Make the next step rebuild its buckets (and the backends their caches) from the state as it is"
+    def forget_step(self):
+        "Make the next `step()` rebuild its buckets (and the backends their caches) from the state as it is"
         self.sig, self.buckets = None, {}
+
+    def forget(self):
+        "`forget_step`, and `step_params`' buckets too"
+        self.forget_step()
+        self.one_off = {}
 
     def stale(self):
         "The state is about to be edited: bring the host's step counts up to date first, then forget the layout"
         self.edits += 1
+        self.one_off = {}  # never captured: nothing to bring up to date
         if self.sig is None: return
         self.sync_steps()
         self.forget()
@@ -709,7 +733,7 @@ class FastOptimizer(Optimizer):
         self._run(self.layout.current(capturing), self.layout.caches, capturing)
 
     def step_params(self, params, grads=None):
-        "Step `params` now, as `step` would, in one-off buckets (the next `step` rebuilds its layout); `grads`: theirs, if not `p.grad`"
+        "Step `params` now, as `step` would, in buckets of their own, kept for the next call with the same parameters (the next `step` rebuilds its layout); `grads`: theirs, if not `p.grad`"
         if self._capturing(): raise RuntimeError(
             "Gradient release and optimizer accumulation step in one-off buckets, which a CUDA graph cannot capture.")
         self.numbers.check()
@@ -719,12 +743,10 @@ class FastOptimizer(Optimizer):
             if not self.owns(p): raise ValueError(f"A parameter of shape {tuple(p.shape)} is not in this optimizer.")
             indices.append(self._index[id(p)])
         self.layout.sync_steps()
-        self.layout.forget()
+        self.layout.forget_step()  # its device-side step counts would miss this step
         if grads is None: grads = [p.grad if p.requires_grad else None for p in params]
         elif len(grads) != len(params): raise ValueError(f"Got {len(grads)} gradients for {len(params)} parameters.")
-        buckets = self.layout.group(params, grads, indices)
-        self.preparation(buckets, -1)  # -1: the backends' caches, fresh below, know nothing of it
-        self._run(buckets, {})
+        self._run(*self.layout.one_off_buckets(params, grads, indices))
 
     def create_state(self, params):
         "Create now, without stepping, the state tensors a step would create for `params` (what a checkpoint is loaded into)"

@@ -87,6 +87,28 @@ def test_state_edits_are_seen(edit, backend):
 
 
 @pytest.mark.parametrize('backend', ALL_BACKENDS)
+def test_step_params_keeps_and_renews_its_buckets(backend):
+    "step_params reuses its buckets while they are current, and renews them after a step elsewhere, a state edit or a new gradient"
+    def run(mix):
+        torch.manual_seed(0)
+        ps = [nn.Parameter(torch.randn(6, 5)), nn.Parameter(torch.randn(7))]
+        grads = [torch.zeros_like(p) for p in ps]  # the same tensors every step, as DDP's bucket views are
+        opt = Adam(ps, lr=1e-2, wd=0.1, **{backend: True})
+        gen = torch.Generator().manual_seed(1)
+        for step in range(7):
+            for p, g in zip(ps, grads): g.copy_(torch.randn(g.shape, generator=gen)); p.grad = g
+            if step == 3: opt.state[ps[0]]['grad_avg'] = opt.state[ps[0]]['grad_avg'] * 0.5
+            if step == 5: ps[1].grad = grads[1] = grads[1].clone()
+            if mix and step % 3 != 1: opt.step_params(ps)
+            else: opt.step()
+        return opt, ps
+    opt, mixed = run(True)
+    _, plain = run(False)
+    assert rel_diff(mixed, plain) == 0.
+    assert opt.layout.one_off and [opt.state[p]['step'] for p in mixed] == [7, 7]
+
+
+@pytest.mark.parametrize('backend', ALL_BACKENDS)
 def test_bad_state_edit_refused_before_any_write(backend):
     for bad, match in [(dict(grad_avg=torch.zeros(2)), r'shape \(2,\)'), (dict(step=-1), '`step`'),
                        (dict(do_wd='no'), 'bool')]:
