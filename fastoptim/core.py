@@ -442,20 +442,24 @@ class Layout:
         return buckets
 
     def one_off_buckets(self, params, grads, indices):
-        "`step_params`' buckets and caches: the last call's for these parameters while their gradients (address, dtype, shape, strides) and step counts are unchanged, else new ones, checked and given their state"
+        "`step_params`' buckets and caches: the last call's for these parameters while their gradients' kinds (device, dtype, shape, strides) and their step counts are unchanged (new tables if a gradient moved), else new ones, checked and given their state"
         local_grads = [local_tensor(g) for g in grads] if self.opt.sharded else grads
-        sig = tuple(None if g is None else (g.data_ptr(), g.dtype, g.shape, g.stride()) for g in local_grads)
+        kinds = tuple(None if g is None else (g.device, g.dtype, g.shape, g.stride()) for g in local_grads)
+        addresses = tuple(0 if g is None else g.data_ptr() for g in local_grads)
         key = tuple(indices)
         hit = self.one_off.get(key)
-        if hit is not None and hit[0] == sig and all([s.get('step', 0) for s in b.states] == b.step_counts.tolist()
-                                                      for b in hit[1].values()):
+        if hit is not None and hit[0] == kinds and all([s.get('step', 0) for s in b.states] == b.step_counts.tolist()
+                                                       for b in hit[2].values()):
             by_index = dict(zip(indices, local_grads))
-            for b in hit[1].values(): b.grads = [by_index[i] for i in b.indices]
-            return hit[1], hit[2]
+            for b in hit[2].values():
+                b.grads = [by_index[i] for i in b.indices]
+                if hit[1] != addresses: b.generation -= 1  # the backends rebuild what holds the gradients' addresses
+            self.one_off[key] = (kinds, addresses, hit[2], hit[3])
+            return hit[2], hit[3]
         buckets = self.group(params, grads, indices)
-        self.opt.preparation(buckets, -1)  # -1: the backends' caches, fresh, know nothing of it
-        self.one_off[key] = (sig, buckets, {})
-        return buckets, self.one_off[key][2]
+        self.opt.preparation(buckets, -1)  # negative: the backends' caches, fresh, know nothing of it
+        self.one_off[key] = (kinds, addresses, buckets, {})
+        return buckets, self.one_off[key][3]
 
     def current(self, capturing=False):
         "This step's buckets: rebuilt, checked and given their state only when the signature changed"
@@ -812,23 +816,25 @@ class FastOptimizer(Optimizer):
         accumulating = self._accumulation is not None
         plan = self.algorithm.plan('apply' if accumulating else 'step')  # 'apply': the moments hold the gradients
         with torch.no_grad():
-            work = []
-            for key, b in buckets.items():
-                leaves, step = self.numbers.leaves(b, groups)
-                if accumulating and not self._fold(b, leaves): continue
-                b.capturing = capturing
-                if b.rounding == 'stochastic': b.seeds = hash32(b.seed_bases ^ step)
-                work.append((key, b, leaves, step))
-            # every bucket adds up its reductions before any writes: a `total_sum` is over all of them
-            reds = [backends[b.backend].reduce(plan, b, leaves, caches.setdefault(key, {})) for key, b, leaves, _ in work]
-            if self.sharded: reds = complete_shards(plan, [b for _, b, _, _ in work], reds)
-            combine_totals(plan, [r for r in reds if r is not None])
-            for (key, b, leaves, step), r in zip(work, reds):
-                backends[b.backend].finish(plan, b, leaves, caches[key], r)
-                for s, n in zip(b.states, step.tolist()): engine_write(s, 'step', n)  # after: a refused capture changes nothing
-                b.step_counts = step
-                self.backends_used[key] = b.backend
-                b.grads = None  # the layout outlives the step; the gradients must not
+            try:
+                work = []
+                for key, b in buckets.items():
+                    leaves, step = self.numbers.leaves(b, groups)
+                    if accumulating and not self._fold(b, leaves): continue
+                    b.capturing = capturing
+                    if b.rounding == 'stochastic': b.seeds = hash32(b.seed_bases ^ step)
+                    work.append((key, b, leaves, step))
+                # every bucket adds up its reductions before any writes: a `total_sum` is over all of them
+                reds = [backends[b.backend].reduce(plan, b, leaves, caches.setdefault(key, {})) for key, b, leaves, _ in work]
+                if self.sharded: reds = complete_shards(plan, [b for _, b, _, _ in work], reds)
+                combine_totals(plan, [r for r in reds if r is not None])
+                for (key, b, leaves, step), r in zip(work, reds):
+                    backends[b.backend].finish(plan, b, leaves, caches[key], r)
+                    for s, n in zip(b.states, step.tolist()): engine_write(s, 'step', n)  # after: a refused capture changes nothing
+                    b.step_counts = step
+                    self.backends_used[key] = b.backend
+            finally:
+                for b in buckets.values(): b.grads = None  # the buckets outlive the step (the layout, `step_params`' cache); the gradients must not
 
     def _fold(self, b, leaves):
         "Fold this micro-batch into the moments; True on the last one, whose step then writes the weights"
