@@ -763,6 +763,13 @@ class FastOptimizer(Optimizer):
             for b in buckets.values(): self.preparation.create_state(b)
         self.layout.forget()
 
+    def zero_grad(self):
+        "Zero the gradients in place, as fastai's `zero_grad` does (detaching any from `create_graph`), in one `torch._foreach_zero_`"
+        grads = [p.grad for p in self.flat_params if p.grad is not None]
+        for g in grads:
+            if g.requires_grad: g.detach_()
+        if grads: torch._foreach_zero_([local_tensor(g) for g in grads] if self.sharded else grads)
+
     def check_params(self, params):
         "Raise now if stepping `params` would be refused for the hypers or their state (gradient release's check before backward)"
         self.numbers.check()
