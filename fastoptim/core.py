@@ -353,8 +353,7 @@ def local_state(p, state):
 
 def complete_shards(plan, buckets, reds):
     "Add (or take the maximum of) each sharded tensor's per-tensor reductions over its shards: one `all_reduce` per kind and process groups for all `buckets`"
-    pending = [(b, r) for b, r in zip(buckets, reds) if b.sharded]
-    if not pending or not plan.reduction_kinds: return reds
+    if not plan.reduction_kinds or not any(b.sharded for b in buckets): return reds
     import torch.distributed as dist
     reds = list(reds)
     for j, (b, r) in enumerate(zip(buckets, reds)):  # a bucket whose shards are all empty here reduced nothing: its identity
@@ -366,13 +365,13 @@ def complete_shards(plan, buckets, reds):
         if not cols: continue
         keys = dict.fromkeys(k for b in buckets for k in b.sharded)  # the same order on every process
         for groups in keys:
-            parts = [(r, torch.as_tensor(b.sharded[groups], device=r.device)) for b, r in zip(buckets, reds) if groups in b.sharded]
+            parts = [(r, b.sharded[groups]) for b, r in zip(buckets, reds) if groups in b.sharded]
             flat = torch.cat([r[rows][:, cols].double().reshape(-1) for r, rows in parts])
             for group in groups: dist.all_reduce(flat, dist.ReduceOp.SUM if op == 'sum' else dist.ReduceOp.MAX, group=group)
             at = 0
             for r, rows in parts:
                 n = len(rows) * len(cols)
-                r[rows[:, None], torch.as_tensor(cols, device=r.device)] = flat[at:at + n].view(len(rows), len(cols)).to(r.dtype)
+                r[rows[:, None], cols] = flat[at:at + n].view(len(rows), len(cols)).to(r.dtype)
                 at += n
     return reds
 
@@ -552,7 +551,7 @@ class Preparation:
             b.sharded = {}  # process groups -> the rows of the tensors sharded over them (see `complete_shards`)
             for i, groups in enumerate(b.shard_groups):
                 if groups: b.sharded.setdefault(groups, []).append(i)
-            b.sharded = {k: np.array(v) for k, v in b.sharded.items()}
+            b.sharded = {k: torch.tensor(v, device=b.device) for k, v in b.sharded.items()}  # made once per layout
             if b.rounding == 'stochastic':
                 b.seed_bases = hash32(hash32(np.int64(opt.seed)) ^ np.array(b.indices, dtype=np.int64))
                 if b.sharded: b.seed_bases = hash32(b.seed_bases ^ np.array(b.salts, dtype=np.int64))

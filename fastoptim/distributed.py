@@ -87,11 +87,12 @@ def load_checkpoint(path, model:nn.Module, opt:FastOptimizer):
     import torch.distributed.checkpoint as dcp
     saved = dcp.FileSystemReader(path).read_metadata().state_dict_metadata
     params = [p for p, *_ in opt.all_params()]
-    keys = {}  # parameter index -> its saved state: name -> whether it is a tensor
+    keys, hyper_names = {}, {}  # parameter index -> its saved state: name -> whether it is a tensor; group -> its hypers
     for key, meta in saved.items():
         parts = key.split('.')
         if parts[:2] == ['opt', 'state']:
             keys.setdefault(int(parts[2]), {})[parts[3]] = isinstance(meta, dcp.metadata.TensorStorageMetadata)
+        elif parts[:2] == ['opt', 'hypers']: hyper_names.setdefault(int(parts[2]), []).append(parts[3])
     opt.create_state([params[i] for i, names in keys.items() if any(names.values())])
     live = opt.state_dict()
     state = [{} for _ in params]  # exactly the saved keys: DCP refuses to load a key the checkpoint lacks
@@ -101,7 +102,7 @@ def load_checkpoint(path, model:nn.Module, opt:FastOptimizer):
                 f"The checkpoint holds state `{name}` for parameter {i}, which this optimizer does not create: was it "
                 "saved by another algorithm, or with other rounding (kahan_sum, bf16 parameters)?")
             state[i][name] = live['state'][i].get(name)  # a placeholder DCP replaces, for what is not a tensor
-    hypers = [{k.split('.')[3]: None for k in saved if k.startswith(f'opt.hypers.{g}.')} for g in range(len(live['hypers']))]
+    hypers = [dict.fromkeys(hyper_names.get(g, ())) for g in range(len(live['hypers']))]
     sd = {'model': model.state_dict(), 'opt': {'state': state, 'hypers': hypers}}
     dcp.load(sd, checkpoint_id=path)
     model.load_state_dict(sd['model'])

@@ -7,7 +7,7 @@ Docs: https://fastoptim.github.io/fastoptim/triton.html.md"""
 # %% auto #0
 __all__ = ['triton_ops', 'tl_dtypes', 'sum_slots', 'SUM_SLOTS', 'roundings', 'locate_block', 'tensor_ptr', 'scalar', 'load_math',
            'round_to', 'store', 'hash32', 'stochastic_round', 'store_param', 'power', 'atan2', 'triton_expressions',
-           'derive_source', 'phase_source', 'triton_code', 'alignment', 'build_tables', 'fold_gradients', 'add_to_sum',
+           'derive_source', 'phase_source', 'triton_code', 'build_tables', 'fold_gradients', 'add_to_sum',
            'max_to_slot', 'interpreting', 'TritonBackend']
 
 # %% ../nbs/03_triton.ipynb #e5df9e03
@@ -240,20 +240,17 @@ def triton_code(plan):
                                               reductions=n_reductions, source='\n'.join(sources))
     return plan.code['triton']
 
-# %% ../nbs/03_triton.ipynb #5bc0ce29
-def alignment(tensor_lists) -> int:
-    "The `ALIGN` the kernels may promise for these tensors: 16 bytes if every one starts at a multiple of 16, else 1"
-    return 16 if all(t.data_ptr() % 16 == 0 for ts in tensor_lists for t in ts) else 1
-
+# %% ../nbs/03_triton.ipynb #1c20b40d
 def build_tables(tensor_lists, device, block):
-    "The tensor table, the block map and the number of blocks for lists (params, grads, *states)"
+    "The tensor table, the block map, the number of blocks for lists (params, grads, *states), and the `ALIGN` the kernels may promise: 16 bytes if every tensor starts at a multiple of 16, else 1"
     numel = np.array([t.numel() for t in tensor_lists[0]], dtype=np.int64)
     blocks = -(-numel // block)
     table = np.empty((len(numel), 2 + len(tensor_lists)), dtype=np.int64)
     table[:, 0], table[:, 1] = numel, np.cumsum(blocks) - blocks
     for k, ts in enumerate(tensor_lists): table[:, 2 + k] = [t.data_ptr() for t in ts]
     block_tensors = np.repeat(np.arange(len(numel), dtype=np.int32), blocks)
-    return to_device(table, device), to_device(block_tensors, device), int(blocks.sum())
+    align = 16 if not (table[:, 2:] % 16).any() else 1
+    return to_device(table, device), to_device(block_tensors, device), int(blocks.sum()), align
 
 # %% ../nbs/03_triton.ipynb #41729450
 @triton_jit
@@ -323,8 +320,7 @@ class TritonBackend(Stepper):
             names = plan.tensors + (['kahan_comp'] if bucket.rounding == 'kahan' else [])
             tensors = [bucket.tensors(t) for t in names]
             cache.clear()
-            cache['table'], cache['block_tensors'], cache['n_blocks'] = build_tables(tensors, bucket.device, block)
-            cache['align'] = alignment(tensors)
+            cache['table'], cache['block_tensors'], cache['n_blocks'], cache['align'] = build_tables(tensors, bucket.device, block)
             cache['steps'] = to_device(bucket.step_counts.astype(np.int32), bucket.device)  # the derive kernel adds this step
             cache['sums'] = torch.empty(len(bucket) * max(code.reductions, 1) * sum_slots, device=bucket.device)  # set before use
             cache['reds'] = torch.empty(len(bucket), max(code.reductions, 1), device=bucket.device)
@@ -362,13 +358,13 @@ class TritonBackend(Stepper):
         if len(bucket) == 0: return
         block, warps = 512, 8 if bucket.params[0].element_size() == 4 else 4
         tensors = [bucket.params, bucket.grads, *[bucket.state(name) for name, _ in moments]]
-        table, block_tensors, n_blocks = build_tables(tensors, bucket.device, block)
+        table, block_tensors, n_blocks, align = build_tables(tensors, bucket.device, block)
         if n_blocks == 0: return
         columns = [l2, *[c for pair in zip(decays, weights) for c in pair]]
         scalars = to_device(np.stack(columns, 1).astype(np.float32), bucket.device)
         fold_gradients[(n_blocks,)](table, block_tensors, scalars, WIDTH=len(tensors) + 2, K=len(columns),
                                     MOMENTS=len(moments), SQUARED=sum(1 << j for j, (_, power) in enumerate(moments) if power == 2),
-                                    DTYPE=getattr(tl, tl_dtypes[bucket.dtype]), BLOCK=block, ALIGN=alignment(tensors),
+                                    DTYPE=getattr(tl, tl_dtypes[bucket.dtype]), BLOCK=block, ALIGN=align,
                                     num_warps=warps)
 
     def upload(self, plan, bucket, leaves, cache):
