@@ -7,10 +7,10 @@ Docs: https://fastoptim.github.io/fastoptim/algorithm.html.md"""
 # %% auto #0
 __all__ = ['reduction_ops', 'scalar_only', 'commutative', 'engine_hypers', 'engine_scalars', 'plan_numbers', 'host_ops', 'Hyper',
            'State', 'Moment', 'Expr', 'sqrt', 'atan2', 'exp', 'log', 'mod', 'sign', 'maximum', 'minimum', 'where',
-           'lerp', 'addcmul', 'addcdiv', 'tensor_sum', 'tensor_max', 'total_sum', 'named', 'Algorithm', 'leaf',
-           'trace_hypers', 'nodes_of', 'substitute', 'reaches', 'decompose', 'Phase', 'Plan', 'evaluate',
-           'moment_values', 'TorchDialect', 'emit', 'ordered_stores', 'final_args', 'torch_source',
-           'orthogonal_gradient', 'modified']
+           'lerp', 'addcmul', 'addcdiv', 'tensor_sum', 'tensor_max', 'total_sum', 'named', 'MatrixFunction', 'matrix',
+           'Algorithm', 'leaf', 'trace_hypers', 'nodes_of', 'substitute', 'reaches', 'decompose', 'Phase', 'Plan',
+           'evaluate', 'moment_values', 'TorchDialect', 'emit', 'ordered_stores', 'final_args', 'torch_source',
+           'renamed', 'Hybrid', 'orthogonal_gradient', 'modified']
 
 # %% ../nbs/00_algorithm.ipynb #964e372e
 import itertools, math, re
@@ -150,11 +150,27 @@ def named(x, name):
     x = _const(x)
     return Expr(x.op, x.args, x.tensor, x.device, name, x.value)
 
+@dataclass(frozen=True, eq=False)
+class MatrixFunction:
+    "A function of whole matrices, run by the engine between two passes over a batch of same-shaped ones"
+    name: str
+    apply: Callable   # (stack, **options) -> the result for a [k, rows, cols] stack in `dtype`, written into the stack
+    dtype: str = 'bf16'
+    def __post_init__(self):
+        if self.dtype not in ('bf16', 'fp32'): raise ValueError(f"MatrixFunction dtype must be 'bf16' or 'fp32', got {self.dtype!r}.")
+
+def matrix(fn:MatrixFunction, x, **options):
+    "`fn` of each tensor `x` viewed as a matrix (`h.rows` by `h.cols`: its first dimension by the rest, in memory order); not elementwise, so it ends a pass"
+    x = _const(x)
+    if not x.tensor: raise TypeError(f"{fn.name} takes a tensor expression, got a number.")
+    return Expr('matrix', [x], tensor=True, name=fn.name, value=(fn, tuple(sorted(options.items()))))
+
 # %% ../nbs/00_algorithm.ipynb #990db752
 # The description
 
 engine_hypers = dict(lr=Hyper(1e-3), wd=Hyper(0.), max_lr=Hyper(1e-3, lo_open=True))
-engine_scalars = ('lr', 'decay', 'l2', 'step', 'numel')  # what every update may read besides its own hypers (numel: the tensor's)
+engine_scalars = ('lr', 'decay', 'l2', 'step', 'numel', 'rows', 'cols')  # what every update may read besides its own hypers
+# numel: the tensor's size; rows, cols: its shape as a matrix, its first dimension by the product of the others
 # `h.wd` is the group's weight-decay coefficient as a number (LARS's trust ratio reads it); the engine alone applies
 # weight decay, as `decay` (decoupled) or `l2` (added to g), and only to parameters whose `do_wd` is true
 
@@ -285,27 +301,44 @@ class Plan:
         return dict(zip(rest, roots[1:])), roots[0]
 
     def _split(self, s):
-        "One phase, or two when the update needs per-tensor sums: the first adds them up, the second reads them"
+        "One phase, or two when the update needs per-tensor sums or a matrix function: the first adds up the sums (or writes the function's input into a workspace tensor), the second reads them"
         whole = self.whole
-        reductions = [n for n in nodes_of(whole.roots()) if n.op in reduction_ops]
+        nodes = nodes_of(whole.roots())
+        reductions = [n for n in nodes if n.op in reduction_ops]
+        matrices = [n for n in nodes if n.op == 'matrix']
         self.reduction_kinds = [r.op for r in reductions]
-        self.global_reductions = 'total' in self.reduction_kinds  # per-tensor backends then run phases too
-        if not reductions: return [whole]
+        # workspace name -> (MatrixFunction, options): per parameter, a tensor the first pass writes the function's input
+        # into, which the engine overwrites with its result and the second pass reads
+        self.workspace = {f'matrix{j}': m.value for j, m in enumerate(matrices)}
+        self.needs_phases = 'total' in self.reduction_kinds or bool(matrices)  # per-tensor backends then run phases too
+        if not reductions and not matrices: return [whole]
+        if len(matrices) > 1: raise NotImplementedError(f"{self.algorithm.name}: more than one matrix function in an update.")
+        if matrices and reductions: raise NotImplementedError(
+            f"{self.algorithm.name}: per-tensor sums beside a matrix function would need a third pass over the tensors; plans have at most two.")
         if any(reaches(r.args, reductions) for r in reductions): raise NotImplementedError("A reduction of a reduction.")
-        sums = {id(r): Expr('input', device=True, name=f'red{j}') for j, r in enumerate(reductions)}
+        if any(reaches(m.args, matrices) for m in matrices): raise NotImplementedError("A matrix function of a matrix function.")
+        cuts = reductions + matrices
+        inputs = {**{id(r): Expr('input', device=True, name=f'red{j}') for j, r in enumerate(reductions)},
+                  **{id(m): leaf(k, True) for k, m in zip(self.workspace, matrices)}}
+        written = {k: m.args[0] for k, m in zip(self.workspace, matrices)}  # the matrix functions' inputs
         # states whose new value needs no reduction are stored by the first pass; the others (Lookahead's slow weights
         # over LAMB) by the second, which may read the first ones as stored, but not their overwritten old values
-        early = {k: v for k, v in whole.stores.items() if not reaches([v], reductions)}
+        early = {k: v for k, v in whole.stores.items() if not reaches([v], cuts)}
         late = {k: v for k, v in whole.stores.items() if k not in early}
         stored = {id(v): leaf(k, True) for k, v in early.items()}
         final = [x if x is not None else _const(0.) for x in whole.final]
-        after = substitute([*final, *late.values()], {**sums, **stored})
+        after = substitute([*final, *late.values()], {**inputs, **stored})
+        denom = lambda xs: xs[2] if whole.final[2] is not None else None
         if not reaches(after, [getattr(s, k) for k in early]):
-            return [Phase(early, reductions),
-                    Phase(dict(zip(late, after[3:])), [], (*after[:2], after[2] if whole.final[2] is not None else None))]
-        rest = substitute([*final, *whole.stores.values()], sums)  # else the first pass only adds up
-        return [Phase({}, reductions), Phase(dict(zip(whole.stores, rest[3:])),
-                                             [], (*rest[:2], rest[2] if whole.final[2] is not None else None))]
+            return [Phase({**early, **written}, reductions), Phase(dict(zip(late, after[3:])), [], (*after[:2], denom(after)))]
+        rest = substitute([*final, *whole.stores.values()], inputs)  # else the first pass only adds up (or writes the inputs)
+        return [Phase(written, reductions), Phase(dict(zip(whole.stores, rest[3:])), [], (*rest[:2], denom(rest)))]
+
+    def dtype_of(self, tensor):
+        "The dtype of a tensor the plan reads: 'param' (the parameter's), 'fp32' or 'bf16'"
+        if tensor in self.workspace: return self.workspace[tensor][0].dtype
+        spec = self.algorithm.states.get(tensor)
+        return spec.dtype if spec is not None else 'param'
 
     def _bind(self):
         "Names of the tensors read, and of the host numbers (`frontier`) that tensor and device code reads"
@@ -320,7 +353,7 @@ class Plan:
             scale = phase.final[0] if phase.final else None
             if scale is not None and not scale.device and scale.op != 'const': self._name(scale, names)
         for e in engine: self.frontier.setdefault(e.name, e)
-        order = ['p', 'g', *self.algorithm.states, 'grad_acc']
+        order = ['p', 'g', *self.algorithm.states, 'grad_acc', *self.workspace]
         self.tensors.sort(key=order.index)
         self._host_order = nodes_of(list(self.frontier.values()))  # what `host_values` evaluates, in order
 
@@ -374,7 +407,7 @@ def moment_values(algorithm, leaves):
         out[k] = (decay, weight, m.power)
     return out
 
-# %% ../nbs/00_algorithm.ipynb #8c90e437
+# %% ../nbs/00_algorithm.ipynb #d26d12eb
 # Code generation for PyTorch: one tensor at a time (forloop, TorchScript) or lists of tensors (foreach)
 
 class TorchDialect:
@@ -414,7 +447,7 @@ class TorchDialect:
         return '1.0', 'direction'
     lists = False
 
-# %% ../nbs/00_algorithm.ipynb #8c7ee153
+# %% ../nbs/00_algorithm.ipynb #542d9103
 def emit(plan, phase, dialect, reusable_states):
     "Straight-line code computing `phase` (without its final write), each value in place where its input is dead"
     order = [n for n in nodes_of(phase.roots()) if n.op != 'input' and (n.tensor or n.device)]
@@ -496,7 +529,7 @@ def final_args(phase, operand, lines, dialect):
     if scale.op == 'const' and dialect.lists: return f'[{scale.value!r}] * len(p_list)', d, q
     return operand(scale), d, q
 
-# %% ../nbs/00_algorithm.ipynb #d494fa22
+# %% ../nbs/00_algorithm.ipynb #ae0a269e
 def torch_source(plan, name, phase=None):
     "A per-tensor PyTorch function (scriptable) computing `phase` of `plan` (by default, the whole update at once)"
     phase, dialect = phase or plan.whole, TorchDialect()
@@ -512,7 +545,47 @@ def torch_source(plan, name, phase=None):
     return (f"def {name}({', '.join(args)}, reds: Tensor, comp: Optional[Tensor], seed: int) -> Tensor:\n"
             + ''.join(f'    {l}\n' for l in prologue + lines))
 
-# %% ../nbs/00_algorithm.ipynb #2ddf5780
+# %% ../nbs/00_algorithm.ipynb #092b4c69
+def _view(h, names):
+    "The numbers `h` as an algorithm written with the old names sees them (`names`: old -> new)"
+    inverse = {new: old for old, new in names.items()}
+    return SimpleNamespace(**{inverse.get(k, k): v for k, v in vars(h).items() if k not in names})
+
+def renamed(algorithm:Algorithm, names:dict, name:str|None=None) -> Algorithm:
+    "`algorithm` with hypers renamed (`names`: old -> new), so that it can sit beside another in a `Hybrid`"
+    unknown = set(names) - set(algorithm.hypers)
+    if unknown: raise ValueError(f"{algorithm.name} has no hypers {sorted(unknown)}.")
+    view = lambda h: _view(h, names)
+    return replace(algorithm, name=name or algorithm.name, hypers={names.get(k, k): v for k, v in algorithm.hypers.items()},
+                   update=lambda p, g, s, h: algorithm.update(p, g, s, view(h)),
+                   scalars=(lambda h: algorithm.scalars(view(h))) if algorithm.scalars else None,
+                   moments={k: Moment((lambda h, m=m: m.decay(view(h))) if m.decay else None, lambda h, m=m: m.weight(view(h)), m.power)
+                            for k, m in algorithm.moments.items()})
+
+@dataclass(frozen=True, eq=False)
+class Hybrid:
+    "Several algorithms in one optimizer: `route(p, group)` names the one that steps parameter `p` of param group `group`"
+    name: str
+    algorithms: dict   # route name -> Algorithm
+    route: Callable    # (parameter, index of its param group) -> a key of `algorithms`
+    def __post_init__(self):
+        hypers = {}
+        for a in self.algorithms.values():
+            for k, spec in a.hypers.items():
+                if k in hypers and hypers[k] != spec:
+                    raise ValueError(f"{self.name}: the algorithms give hyper `{k}` different defaults or ranges "
+                                     f"({hypers[k]} and {spec}); rename one (`renamed`).")
+                hypers[k] = spec
+        self.__dict__['hypers'] = hypers
+    def __repr__(self): return f"Hybrid({self.name}: {', '.join(f'{k}={a.name}' for k, a in self.algorithms.items())})"
+    def key_for(self, p, group:int):
+        "The key of the algorithm that steps `p`, of param group `group`"
+        key = self.route(p, group)
+        if key not in self.algorithms:
+            raise ValueError(f"{self.name} routed a parameter of shape {tuple(p.shape)} to {key!r}; it has {sorted(self.algorithms)}.")
+        return key
+
+# %% ../nbs/00_algorithm.ipynb #4c883080
 def _direction_modifier(algorithm, key):
     "The update of `algorithm`, masked where it does not descend (`cautious`) or given the gradient's direction (`grams`)"
     def update(p, g, s, h):
@@ -557,9 +630,11 @@ def _orthograd(algorithm):
                    accumulation="OrthoGrad projects each step's gradient against the weights, and the moments hold the "
                                 "projected gradients, which folding raw micro-batch gradients cannot reproduce")
 
-def modified(algorithm:Algorithm, cautious:bool=False, grams:bool=False, lookahead:bool=False, orthograd:bool=False) -> Algorithm:
-    "`algorithm` stepping on OrthoGrad's gradient (`orthograd`), with its update masked where it does not descend (`cautious`), or given the gradient's direction (`grams`), and/or wrapped in Lookahead"
+def modified(algorithm, cautious:bool=False, grams:bool=False, lookahead:bool=False, orthograd:bool=False) -> Algorithm:
+    "`algorithm` stepping on OrthoGrad's gradient (`orthograd`), with its update masked where it does not descend (`cautious`), or given the gradient's direction (`grams`), and/or wrapped in Lookahead (each algorithm of a `Hybrid`)"
     if cautious and grams: raise ValueError("cautious=True and grams=True both take the update's direction from the gradient: choose one.")
+    if isinstance(algorithm, Hybrid):
+        return replace(algorithm, algorithms={k: modified(a, cautious, grams, lookahead, orthograd) for k, a in algorithm.algorithms.items()})
     key = tuple(k for k, on in (('orthograd', orthograd), ('cautious', cautious), ('grams', grams), ('lookahead', lookahead)) if on)
     if not key: return algorithm
     if key not in algorithm._variants:

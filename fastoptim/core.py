@@ -8,10 +8,10 @@ Docs: https://fastoptim.github.io/fastoptim/core.html.md"""
 __all__ = ['fp32_max', 'fold_numel', 'backends', 'no_reductions', 'backend_flags', 'engine_state', 'engine_counts',
            'engine_write', 'algorithms', 'check_hyper', 'check_hypers', 'as_math', 'write_back', 'flat', 'fold_moments',
            'hash32', 'stochastic_round', 'update_param', 'to_device', 'Bucket', 'compile_source',
-           'per_tensor_functions', 'combine_totals', 'Stepper', 'ForLoopBackend', 'backend_from_flags', 'auto_backend',
-           'check_state', 'is_sharded', 'local_tensor', 'sharding', 'shard_salt', 'state_of_shards', 'local_state',
-           'complete_shards', 'ParamState', 'StateTable', 'Layout', 'Numbers', 'Preparation', 'GroupView',
-           'FastOptimizer', 'make_partial', 'OptFunc', 'partial_maker', 'make_optimizer']
+           'per_tensor_functions', 'combine_totals', 'apply_matrices', 'Stepper', 'ForLoopBackend',
+           'backend_from_flags', 'auto_backend', 'check_state', 'is_sharded', 'local_tensor', 'sharding', 'shard_salt',
+           'state_of_shards', 'local_state', 'complete_shards', 'ParamState', 'StateTable', 'Layout', 'Numbers',
+           'Preparation', 'GroupView', 'FastOptimizer', 'make_partial', 'OptFunc', 'partial_maker', 'make_optimizer']
 
 # %% ../nbs/00_core.ipynb #a62f848f
 import inspect, linecache, math, warnings
@@ -24,7 +24,7 @@ from torch import Tensor
 from fastcore.basics import store_attr
 from fastcore.foundation import L
 from fastai.optimizer import Optimizer
-from .algorithm import Algorithm, Hyper, State, engine_hypers, moment_values, torch_source, modified, reduction_ops
+from .algorithm import Algorithm, Hybrid, Hyper, State, engine_hypers, moment_values, torch_source, modified, reduction_ops
 
 # %% ../nbs/00_core.ipynb #b0a34ca3
 fp32_max = float(torch.finfo(torch.float32).max)
@@ -134,10 +134,12 @@ def to_device(a, device, out=None):
 # %% ../nbs/00_core.ipynb #90a2af08
 class Bucket:
     "The parameters of one (device, dtype) that have a gradient this step, across all param groups"
-    def __init__(self, device, dtype):
-        store_attr()
+    def __init__(self, device, dtype, algorithm=None):
+        store_attr()  # `algorithm`: what steps the bucket's tensors (one of a `Hybrid`'s)
+        self.workspace, self.stacks = {}, {}  # a plan's workspace name -> a tensor per parameter, and the stacks they are views of
         self.params, self.grads, self.states, self.groups, self.indices = [], [], [], [], []
         self.shard_groups, self.logical_numels, self.salts = [], [], []  # per tensor: see `sharding`, the whole tensor's size, `shard_salt`
+        self.logical_rows = []  # per tensor, the whole tensor's first dimension (1 for a 0-d tensor)
         self.sharded = {}  # process groups -> rows of the tensors sharded over them: set by `Preparation`
         self.rounding, self.seeds, self.seed_bases = 'nearest', None, None  # set by the optimizer: see `FastOptimizer.rounding`
         self.generation = 0  # changes whenever the tensors of the bucket may have changed
@@ -147,18 +149,20 @@ class Bucket:
     @property
     def comps(self): return self.state('kahan_comp') if self.rounding == 'kahan' else None
 
-    def add(self, p, grad, state, group, index=0, shard_groups=(), numel=None, salt=0):
-        "Parameter `p` (a local shard, of a tensor of `numel` elements sharded over `shard_groups`), its gradient and state, from param group `group`; `index` is its position in the optimizer"
+    def add(self, p, grad, state, group, index=0, shard_groups=(), shape=None, salt=0):
+        "Parameter `p` (a local shard, of a tensor of `shape` sharded over `shard_groups`), its gradient and state, from param group `group`; `index` is its position in the optimizer"
         self.params.append(p); self.grads.append(grad); self.states.append(state); self.groups.append(group)
         self.indices.append(index); self.shard_groups.append(shard_groups)
-        self.logical_numels.append(p.numel() if numel is None else numel); self.salts.append(salt)
+        shape = p.shape if shape is None else shape
+        self.logical_numels.append(math.prod(shape)); self.logical_rows.append(shape[0] if len(shape) else 1); self.salts.append(salt)
 
     def state(self, name): return [s[name] for s in self.states]
     def tensors(self, name):
-        "The bucket's tensors that a plan calls `name`: 'p', 'g', or a state"
+        "The bucket's tensors that a plan calls `name`: 'p', 'g', a workspace or a state"
+        if name in self.workspace: return self.workspace[name]
         return self.params if name == 'p' else self.grads if name == 'g' else self.state(name)
     def __len__(self): return len(self.params)
-    def __repr__(self): return f"Bucket({self.device}, {self.dtype}, {len(self)} tensors)"
+    def __repr__(self): return f"Bucket({self.device}, {self.dtype}, {len(self)} tensors{', ' + self.algorithm.name if self.algorithm else ''})"
 
 # %% ../nbs/00_core.ipynb #cf644788
 backends = {}
@@ -174,7 +178,7 @@ def compile_source(source, name, namespace):
 
 def per_tensor_functions(plan, phased=False):
     "The plan's update for one tensor as PyTorch functions, made once per plan: the whole update, or its phases when it sums over every tensor (or over shards: `phased`)"
-    phased = phased or plan.global_reductions
+    phased = phased or plan.needs_phases
     key = 'torch phased' if phased else 'torch'
     if key not in plan.code:
         namespace = dict(__name__=__name__, torch=torch, Tensor=Tensor, Optional=Optional, as_math=as_math, write_back=write_back,
@@ -192,12 +196,29 @@ def combine_totals(plan, reds):
     total = sum(r[:, cols].sum(0).to(device, non_blocking=True) for r in reds)
     for r in reds: r[:, cols] = total.to(r.device, non_blocking=True)
 
+def apply_matrices(plan, bucket, divide=None):
+    "Replace each workspace stack of `bucket` by the plan's matrix function of it; `divide` (a process group of identical buckets): each process computes its share of every stack, then gathers the others'"
+    if not plan.workspace: return
+    gathers = []
+    for name, (fn, options) in plan.workspace.items():
+        for stack in bucket.stacks[name]:
+            if divide is None:
+                fn.apply(stack, **dict(options))
+                continue
+            import torch.distributed as dist
+            share = len(stack) // dist.get_world_size(divide)  # stacks are padded to a multiple of the processes
+            own = stack[dist.get_rank(divide) * share:][:share]
+            fn.apply(own, **dict(options))
+            gathers.append((stack, own.clone()))  # gathered after all are computed: one rank's maths overlaps another's sends
+    for stack, own in gathers: dist.all_gather_into_tensor(stack, own, group=divide)
+
 class Stepper:
     "`step` for a backend with `reduce` (every phase but the last: the per-tensor reductions, or None) and `finish`"
     def step(self, plan, bucket, leaves, cache):
         "All of one step of one bucket, totals over this bucket alone (the engine calls `reduce` and `finish` itself)"
         reds = self.reduce(plan, bucket, leaves, cache)
         if reds is not None: combine_totals(plan, [reds])
+        apply_matrices(plan, bucket)
         self.finish(plan, bucket, leaves, cache, reds)
 
 class ForLoopBackend(Stepper):
@@ -225,7 +246,9 @@ class ForLoopBackend(Stepper):
 
     def reduce(self, plan, bucket, leaves, cache):
         fns = per_tensor_functions(plan, bool(bucket.sharded))  # a shard's sums are completed between the phases
-        return torch.stack(self.call(fns[0], plan, bucket, leaves, None)) if len(fns) > 1 else None
+        if len(fns) == 1: return None
+        out = self.call(fns[0], plan, bucket, leaves, None)
+        return torch.stack(out) if plan.reduction_kinds else None  # else the pass wrote a matrix function's input
 
     def finish(self, plan, bucket, leaves, cache, reds):
         self.call(per_tensor_functions(plan, bool(bucket.sharded))[-1], plan, bucket, leaves, reds)
@@ -433,10 +456,11 @@ class Layout:
         buckets = {}
         for p, g, i in zip(params, grads, indices):
             if g is None: continue
-            b = buckets.get((p.device, p.dtype))
-            if b is None: b = buckets[p.device, p.dtype] = Bucket(p.device, p.dtype)
+            key = (p.device, p.dtype, self.opt.route_of[i])  # a hybrid's algorithms step buckets of their own
+            b = buckets.get(key)
+            if b is None: b = buckets[key] = Bucket(p.device, p.dtype, self.opt.algorithms[i])
             if self.opt.sharded: b.add(local_tensor(p), local_tensor(g), self.opt.state[p], self.opt.group_of[i], i,
-                                       sharding(p, g), p.numel(), shard_salt(p))
+                                       sharding(p, g), p.shape, shard_salt(p))
             else: b.add(p, g, self.opt.state[p], self.opt.group_of[i], i)
         return buckets
 
@@ -513,7 +537,7 @@ class Numbers:
         "Raise a clear error, before anything changes, on any group's hyper that is missing or out of its range"
         opt = self.opt
         for i, h in enumerate(opt.hypers):
-            for name in ('lr', 'max_lr', *opt.algorithm.hypers):
+            for name in ('lr', 'max_lr', *opt.algorithm.hypers):  # a hybrid's: every algorithm's
                 if name == 'max_lr' and not opt.decouple_lr: continue
                 if name not in h: raise KeyError(f"Param group {i} has no value for hyperparameter `{name}`.")
                 check_hyper(name, h[name], opt.algorithm.hypers.get(name, engine_hypers.get(name)))
@@ -532,7 +556,7 @@ class Numbers:
         if not opt.decouple_wd: l2, decay = wd, np.zeros_like(wd)
         elif opt.decouple_lr: l2, decay = np.zeros_like(wd), hp['lr'] / hp['max_lr'] * wd
         else: l2, decay = np.zeros_like(wd), hp['lr'] * wd
-        return {**hp, 'step': step.astype(np.float64), 'l2': l2, 'decay': decay, 'numel': b.numels}, step
+        return {**hp, 'step': step.astype(np.float64), 'l2': l2, 'decay': decay, 'numel': b.numels, 'rows': b.rows, 'cols': b.cols}, step
 
 # %% ../nbs/00_core.ipynb #ee5291c4
 class Preparation:
@@ -548,6 +572,9 @@ class Preparation:
             b.step_counts = np.array([s.get('step', 0) for s in b.states], dtype=np.int64)
             b.do_wd = np.array([bool(s.get('do_wd', True)) for s in b.states])
             b.numels = np.array(b.logical_numels, dtype=np.float64)
+            b.rows = np.array(b.logical_rows, dtype=np.float64)
+            b.cols = b.numels / np.maximum(b.rows, 1)  # a tensor with a zero dimension is a 0 by 0 matrix, never a division by 0
+            self.create_workspace(b)
             b.sharded = {}  # process groups -> the rows of the tensors sharded over them (see `complete_shards`)
             for i, groups in enumerate(b.shard_groups):
                 if groups: b.sharded.setdefault(groups, []).append(i)
@@ -563,17 +590,22 @@ class Preparation:
             raise TypeError("stochastic_rounding=True supports bfloat16 parameters, not float16: use kahan_sum.")
         for p, g in zip(b.params, b.grads):
             err = _param_error(p) or _grad_error(p, g)
-            if err: raise RuntimeError(f"{opt.algorithm.name} cannot step a parameter of shape {tuple(p.shape)}: {err}.")
+            if err: raise RuntimeError(f"{b.algorithm.name} cannot step a parameter of shape {tuple(p.shape)}: {err}.")
         name = opt.backend or auto_backend(b.device, b.dtype)
         reason = backends[name].check(b.device, b.dtype)
         if reason: raise RuntimeError(f"The {name} backend cannot run on {b.device} with {b.dtype}: {reason}")
-        for p, s in zip(b.params, b.states): check_state(opt.algorithm, p, s, stepping=True)
+        workspace = b.algorithm.plan('step').workspace
+        if workspace and any(b.shard_groups):
+            fn = next(iter(workspace.values()))[0]
+            raise RuntimeError(f"{b.algorithm.name} applies {fn.name} to whole matrices, and this process holds shards of them "
+                               "(FSDP2): step these parameters with an elementwise algorithm, or do not shard them.")
+        for p, s in zip(b.params, b.states): check_state(b.algorithm, p, s, stepping=True)
         return name
 
     def create_state(self, b):
         "Create missing state tensors from the description; move loaded ones to their parameter's device, dtype and layout"
         b.rounding = self.opt.rounding(b.dtype)
-        specs = {**self.opt.algorithm.states, **({'kahan_comp': State()} if b.rounding == 'kahan' else {})}
+        specs = {**b.algorithm.states, **({'kahan_comp': State()} if b.rounding == 'kahan' else {})}
         for p, s in zip(b.params, b.states):
             for n, spec in specs.items():
                 t, dtype = s.get(n), torch.float32 if spec.dtype == 'fp32' else p.dtype
@@ -582,6 +614,24 @@ class Preparation:
                     engine_write(s, n, new.copy_(p.detach()) if spec.init == 'param' else new.zero_())
                 elif t.device != p.device or t.dtype != dtype or t.stride() != p.stride():
                     engine_write(s, n, torch.empty_like(p, dtype=dtype, memory_format=torch.preserve_format).copy_(t))
+
+    def create_workspace(self, b):
+        "The plan's workspace tensors for `b`: views, shaped and strided like their parameters, into one stack per matrix shape (padded to a multiple of the processes that divide the work)"
+        b.workspace, b.stacks = {}, {}
+        plan = b.algorithm.plan('step')
+        if not plan.workspace: return
+        shapes = {}
+        for i, (r, c) in enumerate(zip(b.rows, b.cols)): shapes.setdefault((int(r), int(c)), []).append(i)
+        divide = self.opt.matrix_group if b.generation >= 0 else None  # `step_params`' buckets are not divided
+        ranks = 1 if divide is None else torch.distributed.get_world_size(divide)
+        for name, (fn, _) in plan.workspace.items():
+            views, stacks = [None] * len(b), []
+            for (rows, cols), members in shapes.items():
+                stack = torch.zeros(-(-len(members) // ranks) * ranks, rows, cols, device=b.device,
+                                    dtype=torch.bfloat16 if fn.dtype == 'bf16' else torch.float32)
+                for j, i in enumerate(members): views[i] = stack[j].as_strided(b.params[i].shape, b.params[i].stride())
+                stacks.append(stack)
+            b.workspace[name], b.stacks[name] = views, stacks
 
 # %% ../nbs/00_core.ipynb #05a5e676
 class GroupView(MutableMapping):
@@ -606,7 +656,7 @@ class FastOptimizer(Optimizer):
     "A fastai `Optimizer` running `algorithm` over (device, dtype) buckets with one backend call per bucket"
     def __init__(self,
         params,                 # parameters, or a list of lists of parameters (param groups)
-        algorithm:Algorithm,    # the maths
+        algorithm:Algorithm|Hybrid, # the maths (a `Hybrid`: several algorithms, each stepping the parameters routed to it)
         lr:float|slice,         # learning rate; a slice spreads it over the groups like fastai
         decouple_wd:bool=True,  # decoupled weight decay (AdamW) if True, else L2 regularisation
         decouple_lr:bool=False, # fully decoupled: decay by (lr/max_lr)·wd instead of lr·wd
@@ -654,6 +704,10 @@ class FastOptimizer(Optimizer):
         if not self.flat_params: raise ValueError("The optimizer got no parameters (its param groups are empty).")
         self.group_of = [gi for gi, pg in enumerate(self.param_lists) for _ in pg]
         self._index = {id(p): i for i, p in enumerate(self.flat_params)}
+        hybrid = isinstance(algorithm, Hybrid)
+        self.route_of = [algorithm.key_for(p, gi) if hybrid else None for p, gi in zip(self.flat_params, self.group_of)]
+        self.algorithms = [algorithm.algorithms[k] if hybrid else algorithm for k in self.route_of]  # per parameter
+        self.matrix_group = None  # a process group over which matrix functions are divided (see `apply_matrices`), or None
         if decouple_lr: self.set_hyper('max_lr', max_lr if max_lr is not None else [h['lr'] for h in self.hypers])
         self.numbers.check()
 
@@ -692,6 +746,10 @@ class FastOptimizer(Optimizer):
         "Whether `p` is one of this optimizer's parameters"
         return id(p) in self._index
 
+    def algorithm_of(self, p) -> Algorithm:
+        "The algorithm that steps parameter `p` (the optimizer's, or the one a `Hybrid` routes it to)"
+        return self.algorithms[self._index[id(p)]]
+
     def rounding(self, dtype):
         "How parameters of `dtype` are written: 'nearest', 'kahan' or 'stochastic'"
         low = dtype in (torch.bfloat16, torch.float16)
@@ -718,7 +776,7 @@ class FastOptimizer(Optimizer):
             if missing: raise ValueError(f"Param group {i} of the state dict lacks hypers {sorted(missing)}: "
                                          f"was it saved by another algorithm than {self.algorithm.name}?")
         sd = {**sd, 'state': [local_state(p, state) for p, state in zip(params, sd['state'])]}
-        for p, state in zip(params, sd['state']): check_state(self.algorithm, p, state)
+        for p, state in zip(params, sd['state']): check_state(self.algorithm_of(p), p, state)
         super().load_state_dict(sd)
         self.layout.forget()
 
@@ -733,14 +791,15 @@ class FastOptimizer(Optimizer):
         if self._releasing or self._accumulation is not None:
             return self.step_params([p for p in self.flat_params if p.grad is not None])
         self.numbers.check()
-        self._run(self.layout.current(capturing), self.layout.caches, capturing)
+        self._run(self.layout.current(capturing), self.layout.caches, capturing, self.matrix_group)
 
     def step_params(self, params, grads=None):
         "Step `params` now, as `step` would, in buckets of their own, kept for the next call with the same parameters (the next `step` rebuilds its layout); `grads`: theirs, if not `p.grad`"
         if self._capturing(): raise RuntimeError(
             "Gradient release and optimizer accumulation step in one-off buckets, which a CUDA graph cannot capture.")
         self.numbers.check()
-        if self._accumulation is not None: self.algorithm.plan('apply')  # raises if accumulation cannot reproduce it
+        if self._accumulation is not None:
+            for a in set(self.algorithm_of(p) for p in params): a.plan('apply')  # raises if accumulation cannot reproduce it
         indices = []
         for p in params:
             if not self.owns(p): raise ValueError(f"A parameter of shape {tuple(p.shape)} is not in this optimizer.")
@@ -772,7 +831,7 @@ class FastOptimizer(Optimizer):
     def check_params(self, params):
         "Raise now if stepping `params` would be refused for the hypers or their state (gradient release's check before backward)"
         self.numbers.check()
-        for p in params: check_state(self.algorithm, p, self.state[p], stepping=True)
+        for p in params: check_state(self.algorithm_of(p), p, self.state[p], stepping=True)
 
     @property
     def releasing(self):
@@ -806,10 +865,10 @@ class FastOptimizer(Optimizer):
                 if not backend.capturable or not cache: continue  # no table yet: the next step uploads them
                 leaves, _ = self.numbers.leaves(b, groups)
                 b.capturing = False
-                backend.upload(self.algorithm.plan('step'), b, leaves, cache)
+                backend.upload(b.algorithm.plan('step'), b, leaves, cache)
 
-    def _run(self, buckets, caches, capturing=False):
-        "Count the steps, compute the per-tensor numbers and call the backends (or fold a micro-batch)"
+    def _run(self, buckets, caches, capturing=False, divide=None):
+        "Count the steps, compute the per-tensor numbers and call the backends (or fold a micro-batch); `divide`: see `apply_matrices`"
         for b in buckets.values():
             if capturing and not backends[b.backend].capturable: raise RuntimeError(
                 f"The {b.backend} backend passes step-dependent scalars from the host, so a CUDA graph cannot "
@@ -820,7 +879,7 @@ class FastOptimizer(Optimizer):
             warnings.warn(f"lr {groups['lr'].max():g} exceeds max_lr {groups['max_lr'].min():g}: with decouple_lr the "
                           "weight decay then exceeds wd. Pass max_lr equal to your schedule's peak lr.")
         accumulating = self._accumulation is not None
-        plan = self.algorithm.plan('apply' if accumulating else 'step')  # 'apply': the moments hold the gradients
+        variant = 'apply' if accumulating else 'step'  # 'apply': the moments hold the gradients
         with torch.no_grad():
             try:
                 work = []
@@ -830,12 +889,18 @@ class FastOptimizer(Optimizer):
                     b.capturing = capturing
                     if b.rounding == 'stochastic': b.seeds = hash32(b.seed_bases ^ step)
                     work.append((key, b, leaves, step))
-                # every bucket adds up its reductions before any writes: a `total_sum` is over all of them
-                reds = [backends[b.backend].reduce(plan, b, leaves, caches.setdefault(key, {})) for key, b, leaves, _ in work]
-                if self.sharded: reds = complete_shards(plan, [b for _, b, _, _ in work], reds)
-                combine_totals(plan, [r for r in reds if r is not None])
-                for (key, b, leaves, step), r in zip(work, reds):
-                    backends[b.backend].finish(plan, b, leaves, caches[key], r)
+                # every bucket adds up its reductions before any writes: a `total_sum` is over all of its algorithm's
+                reds = {key: backends[b.backend].reduce(b.algorithm.plan(variant), b, leaves, caches.setdefault(key, {}))
+                        for key, b, leaves, _ in work}
+                for algorithm in dict.fromkeys(b.algorithm for _, b, _, _ in work):
+                    plan, keys = algorithm.plan(variant), [key for key, b, _, _ in work if b.algorithm is algorithm]
+                    if self.sharded:
+                        reds.update(zip(keys, complete_shards(plan, [buckets[k] for k in keys], [reds[k] for k in keys])))
+                    combine_totals(plan, [reds[k] for k in keys if reds[k] is not None])
+                for key, b, leaves, step in work:
+                    plan = b.algorithm.plan(variant)
+                    apply_matrices(plan, b, divide)
+                    backends[b.backend].finish(plan, b, leaves, caches[key], reds[key])
                     for s, n in zip(b.states, step.tolist()): engine_write(s, 'step', n)  # after: a refused capture changes nothing
                     b.step_counts = step
                     self.backends_used[key] = b.backend
@@ -845,7 +910,7 @@ class FastOptimizer(Optimizer):
     def _fold(self, b, leaves):
         "Fold this micro-batch into the moments; True on the last one, whose step then writes the weights"
         weight, last, total = self._accumulation
-        forms = moment_values(self.algorithm, leaves) or {'grad_acc': (0., 1., 1)}  # no state: sum the gradients
+        forms = moment_values(b.algorithm, leaves) or {'grad_acc': (0., 1., 1)}  # no state: sum the gradients
         for p, s in zip(b.params, b.states):
             for k in forms:
                 if k not in s: engine_write(s, k, torch.zeros_like(p, memory_format=torch.preserve_format))
@@ -867,7 +932,7 @@ class FastOptimizer(Optimizer):
 
     def __repr__(self):
         chosen = self.backend or 'auto (triton on CUDA, else foreach)'
-        used = ', '.join(f"{n} on {d}/{str(t).replace('torch.', '')}" for (d, t), n in self.backends_used.items())
+        used = ', '.join(f"{n} on {d}/{str(t).replace('torch.', '')}{' for ' + r if r else ''}" for (d, t, r), n in self.backends_used.items())
         def value(k):  # one number, or one per param group where they differ
             vs = [h[k] for h in self.hypers]
             return f"{vs[0]:g}" if all(v == vs[0] for v in vs) else '[' + ', '.join(f"{v:g}" for v in vs) + ']'

@@ -163,6 +163,9 @@ class ForeachBackend(Stepper):
         functions = foreach_functions(plan)
         if len(functions) == 1: return None
         cut, values = cache['prepared'] = self.prepare(plan, bucket, leaves, cache)  # for `finish`, this step
+        if not plan.reduction_kinds:  # the pass writes a matrix function's input
+            for lo, hi in cache['bounds']: self._chunk(functions[0], plan, bucket, cache, cut, lo, hi, values, None, False)
+            return None
         partials = torch.cat([self._chunk(functions[0], plan, bucket, cache, cut, lo, hi, values, None, False)
                               for lo, hi in cache['bounds']])
         owner = to_device(cache['owner'], bucket.device)

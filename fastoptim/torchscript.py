@@ -47,7 +47,9 @@ class TorchScriptBackend(ForLoopBackend):
         return loop(*[bucket.tensors(t) for t in plan.tensors], self.rows(plan, bucket, leaves), reds, *self.rounding_args(bucket))
     def reduce(self, plan, bucket, leaves, cache):
         loops = scripted_loops(plan, bool(bucket.sharded))
-        return torch.stack(self.call(loops[0], plan, bucket, leaves, None)) if len(loops) > 1 else None
+        if len(loops) == 1: return None
+        out = self.call(loops[0], plan, bucket, leaves, None)
+        return torch.stack(out) if plan.reduction_kinds else None  # else the pass wrote a matrix function's input
     def finish(self, plan, bucket, leaves, cache, reds):
         self.call(scripted_loops(plan, bool(bucket.sharded))[-1], plan, bucket, leaves, reds)
 

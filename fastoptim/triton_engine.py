@@ -190,7 +190,7 @@ def phase_source(plan, phase, kernel, n_reductions):
     reads = [t for t in plan.tensors if any(n.op == 'input' and n.tensor and n.name == t for n in used)]
     if phase.final is not None and 'p' not in reads: reads.insert(0, 'p')
     if 'g' in reads and 'p' not in reads: reads.insert(0, 'p')
-    dtype = lambda t: 'tl.float32' if plan.algorithm.states.get(t) is not None and plan.algorithm.states[t].dtype == 'fp32' else 'DTYPE'
+    dtype = lambda t: dict(fp32='tl.float32', bf16='tl.bfloat16', param='DTYPE')[plan.dtype_of(t)]
     needed = {k for n in used for a in n.args for k in [frontier.get(id(a))] if k} | {frontier.get(id(x)) for x in (phase.final or ())[:1] if x is not None} - {None}
     if phase.final is not None: needed.add('decay')
     if 'g' in reads: needed.add('l2')
@@ -331,6 +331,9 @@ class TritonBackend(Stepper):
         code.derive[(-(-n // 128),)](cache['hypers'], cache['steps'], cache['scalars'], n,
                                      SEED=bucket.seed_bases is not None, BLOCK=128, num_warps=4)
         if len(code.phases) == 1 or cache['n_blocks'] == 0: return None
+        if not plan.reduction_kinds:  # the pass writes a matrix function's input
+            self.launch_phase(code.phases[0], bucket, cache, cache['sums'])
+            return None
         slots = cache['sums'].view(n, code.reductions, sum_slots)
         slots.zero_()
         maxima = [j for j, k in enumerate(plan.reduction_kinds) if k == 'max']
