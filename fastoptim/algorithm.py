@@ -633,10 +633,11 @@ def _orthograd(algorithm):
 def modified(algorithm, cautious:bool=False, grams:bool=False, lookahead:bool=False, orthograd:bool=False) -> Algorithm:
     "`algorithm` stepping on OrthoGrad's gradient (`orthograd`), with its update masked where it does not descend (`cautious`), or given the gradient's direction (`grams`), and/or wrapped in Lookahead (each algorithm of a `Hybrid`)"
     if cautious and grams: raise ValueError("cautious=True and grams=True both take the update's direction from the gradient: choose one.")
-    if isinstance(algorithm, Hybrid):
-        return replace(algorithm, algorithms={k: modified(a, cautious, grams, lookahead, orthograd) for k, a in algorithm.algorithms.items()})
     key = tuple(k for k, on in (('orthograd', orthograd), ('cautious', cautious), ('grams', grams), ('lookahead', lookahead)) if on)
     if not key: return algorithm
+    if isinstance(algorithm, Hybrid):
+        return replace(algorithm, name='+'.join((algorithm.name, *key)),
+                       algorithms={k: modified(a, cautious, grams, lookahead, orthograd) for k, a in algorithm.algorithms.items()})
     if key not in algorithm._variants:
         variant = _orthograd(algorithm) if orthograd else algorithm
         if cautious or grams: variant = _direction_modifier(variant, 'cautious' if cautious else 'grams')

@@ -17,7 +17,7 @@ __all__ = ['fp32_max', 'fold_numel', 'backends', 'no_reductions', 'backend_flags
 import inspect, linecache, math, warnings
 from collections.abc import MutableMapping
 from functools import partial
-from typing import Optional
+from typing import Callable, Optional
 import numpy as np
 import torch
 from torch import Tensor
@@ -970,15 +970,20 @@ def partial_maker(constructor, name:str):
 
 algorithms = {}  # name -> constructor, for every registered algorithm: the test matrix runs each in every backend
 
-def make_optimizer(algorithm:Algorithm, doc:str, name:str|None=None, lr:float=1e-3):
-    "The constructor `Name(params, lr, **hypers, **options)` of `algorithm`, with its hypers' defaults (and `lr`'s) in its signature"
-    name, default_lr = name or algorithm.name, lr
-    def constructor(params, lr=default_lr, **kwargs): return FastOptimizer(params, algorithm, lr, **kwargs)
+def make_optimizer(algorithm:Algorithm|Hybrid, doc:str, name:str|None=None, lr:float=1e-3, options:dict|None=None,
+                   build:Callable|None=None):
+    "The constructor `Name(params, lr, **hypers, **options)` of `algorithm`, with its hypers' defaults (and `lr`'s) in its signature; `options` (name -> default): the constructor's own, which `build(params, lr, engine_kwargs, **options)` turns into the optimizer"
+    name, default_lr, own = name or algorithm.name, lr, dict(options or {})
+    def constructor(params, lr=default_lr, **kwargs):
+        if build is None: return FastOptimizer(params, algorithm, lr, **kwargs)
+        mine = {k: kwargs.pop(k, v) for k, v in own.items()}
+        return build(params, lr, kwargs, **mine)
     hypers = [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=h.default) for k, h in algorithm.hypers.items()]
+    extra = [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v) for k, v in own.items()]
     options = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for k, p in inspect.signature(FastOptimizer).parameters.items()
                if k not in ('self', 'params', 'algorithm', 'lr', 'hypers')]
     constructor.__signature__ = inspect.Signature([inspect.Parameter('params', inspect.Parameter.POSITIONAL_OR_KEYWORD),
-        inspect.Parameter('lr', inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default_lr), *hypers, *options])
+        inspect.Parameter('lr', inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default_lr), *hypers, *extra, *options])
     constructor.__name__ = constructor.__qualname__ = name
     constructor.__doc__, constructor.algorithm, constructor.hypers = doc, algorithm, algorithm.hypers
     algorithms[name] = constructor

@@ -19,7 +19,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import fastoptim.all  # registers every backend
-from fastoptim.all import adam
+from fastoptim.all import adam, muon
 from fastoptim.core import algorithms
 from fastoptim.distributed import shard_model, ShardedDL
 from fastoptim.gradient_release import prepare_for_gradient_release, GradientRelease, OptimizerAccumulation
@@ -47,9 +47,20 @@ class Loop:
 class Fit:
     mode: str                  # 'ddp': fastai's distrib_ctx; 'fsdp': sharded_ctx
     callbacks: tuple = ()      # 'release', 'accumulate', 'bf16'
-    def name(self): return '-'.join(('fit', self.mode, *self.callbacks))
+    opt: str = 'adam'          # 'adam', or 'muon' (its orthogonalisation divided over the processes)
+    def name(self): return '-'.join(('fit', self.mode, *self.callbacks, *(() if self.opt == 'adam' else (self.opt,))))
 
-LOOPS = [Loop(a, m) for a in algorithms for m in ('ddp', 'fsdp')]  # every algorithm, elementwise or not
+def whole_matrices(algo):
+    "Whether `algo` applies a matrix function (Muon's orthogonalisation), which FSDP2's shards cannot take"
+    a = algorithms[algo].algorithm
+    return any(x.plan().workspace for x in getattr(a, 'algorithms', {None: a}).values())
+
+# every algorithm, elementwise or not; Muon in fp32 so that the order the processes average in stays below its iteration's rounding
+OPTIONS = {'Muon': (('ns_dtype', 'fp32'),)}
+LOOPS = [Loop(a, m, options=OPTIONS.get(a, ())) for a in algorithms for m in ('ddp', 'fsdp') if not (m == 'fsdp' and whole_matrices(a))]
+LOOPS += [Loop('Muon', 'ddp', b, options=(('ns_dtype', 'fp32'), *extra)) for b, extra in
+          (('triton', ()), ('foreach', (('data_parallel', False),)))]  # divided (the default), and repeated on each process
+LOOPS += [Loop('Muon', 'ddp_view', release=True, options=(('ns_dtype', 'fp32'),))]
 LOOPS += [Loop(a, 'fsdp', b) for a in ('Adam', 'Lamb') for b in ('forloop', 'jit', 'triton')]  # LAMB: a reduction per tensor
 LOOPS += [Loop('Lamb', 'ddp', 'triton'), Loop('Adam', 'fsdp', 'foreach', options=(('cautious', True),))]
 LOOPS += [Loop(a, m, release=True) for a in ('Adam', 'Lamb') for m in ('ddp', 'ddp_view', 'fsdp')]
@@ -60,6 +71,7 @@ LOOPS += [Loop('Adam', m, micro=2) for m in ('ddp', 'fsdp')] + [Loop('Adam', 'dd
 LOOPS += [Loop('Adam', m, b, dtype='bfloat16') for m in ('ddp', 'fsdp') for b in ('foreach', 'triton')]
 LOOPS += [Loop('Adam', 'fsdp', 'triton', dtype='bfloat16', options=(('stochastic_rounding', True),))]
 FITS = [Fit(m, cbs) for m in ('ddp', 'fsdp') for cbs in ((), ('release',), ('accumulate',), ('bf16',), ('release', 'accumulate'))]
+FITS += [Fit('ddp', (), 'muon')]
 CASES = {c.name(): c for c in LOOPS + FITS}
 TOLERANCE = {'float32': 1e-5, 'bfloat16': 2e-2}  # relative to the weights: the processes average in another order
 
@@ -123,7 +135,8 @@ def run_fit(case, rank=0, world=1):
     dls = DataLoaders(DataLoader(ds, bs=bs), DataLoader(ds[:16], bs=bs), device='cpu')
     cbs = {'release': GradientRelease(group_bytes=64), 'accumulate': OptimizerAccumulation(2 * bs),  # two micro-batches: n_acc counts one process's samples, as fastai's does
            'bf16': BF16()}
-    learn = Learner(dls, small_model(), loss_func=nn.MSELoss(), opt_func=adam(foreach=True, wd=0.1),
+    opt_func = adam(foreach=True, wd=0.1) if case.opt == 'adam' else muon(foreach=True, wd=0.1, ns_dtype='fp32')
+    learn = Learner(dls, small_model(), loss_func=nn.MSELoss(), opt_func=opt_func,
                     cbs=[cbs[c] for c in case.callbacks])
     with learn.no_bar(), learn.no_logging():
         if world == 1: learn.fit_one_cycle(2, 1e-2)
@@ -150,7 +163,32 @@ def refusals(rank):
     try: ddp(torch.randn(4, 6)).sum().backward(); out['release before DDP'] = None
     except RuntimeError as e: out['release before DDP'] = str(e)
     out['release before DDP changed nothing'] = all(torch.equal(a, b) for a, b in zip(before, whole(model)))
+    sharded = shard_model(small_model())
+    opt = muon(list(sharded.parameters()), foreach=True)
+    sharded(torch.randn(4, 6)).sum().backward()
+    try: opt.step(); out['Muon on shards'] = None
+    except RuntimeError as e: out['Muon on shards'] = str(e)
     return out
+
+def divided(rank):
+    "The matrices each process orthogonalises in one Muon step of four 8×6 matrices: (with the work divided, without)"
+    from fastoptim.muon import newton_schulz_fp32, newton_schulz
+    counted = []
+    def counting(stack, **kw):
+        counted.append(len(stack))
+        return newton_schulz(stack, **kw)
+    object.__setattr__(newton_schulz_fp32, 'apply', counting)  # the function the engine calls, counting its matrices
+    try:
+        out = []
+        for data_parallel in (None, False):
+            counted.clear()
+            ps = [torch.randn(8, 6, requires_grad=True) for _ in range(4)]
+            opt = muon(ps, foreach=True, ns_dtype='fp32', data_parallel=data_parallel)
+            for p in ps: p.grad = torch.ones_like(p)
+            opt.step()
+            out.append(sum(counted))
+        return out
+    finally: object.__setattr__(newton_schulz_fp32, 'apply', newton_schulz)
 
 def resumed(rank, out_dir, backend):
     "FSDP2, three steps of Lamb uninterrupted, and the same with a DCP checkpoint after two loaded into a new model and optimizer"
@@ -190,6 +228,8 @@ def worker(rank, port, out_dir):
         except Exception: results[f'resumed-{backend}'] = traceback.format_exc()
     try: results['refusals'] = refusals(rank)
     except Exception: results['refusals'] = traceback.format_exc()
+    try: results['divided'] = divided(rank)
+    except Exception: results['divided'] = traceback.format_exc()
     torch.save(results, Path(out_dir) / f'rank{rank}.pt')
     dist.destroy_process_group()
 
@@ -235,3 +275,14 @@ def test_sharded_checkpoint_resumes(ranks, backend):
         assert not isinstance(r[f'resumed-{backend}'], str), r[f'resumed-{backend}']
         uninterrupted, resumed = r[f'resumed-{backend}']
         for a, b in zip(uninterrupted, resumed): assert torch.equal(a, b)
+
+def test_muon_on_shards_is_refused(ranks):
+    for r in ranks:
+        assert not isinstance(r['refusals'], str), r['refusals']
+        assert 'whole matrices' in r['refusals']['Muon on shards']
+
+def test_muon_divides_the_orthogonalisation(ranks):
+    "Under DDP each process orthogonalises half of the four matrices, and all four with data_parallel=False"
+    for r in ranks:
+        assert not isinstance(r['divided'], str), r['divided']
+        assert r['divided'] == [2, 4]

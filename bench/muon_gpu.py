@@ -1,0 +1,212 @@
+"""Muon on the GPU: fastoptim's batched Newton–Schulz against torch.optim.Muon, on the 112 hidden matrices of the
+LLM-like set (810M parameters), in one process or divided over two.
+
+One process (`python bench/muon_gpu.py --out $OUT`):
+1. the bf16 matmul rate of this GPU (a batched 2048×2048 product, the iteration's commonest);
+2. correctness: fastoptim's iteration in fp32 against an fp64 one, and a Muon step against torch.optim.Muon's;
+3. the iteration alone on each shape's stack, for 1, 2, 4 and 8 symmetric row blocks (ms, TFLOP/s counted as
+   torch's iteration does: 4m²n + 2m³ per matrix and step of the iteration, m ≤ n);
+4. `opt.step()` (CUDA events, median): torch.optim.Muon and fastoptim's Muon (each backend), bf16 and fp32 weights.
+
+Two processes (`torchrun --nproc_per_node=2 bench/muon_gpu.py --out $OUT`): every process has the same
+gradients (as under DDP); the step of torch.optim.Muon (all of the work on every process), fastoptim's with the
+work repeated (`data_parallel=False`) and divided (the default).
+"""
+import argparse, datetime, json, os, platform, sys
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import torch
+import torch.distributed as dist
+from timing import median_ms, write_report
+from shapes import llm_shapes
+
+
+def hidden_matrices():
+    "The LLM-like set's 2-D tensors but the embedding and the head: 112 matrices"
+    shapes = llm_shapes()
+    return [s for s in shapes[1:-1] if len(s) == 2]
+
+def ns_flops(shape, steps=5):
+    "FLOPs of torch's iteration on one matrix: 4m²n + 2m³ per step, m ≤ n"
+    m, n = sorted(shape)
+    return steps * (4 * m * m * n + 2 * m ** 3)
+
+def make(shapes, dtype, device, seed=0):
+    g = torch.Generator(device=device).manual_seed(seed)
+    ps = [torch.randn(s, device=device, dtype=torch.float32, generator=g).mul_(0.02).to(dtype).requires_grad_() for s in shapes]
+    grads = [[torch.randn(s, device=device, dtype=torch.float32, generator=g).to(dtype) for s in shapes] for _ in range(2)]
+    return ps, grads
+
+def step_ms(opt, ps, grads, device, reps):
+    it = iter(range(10 ** 9))
+    def step():
+        gs = grads[next(it) % len(grads)]
+        for p, g in zip(ps, gs): p.grad = g
+        opt.step()
+    return median_ms(step, reps, device, warmup=3)
+
+def matmul_rate(device, m=2048, k=64):
+    a = torch.randn(k, m, m, device=device, dtype=torch.bfloat16)
+    out = torch.empty_like(a)
+    ms = median_ms(lambda: torch.bmm(a, a, out=out), 20, device, warmup=5)
+    return 2 * k * m ** 3 / (ms * 1e-3) / 1e12
+
+def single(args, device, lines, record):
+    from fastoptim.all import Muon
+    from fastoptim.muon import newton_schulz, symmetric_blocks
+    rate = matmul_rate(device)
+    record['matmul_tflops'] = rate
+    lines.append(f"bf16 batched matmul (64 × 2048³): {rate:.0f} TFLOP/s")
+
+    # correctness: the iteration in fp32 against fp64, for each block count; a step against torch.optim.Muon's
+    torch.manual_seed(0)
+    x = torch.randn(3, 256, 640, device=device)
+    exact = newton_schulz(x.double().clone(), blocks=1)
+    for blocks in (1, 2, 4, 8):
+        err = ((newton_schulz(x.clone(), blocks=blocks).double() - exact).abs().max() / exact.abs().max()).item()
+        record[f'ns_fp32_vs_fp64_blocks{blocks}'] = err
+        lines.append(f"iteration in fp32, {blocks} blocks, against fp64: max rel diff {err:.1e}")
+        assert err < 1e-4, err
+    shapes = [(512, 512), (512, 512), (1376, 512), (512, 1376)]
+    for dtype in (torch.float32, torch.bfloat16):
+        ps, grads = make(shapes, dtype, device, seed=1)
+        qs = [p.detach().clone().requires_grad_() for p in ps]
+        ours = Muon(ps, lr=0.02, wd=0.1, rms_match=0., triton=True, kahan_sum=False)
+        theirs = torch.optim.Muon(qs, lr=0.02, weight_decay=0.1)
+        for i in range(4):
+            for p, q, g in zip(ps, qs, grads[i % 2]): p.grad, q.grad = g, g.clone()
+            ours.step(); theirs.step()
+        d = max(((p.float() - q.float()).abs().max() / q.float().abs().max()).item() for p, q in zip(ps, qs))
+        record[f'step_vs_torch_{dtype}'] = d
+        lines.append(f"4 Muon steps, {str(dtype)[6:]} weights, triton: max rel diff from torch.optim.Muon {d:.1e}")
+
+    # what the iteration's products run at: the plain product, the Gram product (x·xᵀ), and the two with an addend
+    k, m = 64, 2048
+    xs = torch.randn(k, m, m, device=device, dtype=torch.bfloat16)
+    lines += ['', f'| product on {k} × {m}×{m} | TFLOP/s |', '|---|---|']
+    for name, fn in (('bmm(x, y)', lambda: torch.bmm(xs, xs)), ('bmm(x, x.mT)', lambda: torch.bmm(xs, xs.mT)),
+                     ('baddbmm(A, A, A, beta=b, alpha=c)', lambda: torch.baddbmm(xs, xs, xs, beta=-4.775, alpha=2.0315)),
+                     ('baddbmm(x, B, x, beta=a)', lambda: torch.baddbmm(xs, xs, xs, beta=3.4445))):
+        ms = median_ms(fn, 10, device, warmup=3)
+        record[f'product_{name}'] = 2 * k * m ** 3 / (ms * 1e-3) / 1e12
+        lines.append(f"| {name} | {record[f'product_{name}']:.0f} |")
+    del xs
+
+    # quality: each iteration's distance from the exact orthogonal factor U·Vᵀ (fp64 SVD), on spectra like gradients'
+    lines += ['', '| matrix | spectrum | iteration | ‖O − UVᵀ‖/‖UVᵀ‖ | singular values of O | ‖O − O_quintic5‖/‖O_quintic5‖ |', '|---|---|---|---|---|---|']
+    for shape in ((2048, 2048), (2048, 5504)):
+        u, _, v = torch.linalg.svd(torch.randn(shape, device=device, dtype=torch.float64), full_matrices=False)
+        r = torch.arange(1, min(shape) + 1, device=device, dtype=torch.float64)
+        for spectrum, sv in (('Gaussian', None), ('σᵢ ∝ i^-0.5', r ** -0.5), ('σᵢ ∝ i^-1', r ** -1.)):
+            g = torch.randn(shape, device=device, dtype=torch.float64) if sv is None else (u * sv) @ v
+            uu, _, vv = torch.linalg.svd(g, full_matrices=False)
+            polar = uu @ vv
+            outs = {}
+            for name, aol, steps in (('quintic, 5 steps', False, 5), ('AOL + quintic, 4 steps', True, 4), ('quintic, 4 steps', False, 4)):
+                o = newton_schulz(g[None].to(torch.bfloat16), steps=steps, aol=aol)[0].double()
+                outs[name] = o
+                sv_o = torch.linalg.svdvals(o)
+                err = ((o - polar).norm() / polar.norm()).item()
+                vs5 = ((o - outs['quintic, 5 steps']).norm() / outs['quintic, 5 steps'].norm()).item()
+                record[f'quality_{shape}_{spectrum}_{name}'] = (err, sv_o.min().item(), sv_o.max().item(), vs5)
+                lines.append(f"| {shape[0]}×{shape[1]} | {spectrum} | {name} | {err:.3f} | {sv_o.min().item():.2f} … {sv_o.max().item():.2f} | {vs5:.3f} |")
+
+    # the iteration alone, per shape's stack and block count
+    mats = hidden_matrices()
+    by_shape = {}
+    for s in mats: by_shape[s] = by_shape.get(s, 0) + 1
+    lines += ['', '| stack | blocks | ms | TFLOP/s (torch-equivalent) |', '|---|---|---|---|']
+    total_best = 0.
+    for shape, k in by_shape.items():
+        stack = torch.randn(k, *shape, device=device, dtype=torch.bfloat16)
+        best = None
+        for blocks in (1, 2, 4, 8):
+            work = stack.clone()
+            ms = median_ms(lambda: newton_schulz(work.copy_(stack), blocks=blocks), args.reps, device, warmup=2)
+            tf = k * ns_flops(shape) / (ms * 1e-3) / 1e12
+            record[f'ns_{k}x{shape[0]}x{shape[1]}_blocks{blocks}_ms'] = ms
+            lines.append(f"| {k} × {shape[0]}×{shape[1]} | {blocks}{' (default)' if blocks == symmetric_blocks(min(shape)) else ''} | {ms:.2f} | {tf:.0f} |")
+            best = ms if best is None else min(best, ms)
+        total_best += best
+        work = stack.clone()
+        ms = median_ms(lambda: newton_schulz(work.copy_(stack), steps=4, aol=True), args.reps, device, warmup=2)
+        record[f'ns_{k}x{shape[0]}x{shape[1]}_aol4_ms'] = ms
+        lines.append(f"| {k} × {shape[0]}×{shape[1]} | AOL + 4 steps, default blocks | {ms:.2f} | {k * ns_flops(shape) / (ms * 1e-3) / 1e12:.0f} |")
+    flops = sum(ns_flops(s) for s in mats)
+    record['ns_tflop_torch_equivalent'] = flops / 1e12
+    lines.append(f"\nIteration, 112 matrices: {flops / 1e12:.1f} TFLOP as torch computes it; best blocks per stack {total_best:.1f} ms")
+
+    # the optimizer steps
+    lines += ['', '| weights | optimizer | step ms | ratio to torch.optim.Muon | TFLOP/s (torch-equivalent) |', '|---|---|---|---|---|']
+    for dtype in (torch.bfloat16, torch.float32):
+        ps, grads = make(mats, dtype, device)
+        torch_opt = torch.optim.Muon(ps, lr=1e-3, weight_decay=0.1, adjust_lr_fn='match_rms_adamw')
+        base = step_ms(torch_opt, ps, grads, device, args.reps)
+        del torch_opt
+        rows = [('torch.optim.Muon', base)]
+        for backend, options in (('triton', {}), ('foreach', {}), ('jit', {}), ('triton', dict(aol=True))):
+            ps2 = [p.detach().clone().requires_grad_() for p in ps]
+            opt = Muon(ps2, lr=1e-3, wd=0.1, **{backend: True}, **options)
+            rows.append((f"fastoptim Muon ({backend}{', aol=True' if options else ''})", step_ms(opt, ps2, grads, device, args.reps)))
+            del opt, ps2
+            torch.cuda.empty_cache()
+        for name, ms in rows:
+            record[f'step_{str(dtype)[6:]}_{name}'] = ms
+            lines.append(f"| {str(dtype)[6:]} | {name} | {ms:.1f} | {base / ms:.2f}× | {flops / (ms * 1e-3) / 1e12:.0f} |")
+        del ps, grads
+        torch.cuda.empty_cache()
+
+def divided(args, device, rank, world, lines, record):
+    from fastoptim.all import Muon
+    mats = hidden_matrices()
+    flops = sum(ns_flops(s) for s in mats)
+    ps, grads = make(mats, torch.bfloat16, device)  # the same seed: every process has the same gradients
+    rows = []
+    torch_opt = torch.optim.Muon(ps, lr=1e-3, weight_decay=0.1, adjust_lr_fn='match_rms_adamw')
+    rows.append(('torch.optim.Muon (all work on each GPU)', step_ms(torch_opt, ps, grads, device, args.reps)))
+    del torch_opt
+    for name, data_parallel, aol in (('fastoptim Muon, work repeated', False, False), ('fastoptim Muon, work divided', None, False),
+                                     ('fastoptim Muon (aol=True), work divided', None, True)):
+        ps2 = [p.detach().clone().requires_grad_() for p in ps]
+        opt = Muon(ps2, lr=1e-3, wd=0.1, triton=True, data_parallel=data_parallel, aol=aol)
+        dist.barrier()
+        rows.append((name, step_ms(opt, ps2, grads, device, args.reps)))
+        if data_parallel is None and not aol:  # every process ends with the same weights
+            w = torch.cat([p.detach().float().flatten()[:4096] for p in ps2])
+            other = w.clone(); dist.broadcast(other, 0)
+            record['divided_identical_across_ranks'] = bool(torch.equal(w, other))
+        del opt, ps2
+        torch.cuda.empty_cache()
+    base = rows[0][1]
+    lines += [f'{world} processes, bf16 weights, the same gradients on each', '',
+              '| optimizer | step ms | ratio to torch.optim.Muon | TFLOP/s per GPU (torch-equivalent, whole set) |', '|---|---|---|---|']
+    for name, ms in rows:
+        record[f'dist_step_{name}'] = ms
+        lines.append(f"| {name} | {ms:.1f} | {base / ms:.2f}× | {flops / (ms * 1e-3) / 1e12:.0f} |")
+    lines.append(f"\nweights identical on every process after the divided steps: {record['divided_identical_across_ranks']}")
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument('--out', default=os.environ.get('OUT', 'muon_results'))
+    ap.add_argument('--reps', type=int, default=10)
+    args = ap.parse_args()
+    world = int(os.environ.get('WORLD_SIZE', 1))
+    rank = int(os.environ.get('RANK', 0))
+    if world > 1:
+        dist.init_process_group('nccl')
+        torch.cuda.set_device(rank)
+    device = torch.device('cuda', rank)
+    import triton
+    lines = [f"# Muon, {torch.cuda.get_device_name(device)}, {'one process' if world == 1 else f'{world} processes'}",
+             f"{datetime.date.today()}, torch {torch.__version__}, triton {triton.__version__}, python {platform.python_version()}",
+             f"command: {'torchrun --nproc_per_node=2 ' if world > 1 else 'python '}bench/muon_gpu.py --out $OUT", '']
+    record = {}
+    if world == 1: single(args, device, lines, record)
+    else: divided(args, device, rank, world, lines, record)
+    if rank == 0:
+        tag = 'single' if world == 1 else f'x{world}'
+        write_report('\n'.join(lines), os.path.join(args.out, f'muon_{tag}.md'))
+        with open(os.path.join(args.out, f'muon_{tag}.json'), 'w') as f: json.dump(record, f, indent=1)
+    if world > 1: dist.destroy_process_group()
+
+if __name__ == '__main__':
+    main()
