@@ -4,7 +4,7 @@ LLM-like set (810M parameters), in one process or divided over two.
 One process (`python bench/muon_gpu.py --out $OUT`):
 1. the bf16 matmul rate of this GPU (a batched 2048×2048 product, the iteration's commonest);
 2. correctness: fastoptim's iteration in fp32 against an fp64 one, and a Muon step against torch.optim.Muon's;
-3. the iteration alone on each shape's stack, for 1, 2, 4 and 8 symmetric row blocks (ms, TFLOP/s counted as
+3. the iteration alone on each shape's stack, for 1, 2, 4 and 8 symmetric row blocks of the Gram product (ms, TFLOP/s counted as
    torch's iteration does: 4m²n + 2m³ per matrix and step of the iteration, m ≤ n);
 4. `opt.step()` (CUDA events, median): torch.optim.Muon and fastoptim's Muon (each backend), bf16 and fp32 weights.
 
@@ -17,13 +17,17 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch
 import torch.distributed as dist
 from timing import median_ms, write_report
-from shapes import llm_shapes
+from shapes import llm_shapes, resnet50_shapes
 
 
 def hidden_matrices():
     "The LLM-like set's 2-D tensors but the embedding and the head: 112 matrices"
     shapes = llm_shapes()
     return [s for s in shapes[1:-1] if len(s) == 2]
+
+def conv_matrices():
+    "The ResNet-50-like set's conv weights as the matrices Muon orthogonalises (out × in·kh·kw): 53 of them, 23.5M parameters"
+    return [(s[0], s[1] * s[2] * s[3]) for s in resnet50_shapes() if len(s) == 4]
 
 def ns_flops(shape, steps=5):
     "FLOPs of torch's iteration on one matrix: 4m²n + 2m³ per step, m ≤ n"
@@ -53,6 +57,10 @@ def matmul_rate(device, m=2048, k=64):
 def single(args, device, lines, record):
     from fastoptim.all import Muon
     from fastoptim.muon import newton_schulz, symmetric_blocks
+    from timing import copy_bandwidth
+    args.bandwidth = copy_bandwidth(device)
+    record['copy_bandwidth_GBps'] = args.bandwidth
+    lines.append(f"device-to-device copy bandwidth: {args.bandwidth:.0f} GB/s")
     rate = matmul_rate(device)
     record['matmul_tflops'] = rate
     lines.append(f"bf16 batched matmul (64 × 2048³): {rate:.0f} TFLOP/s")
@@ -124,7 +132,7 @@ def single(args, device, lines, record):
             ms = median_ms(lambda: newton_schulz(work.copy_(stack), blocks=blocks), args.reps, device, warmup=2)
             tf = k * ns_flops(shape) / (ms * 1e-3) / 1e12
             record[f'ns_{k}x{shape[0]}x{shape[1]}_blocks{blocks}_ms'] = ms
-            lines.append(f"| {k} × {shape[0]}×{shape[1]} | {blocks}{' (default)' if blocks == symmetric_blocks(min(shape)) else ''} | {ms:.2f} | {tf:.0f} |")
+            lines.append(f"| {k} × {shape[0]}×{shape[1]} | {blocks}{' (default)' if blocks == symmetric_blocks(*sorted(shape)) else ''} | {ms:.2f} | {tf:.0f} |")
             best = ms if best is None else min(best, ms)
         total_best += best
         work = stack.clone()
@@ -149,11 +157,43 @@ def single(args, device, lines, record):
             rows.append((f"fastoptim Muon ({backend}{', aol=True' if options else ''})", step_ms(opt, ps2, grads, device, args.reps)))
             del opt, ps2
             torch.cuda.empty_cache()
+        # the elementwise passes alone: the same step with the iteration skipped, against their byte bound
+        from fastoptim.muon import newton_schulz_bf16
+        ps2 = [p.detach().clone().requires_grad_() for p in ps]
+        opt = Muon(ps2, lr=1e-3, wd=0.1, triton=True)
+        object.__setattr__(newton_schulz_bf16, 'apply', lambda stack, **kw: stack)
+        try: rows.append(('fastoptim Muon (triton), iteration skipped', step_ms(opt, ps2, grads, device, args.reps)))
+        finally: object.__setattr__(newton_schulz_bf16, 'apply', newton_schulz)
+        del opt, ps2
+        size = dtype.itemsize
+        # first pass: g, momentum read, momentum and bf16 workspace written; second: p, workspace (and Kahan's
+        # compensation for bf16 weights) read, p (and the compensation) written
+        per_param = 3 * size + 2 + (2 + 2 * size + (2 * size if dtype == torch.bfloat16 else 0))
+        record[f'elementwise_bound_ms_{str(dtype)[6:]}'] = sum(a * b for a, b in mats) * per_param / (args.bandwidth * 1e9) * 1e3
         for name, ms in rows:
             record[f'step_{str(dtype)[6:]}_{name}'] = ms
             lines.append(f"| {str(dtype)[6:]} | {name} | {ms:.1f} | {base / ms:.2f}× | {flops / (ms * 1e-3) / 1e12:.0f} |")
+        lines.append(f"| {str(dtype)[6:]} | byte bound of the elementwise passes ({per_param} B/parameter) | "
+                     f"{record[f'elementwise_bound_ms_{str(dtype)[6:]}']:.1f} | | |")
         del ps, grads
         torch.cuda.empty_cache()
+
+    # many small matrices: the ResNet-50-like set's conv weights, where a loop over matrices is bound by launches
+    convs = conv_matrices()
+    cflops = sum(ns_flops(s) for s in convs)
+    lines += ['', f'ResNet-50-like conv weights ({len(convs)} matrices, {sum(a * b for a, b in convs) / 1e6:.1f}M parameters, '
+              f'{cflops / 1e12:.2f} TFLOP per iteration run), fp32 weights', '',
+              '| optimizer | step ms | ratio to torch.optim.Muon |', '|---|---|---|']
+    ps, grads = make(convs, torch.float32, device)
+    base = step_ms(torch.optim.Muon(ps, lr=1e-3, weight_decay=0.1, adjust_lr_fn='match_rms_adamw'), ps, grads, device, args.reps)
+    rows = [('torch.optim.Muon', base)]
+    for options in ({}, dict(aol=True)):
+        ps2 = [p.detach().clone().requires_grad_() for p in ps]
+        rows.append((f"fastoptim Muon (triton{', aol=True' if options else ''})",
+                     step_ms(Muon(ps2, lr=1e-3, wd=0.1, triton=True, **options), ps2, grads, device, args.reps)))
+    for name, ms in rows:
+        record[f'resnet_step_{name}'] = ms
+        lines.append(f"| {name} | {ms:.2f} | {base / ms:.2f}× |")
 
 def divided(args, device, rank, world, lines, record):
     from fastoptim.all import Muon

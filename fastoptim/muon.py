@@ -21,52 +21,46 @@ from .adam import adam_algorithm, adam_hypers
 # %% ../nbs/56_muon.ipynb #d31b194b
 ns_coefficients = (3.4445, -4.7750, 2.0315)  # the authors' quintic
 
-def symmetric_product(x, blocks:int=1, c=None, beta:float=0., alpha:float=1.):
-    "beta·c + alpha·x·xᵀ for a stack of matrices `x` (and a symmetric stack `c`): only the products of `blocks` row blocks on and above the diagonal are multiplied, the rest are their transposes"
+def symmetric_product(x, blocks:int=1):
+    "x·xᵀ for a stack of matrices `x`: only the products of `blocks` row blocks on and above the diagonal are multiplied, the rest are their transposes"
+    if blocks <= 1: return torch.bmm(x, x.mT)
     m = x.shape[-2]
-    if blocks <= 1:
-        return torch.matmul(x, x.mT) if c is None else torch.baddbmm(c, x, x.mT, beta=beta, alpha=alpha)
     out = torch.empty(*x.shape[:-2], m, m, dtype=x.dtype, device=x.device)
     edges = [m * i // blocks for i in range(blocks + 1)]
     for lo, hi in zip(edges, edges[1:]):
-        rows, cols, block = x[..., lo:hi, :], x[..., lo:, :].mT, out[..., lo:hi, lo:]  # cuBLAS writes the strided block in place
-        if c is None: torch.matmul(rows, cols, out=block)
-        else: torch.baddbmm(c[..., lo:hi, lo:], rows, cols, beta=beta, alpha=alpha, out=block)
+        torch.bmm(x[..., lo:hi, :], x[..., lo:, :].mT, out=out[..., lo:hi, lo:])  # cuBLAS writes the strided block in place
         if lo: out[..., lo:hi, :lo] = out[..., :lo, lo:hi].mT
     return out
 
-def symmetric_blocks(m:int) -> int:
-    "Row blocks for the symmetric products of m×m results: none below 1024 rows, where the products are too small to split"
-    return 1 if m < 1024 else 4
+def symmetric_blocks(rows:int, cols:int) -> int:
+    "Row blocks for the Gram product of a wide rows × cols matrix: 4 where it dominates the iteration (cols ≥ 2·rows ≥ 2048), else none"
+    return 4 if cols >= 2 * rows and rows >= 1024 else 1
 
-def newton_schulz(stack, steps:int=5, blocks:int|None=None, eps:float=1e-7, aol:bool=False):
+def newton_schulz(stack, steps:int=5, eps:float=1e-7, aol:bool=False, blocks:int|None=None):
     "Each matrix of `stack` (k, rows, cols) replaced, in place, by `steps` quintic Newton–Schulz iterations towards its orthogonal factor, in the stack's dtype; `aol`: started from AOL's rescaling instead of the Frobenius norm's"
     if stack.ndim != 3: raise ValueError(f"newton_schulz takes a stack of matrices (k, rows, cols), got shape {tuple(stack.shape)}.")
     if stack.numel() == 0: return stack
     tall = stack.shape[-2] > stack.shape[-1]
-    x = stack.mT if tall else stack
-    blocks = symmetric_blocks(x.shape[-2]) if blocks is None else blocks
+    x = stack.mT if tall else stack  # wide: the Gram matrix is the smaller one
+    blocks = symmetric_blocks(*x.shape[-2:]) if blocks is None else blocks
     a, b, c = ns_coefficients
-    if aol:  # the first iteration from the unscaled Gram matrix, its rows and columns scaled by AOL's factors
+    if aol:  # rows scaled by s = (Σⱼ|A|ᵢⱼ)^-½ (Prach & Lampert), the Gram matrix with them: A becomes diag(s)·A·diag(s)
         gram = symmetric_product(x, blocks)
-        scale = gram.abs().sum(-1, dtype=torch.float32).clamp(min=eps).rsqrt()  # ‖diag(s)·x‖₂ ≤ 1 (Prach & Lampert)
+        scale = gram.abs().sum(-1, dtype=torch.float32).clamp(min=eps).rsqrt()
         gram = (gram * scale[..., :, None] * scale[..., None, :]).to(x.dtype)
-        poly = symmetric_product(gram, blocks, c=gram, beta=b, alpha=c)
-        poly.diagonal(dim1=-2, dim2=-1).add_(a)
-        x = torch.bmm(poly.mul_(scale[..., None, :].to(x.dtype)), x)  # (aI + B)·diag(s)·x, without the scaled copy of x
-        steps -= 1
+        x = (x * scale[..., :, None]).to(x.dtype)
     else: x = x / torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True).clamp(min=eps)  # spectral norm at most 1
     for i in range(steps):
-        gram = symmetric_product(x, blocks)
-        poly = symmetric_product(gram, blocks, c=gram, beta=b, alpha=c)  # bA + cA²
-        if i == steps - 1 and not tall: return torch.baddbmm(x, poly, x, beta=a, out=stack)  # the last into the stack
-        x = torch.baddbmm(x, poly, x, beta=a)
-    return stack.copy_(x.mT if tall else x)
+        if i or not aol: gram = symmetric_product(x, blocks)
+        poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)  # bA + cA²
+        x = torch.baddbmm(x, poly, x, beta=a, out=stack if i == steps - 1 and not tall else None)  # the last into the stack
+    if tall: stack.copy_(x.mT)
+    return stack
 
 newton_schulz_bf16 = MatrixFunction('newton_schulz', newton_schulz, dtype='bf16')
 newton_schulz_fp32 = MatrixFunction('newton_schulz_fp32', newton_schulz, dtype='fp32')  # for tests on the CPU
 
-# %% ../nbs/56_muon.ipynb #ed9a70d4
+# %% ../nbs/56_muon.ipynb #b0222f2b
 muon_hypers = dict(mom=Hyper(0.95, 0, 1), rms_match=Hyper(0.2), wd=Hyper(0.1))
 muon_moments = dict(grad_avg=Moment(lambda h: h.mom, lambda h: 1 - h.mom))
 
@@ -85,7 +79,7 @@ def muon_algorithm(nesterov:bool=True, ns_steps:int=5, ns_dtype:str='bf16', aol:
 muon_adamw_algorithm = renamed(replace(adam_algorithm, name='AdamW', hypers={**adam_hypers, 'sqr_mom': Hyper(0.95, 0, 1),
                                        'eps': Hyper(1e-10, lo_open=True), 'wd': muon_hypers['wd']}), dict(mom='adam_mom'))
 
-# %% ../nbs/56_muon.ipynb #5b5d5bd7
+# %% ../nbs/56_muon.ipynb #289c1a73
 def mark_roles(model, head=None):
     "Tag `model`'s embeddings and output head (`head`, or its last `nn.Linear`) so that Muon's automatic routing gives them to AdamW; returns `model`"
     from torch import nn
@@ -120,7 +114,7 @@ def muon_router(route=None):
         return key
     return checked
 
-# %% ../nbs/56_muon.ipynb #747cea36
+# %% ../nbs/56_muon.ipynb #9a0d7c76
 def _matrix_group(data_parallel):
     "The process group that divides the orthogonalisation, or None"
     import torch.distributed as dist
