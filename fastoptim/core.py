@@ -561,11 +561,12 @@ class Numbers:
 # %% ../nbs/00_core.ipynb #ee5291c4
 class Preparation:
     "Check buckets and choose their backends, then give them their state: whatever can raise does so before any write"
-    def __init__(self, opt): self.opt = opt
+    def __init__(self, opt): self.opt, self.workspaces = opt, {}  # the step's workspace stacks, kept while the layout is rebuilt
 
     def __call__(self, buckets, generation):
         opt = self.opt
         names = {key: self.check(b) for key, b in buckets.items()}
+        kept = {}  # the workspaces this layout uses: those of the last one are reused (a rebuild must not reallocate them)
         for key, b in buckets.items():
             self.create_state(b)
             b.backend, b.generation, b.group_index = names[key], generation, np.array(b.groups)
@@ -574,7 +575,7 @@ class Preparation:
             b.numels = np.array(b.logical_numels, dtype=np.float64)
             b.rows = np.array(b.logical_rows, dtype=np.float64)
             b.cols = b.numels / np.maximum(b.rows, 1)  # a tensor with a zero dimension is a 0 by 0 matrix, never a division by 0
-            self.create_workspace(b)
+            self.create_workspace(b, kept)
             b.sharded = {}  # process groups -> the rows of the tensors sharded over them (see `complete_shards`)
             for i, groups in enumerate(b.shard_groups):
                 if groups: b.sharded.setdefault(groups, []).append(i)
@@ -582,6 +583,7 @@ class Preparation:
             if b.rounding == 'stochastic':
                 b.seed_bases = hash32(hash32(np.int64(opt.seed)) ^ np.array(b.indices, dtype=np.int64))
                 if b.sharded: b.seed_bases = hash32(b.seed_bases ^ np.array(b.salts, dtype=np.int64))
+        if generation >= 0: self.workspaces = kept  # `step_params`' buckets keep theirs with them
 
     def check(self, b):
         "The backend that will step bucket `b`, after checking its tensors and state"
@@ -615,8 +617,8 @@ class Preparation:
                 elif t.device != p.device or t.dtype != dtype or t.stride() != p.stride():
                     engine_write(s, n, torch.empty_like(p, dtype=dtype, memory_format=torch.preserve_format).copy_(t))
 
-    def create_workspace(self, b):
-        "The plan's workspace tensors for `b`: views, shaped and strided like their parameters, into one stack per matrix shape (padded to a multiple of the processes that divide the work)"
+    def create_workspace(self, b, kept):
+        "The plan's workspace tensors for `b`: views, shaped and strided like their parameters, into one stack per matrix shape (padded to a multiple of the processes that divide the work); the last layout's if it had the same, and recorded in `kept`"
         b.workspace, b.stacks = {}, {}
         plan = b.algorithm.plan('step')
         if not plan.workspace: return
@@ -625,13 +627,17 @@ class Preparation:
         divide = self.opt.matrix_group if b.generation >= 0 else None  # `step_params`' buckets are not divided
         ranks = 1 if divide is None else torch.distributed.get_world_size(divide)
         for name, (fn, _) in plan.workspace.items():
+            key = (name, fn.dtype, b.device, ranks, *[(i, p.shape, p.stride()) for i, p in zip(b.indices, b.params)])
+            if key in self.workspaces:
+                b.workspace[name], b.stacks[name] = kept[key] = self.workspaces[key]
+                continue
             views, stacks = [None] * len(b), []
             for (rows, cols), members in shapes.items():
                 stack = torch.zeros(-(-len(members) // ranks) * ranks, rows, cols, device=b.device,
                                     dtype=torch.bfloat16 if fn.dtype == 'bf16' else torch.float32)
                 for j, i in enumerate(members): views[i] = stack[j].as_strided(b.params[i].shape, b.params[i].stride())
                 stacks.append(stack)
-            b.workspace[name], b.stacks[name] = views, stacks
+            b.workspace[name], b.stacks[name] = kept[key] = views, stacks
 
 # %% ../nbs/00_core.ipynb #05a5e676
 class GroupView(MutableMapping):
