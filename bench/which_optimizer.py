@@ -27,7 +27,7 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt
 import bf16_gpt as g
 from fastoptim.all import (Adam, Lamb, RAdam, Ranger, Lion, RMSProp, QHAdam, Adamax, Adan, ADOPT, AdEMAMix, AdamAtan2, SGD, NAdam,
-                           to_bf16, seed_kahan_comp)
+                           Muon, mark_roles, to_bf16, seed_kahan_comp)
 
 # label: (constructor, peak lr, hypers), the hypers those of the paper or the authors' code for language models
 def catalogue(steps):
@@ -48,6 +48,10 @@ def catalogue(steps):
         'RMSProp': (RMSProp, 3e-4, dict(sqr_mom=0.99, mom=0., eps=1e-8, wd=0.1)),
         'SGD, Nesterov': (SGD, 3e-1, dict(mom=0.9, nesterov=True, wd=1e-4)),
         'NAdam': (NAdam, 2e-3, dict(mom=0.9, sqr_mom=0.999, eps=1e-8, momentum_decay=4e-3, wd=0.1)),
+        # Muon for the blocks' matrices, AdamW (the row above's hypers) for the embedding, positions, gains and biases;
+        # Moonlight's RMS-matching scale lets both use AdamW's learning rate
+        'Muon + AdamW': (Muon, 1e-3, dict(mom=0.95, rms_match=0.2, adam_mom=0.9, sqr_mom=0.95, eps=1e-8, wd=0.1)),
+        'Muon (aol=True) + AdamW': (Muon, 1e-3, dict(mom=0.95, rms_match=0.2, adam_mom=0.9, sqr_mom=0.95, eps=1e-8, wd=0.1, aol=True)),
     }
 
 
@@ -76,7 +80,7 @@ def main():
     torch.manual_seed(args.seed)
     init = {k: v.clone() for k, v in g.GPT(args.layers, args.d_model, args.heads, args.ctx).state_dict().items()}
     configs = catalogue(steps)
-    if ARGS.tiny: configs = {k: configs[k] for k in ('AdamW', 'Lion', 'AdEMAMix')}
+    if ARGS.tiny and not ARGS.only: configs = {k: configs[k] for k in ('AdamW', 'Lion', 'AdEMAMix')}
     if ARGS.only: configs = {k: v for k, v in configs.items() if k in ARGS.only.split(',')}
     backend = 'triton' if device.type == 'cuda' else 'foreach'
     results = {}
@@ -84,6 +88,7 @@ def main():
         g.free(device)
         model = g.GPT(args.layers, args.d_model, args.heads, args.ctx)
         model.load_state_dict(init); model.to(device); to_bf16(model, keep_fp32=())
+        if ctor is Muon: mark_roles(model, others=[model.pos])  # the output layer is the embedding's weight (tied)
         params = list(model.parameters())
         opt = ctor(params, lr=lr, **hypers, **{backend: True})
         for p in params:
@@ -123,7 +128,8 @@ def main():
     lines = [f"# Which optimizer? A byte-level GPT, {steps} steps\n",
              f"{datetime.date.today()}, {name}, torch {torch.__version__}; model {args.layers} layers, d {args.d_model}, "
              f"context {args.ctx}, batch {args.batch}; {stats['train_bytes']} training bytes; pure bf16 with Kahan summation, "
-             f"backend {backend}; command: `python3 bench/which_optimizer.py --steps {steps} --out $OUT`\n",
+             f"backend {backend}; command: `python3 bench/which_optimizer.py --steps {steps}"
+             f"{f' --only {ARGS.only!r}' if ARGS.only else ''} --out $OUT`\n",
              '| optimizer | peak lr | final validation loss | ms per training step | ms per opt.step() | optimizer state, bytes per parameter |',
              '|---|---|---|---|---|---|']
     for label, r in sorted(results.items(), key=lambda kv: kv[1]['final_val_loss']):

@@ -79,16 +79,16 @@ def muon_algorithm(nesterov:bool=True, ns_steps:int=5, ns_dtype:str='bf16', aol:
 muon_adamw_algorithm = renamed(replace(adam_algorithm, name='AdamW', hypers={**adam_hypers, 'sqr_mom': Hyper(0.95, 0, 1),
                                        'eps': Hyper(1e-10, lo_open=True), 'wd': muon_hypers['wd']}), dict(mom='adam_mom'))
 
-# %% ../nbs/56_muon.ipynb #289c1a73
-def mark_roles(model, head=None):
-    "Tag `model`'s embeddings and output head (`head`, or its last `nn.Linear`) so that Muon's automatic routing gives them to AdamW; returns `model`"
+# %% ../nbs/56_muon.ipynb #31988173
+def mark_roles(model, head=None, others=()):
+    "Tag `model`'s embeddings, its output head and `others` (parameters or modules) so that Muon's automatic routing gives them to AdamW; the head: `head`, else the last module with parameters if it is an `nn.Linear`; returns `model`"
     from torch import nn
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    head = head if head is not None else (linears[-1] if linears else None)
-    for m in model.modules():
-        if isinstance(m, (nn.Embedding, nn.EmbeddingBag)): m.weight.muon_route = 'adamw'
-    if head is not None:
-        for p in head.parameters(): p.muon_route = 'adamw'
+    owners = [m for m in model.modules() if next(m.parameters(recurse=False), None) is not None]
+    if head is None and owners and isinstance(owners[-1], nn.Linear): head = owners[-1]
+    tagged = [m.weight for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))]
+    for x in (*([head] if head is not None else []), *others):
+        tagged += list(x.parameters()) if isinstance(x, nn.Module) else [x]
+    for p in tagged: p.muon_route = 'adamw'
     return model
 
 def muon_route(p, group:int) -> str:
