@@ -6,11 +6,11 @@ Docs: https://fastoptim.github.io/fastoptim/algorithm.html.md"""
 
 # %% auto #0
 __all__ = ['reduction_ops', 'scalar_only', 'commutative', 'engine_hypers', 'engine_scalars', 'plan_numbers', 'host_ops', 'Hyper',
-           'State', 'Moment', 'Expr', 'sqrt', 'atan2', 'exp', 'log', 'mod', 'sign', 'maximum', 'minimum', 'where',
-           'lerp', 'addcmul', 'addcdiv', 'tensor_sum', 'tensor_max', 'total_sum', 'named', 'MatrixFunction', 'matrix',
-           'Algorithm', 'leaf', 'trace_hypers', 'nodes_of', 'substitute', 'reaches', 'decompose', 'Phase', 'Plan',
-           'evaluate', 'moment_values', 'TorchDialect', 'emit', 'ordered_stores', 'final_args', 'torch_source',
-           'renamed', 'Hybrid', 'orthogonal_gradient', 'modified']
+           'State', 'Carry', 'Moment', 'Expr', 'sqrt', 'atan2', 'exp', 'log', 'mod', 'sign', 'maximum', 'minimum',
+           'where', 'lerp', 'addcmul', 'addcdiv', 'tensor_sum', 'tensor_max', 'total_sum', 'named', 'MatrixFunction',
+           'matrix', 'Algorithm', 'leaf', 'trace_hypers', 'nodes_of', 'substitute', 'reaches', 'decompose', 'Phase',
+           'Plan', 'evaluate', 'carry_values', 'moment_values', 'TorchDialect', 'emit', 'ordered_stores', 'final_args',
+           'torch_source', 'renamed', 'Hybrid', 'orthogonal_gradient', 'modified']
 
 # %% ../nbs/00_algorithm.ipynb #964e372e
 import itertools, math, re
@@ -44,6 +44,12 @@ class State:
     def __post_init__(self):
         for k, allowed in (('init', ('zeros', 'param')), ('dtype', ('param', 'fp32')), ('shape', ('param',))):
             if getattr(self, k) not in allowed: raise ValueError(f"State {k} must be one of {allowed}, got {getattr(self, k)!r}.")
+
+@dataclass(frozen=True)
+class Carry:
+    "A number per tensor worked out on the host at each step from the hypers and its own last value, and kept in the tensor's state (schedule-free's largest learning rate so far)"
+    init: float          # its value before the first step
+    update: Callable     # (h, last) -> this step's value; `h`: the hypers, `step` and the carries declared before it
 
 @dataclass(frozen=True)
 class Moment:
@@ -184,9 +190,15 @@ class Algorithm:
     scalars: Callable = None    # h -> dict of named per-step formulas of the hypers and `h.step`
     moments: dict = field(default_factory=dict)  # state name -> Moment: how accumulation folds gradients into it
     accumulation: str = None    # why optimizer accumulation cannot reproduce this algorithm, if it cannot
+    carries: dict = field(default_factory=dict)  # name -> Carry: numbers per tensor carried from step to step
+    modes: dict = None          # 'eval' and 'train' -> (p, s, h) -> the weights of that mode from the other's (schedule-free)
     def __post_init__(self):
         clash = set(self.hypers) & set(engine_scalars) - {'wd'}
         if clash: raise ValueError(f"{self.name}: {sorted(clash)} are the engine's names.")
+        clash = set(self.carries) & {*self.hypers, *engine_scalars, *self.states}
+        if clash: raise ValueError(f"{self.name}: carries {sorted(clash)} are already hypers, states or the engine's names.")
+        if self.modes is not None and set(self.modes) != {'eval', 'train'}:
+            raise ValueError(f"{self.name}: modes must give the 'eval' and 'train' weights, got {sorted(self.modes)}.")
         unknown = set(self.moments) - set(self.states)
         if unknown: raise ValueError(f"{self.name}: moments {sorted(unknown)} are not states.")
         self.__dict__['_plans'], self.__dict__['_variants'] = {}, {}
@@ -197,15 +209,15 @@ class Algorithm:
     def __setstate__(self, state): self.__dict__.update(state, _plans={}, _variants={})
 
     def plan(self, variant='step'):
-        "The traced update (`variant` 'step', or 'apply': the weights from moments folded by accumulation)"
+        "The traced update (`variant` 'step'; 'apply': the weights from moments folded by accumulation; 'eval', 'train': the weights of that mode from the other's)"
         if variant not in self._plans: self._plans[variant] = Plan(self, variant)
         return self._plans[variant]
 
 def leaf(name, tensor=False): return Expr('input', tensor=tensor, name=name)
 
 def trace_hypers(algorithm):
-    "The hypers an update reads, as named inputs, with its per-step formulas"
-    h = SimpleNamespace(**{k: leaf(k) for k in (*engine_scalars, *algorithm.hypers)})
+    "The hypers an update reads, as named inputs (carries too: this step's values), with its per-step formulas"
+    h = SimpleNamespace(**{k: leaf(k) for k in (*engine_scalars, *algorithm.hypers, *algorithm.carries)})
     if algorithm.scalars is not None:
         for k, v in algorithm.scalars(h).items(): setattr(h, k, named(v, k))
     return h
@@ -271,7 +283,10 @@ class Plan:
         h = trace_hypers(algorithm)
         p, g = leaf('p', True), leaf('g', True)
         s = SimpleNamespace(**{k: leaf(k, True) for k in algorithm.states})
-        out = algorithm.update(p, g, s, h)
+        if variant in ('eval', 'train'):  # a change of the weights alone: no state stored, no gradient read
+            if algorithm.modes is None: raise ValueError(f"{algorithm.name} has the same weights in training and evaluation.")
+            out = {'update': _const(algorithm.modes[variant](p, s, h)) - p, **vars(s)}
+        else: out = algorithm.update(p, g, s, h)
         if not isinstance(out, dict) or set(out) != {'update', *algorithm.states}:
             raise ValueError(f"{algorithm.name}: the update must return a dict of `update` and every state "
                              f"{sorted(algorithm.states)}, got {sorted(out) if isinstance(out, dict) else type(out).__name__}.")
@@ -289,8 +304,9 @@ class Plan:
         why = algorithm.accumulation or ("its update reads the gradient (or a state's old value) beside the moments "
                                          "folded from the micro-batches")
         if algorithm.accumulation: raise NotImplementedError(f"Optimizer accumulation cannot reproduce {algorithm.name}: {why}.")
-        if not algorithm.moments:  # no state to fold into: the engine sums the gradients in `grad_acc`
-            return stores, substitute([update], {id(g): leaf('grad_acc', True)})[0]
+        if not algorithm.moments:  # no state to fold into: the engine sums the gradients in `grad_acc`, read by the states too
+            roots = substitute([update, *stores.values()], {id(g): leaf('grad_acc', True)})
+            return dict(zip(stores, roots[1:])), roots[0]
         folded = {k: leaf(k, True) for k in algorithm.moments}
         mapping = {id(stores[k]): folded[k] for k in algorithm.moments if k in stores}
         rest = {k: v for k, v in stores.items() if k not in algorithm.moments}
@@ -398,6 +414,20 @@ def evaluate(roots, leaves, order=None):
             values[id(n)] = v
     return [values[id(r)] for r in roots]
 
+def carry_values(algorithm, leaves, lasts):
+    "This step's value of each carry (per-tensor arrays), from `leaves` and each carry's last values `lasts` (name -> array)"
+    if 'carries' not in algorithm._plans:  # traced once: (name, formula, the input standing for its last value)
+        h, traced = SimpleNamespace(**{k: leaf(k) for k in (*engine_scalars, *algorithm.hypers)}), []
+        for name, carry in algorithm.carries.items():
+            last = leaf(f'{name} (last)')
+            traced.append((name, _const(carry.update(h, last)), last.name))
+            setattr(h, name, leaf(name))
+        algorithm._plans['carries'] = traced
+    values = dict(leaves)
+    for name, formula, last in algorithm._plans['carries']:
+        values[name] = evaluate([formula], {**values, last: lasts[name]})[0]
+    return {name: values[name] for name in algorithm.carries}
+
 def moment_values(algorithm, leaves):
     "Per moment state: (decay, weight, power) as per-tensor arrays, from the description's formulas"
     h = trace_hypers(algorithm)
@@ -407,7 +437,7 @@ def moment_values(algorithm, leaves):
         out[k] = (decay, weight, m.power)
     return out
 
-# %% ../nbs/00_algorithm.ipynb #d26d12eb
+# %% ../nbs/00_algorithm.ipynb #500775f1
 # Code generation for PyTorch: one tensor at a time (forloop, TorchScript) or lists of tensors (foreach)
 
 class TorchDialect:
@@ -447,7 +477,7 @@ class TorchDialect:
         return '1.0', 'direction'
     lists = False
 
-# %% ../nbs/00_algorithm.ipynb #542d9103
+# %% ../nbs/00_algorithm.ipynb #fd9f4438
 def emit(plan, phase, dialect, reusable_states):
     "Straight-line code computing `phase` (without its final write), each value in place where its input is dead"
     order = [n for n in nodes_of(phase.roots()) if n.op != 'input' and (n.tensor or n.device)]
@@ -529,7 +559,7 @@ def final_args(phase, operand, lines, dialect):
     if scale.op == 'const' and dialect.lists: return f'[{scale.value!r}] * len(p_list)', d, q
     return operand(scale), d, q
 
-# %% ../nbs/00_algorithm.ipynb #ae0a269e
+# %% ../nbs/00_algorithm.ipynb #80839885
 def torch_source(plan, name, phase=None):
     "A per-tensor PyTorch function (scriptable) computing `phase` of `plan` (by default, the whole update at once)"
     phase, dialect = phase or plan.whole, TorchDialect()
@@ -545,7 +575,7 @@ def torch_source(plan, name, phase=None):
     return (f"def {name}({', '.join(args)}, reds: Tensor, comp: Optional[Tensor], seed: int) -> Tensor:\n"
             + ''.join(f'    {l}\n' for l in prologue + lines))
 
-# %% ../nbs/00_algorithm.ipynb #092b4c69
+# %% ../nbs/00_algorithm.ipynb #cf4c42f7
 def _view(h, names):
     "The numbers `h` as an algorithm written with the old names sees them (`names`: old -> new)"
     inverse = {new: old for old, new in names.items()}
@@ -560,7 +590,9 @@ def renamed(algorithm:Algorithm, names:dict, name:str|None=None) -> Algorithm:
                    update=lambda p, g, s, h: algorithm.update(p, g, s, view(h)),
                    scalars=(lambda h: algorithm.scalars(view(h))) if algorithm.scalars else None,
                    moments={k: Moment((lambda h, m=m: m.decay(view(h))) if m.decay else None, lambda h, m=m: m.weight(view(h)), m.power)
-                            for k, m in algorithm.moments.items()})
+                            for k, m in algorithm.moments.items()},
+                   carries={k: Carry(c.init, lambda h, last, c=c: c.update(view(h), last)) for k, c in algorithm.carries.items()},
+                   modes=None if algorithm.modes is None else {k: (lambda p, s, h, f=f: f(p, s, view(h))) for k, f in algorithm.modes.items()})
 
 @dataclass(frozen=True, eq=False)
 class Hybrid:
@@ -585,7 +617,7 @@ class Hybrid:
             raise ValueError(f"{self.name} routed a parameter of shape {tuple(p.shape)} to {key!r}; it has {sorted(self.algorithms)}.")
         return key
 
-# %% ../nbs/00_algorithm.ipynb #4c883080
+# %% ../nbs/00_algorithm.ipynb #46b97eed
 def _direction_modifier(algorithm, key):
     "The update of `algorithm`, masked where it does not descend (`cautious`) or given the gradient's direction (`grams`)"
     def update(p, g, s, h):

@@ -24,7 +24,7 @@ from torch import Tensor
 from fastcore.basics import store_attr
 from fastcore.foundation import L
 from fastai.optimizer import Optimizer
-from .algorithm import Algorithm, Hybrid, Hyper, State, engine_hypers, moment_values, torch_source, modified, reduction_ops
+from .algorithm import Algorithm, Hybrid, Hyper, State, engine_hypers, moment_values, carry_values, torch_source, modified, reduction_ops
 
 # %% ../nbs/00_core.ipynb #b0a34ca3
 fp32_max = float(torch.finfo(torch.float32).max)
@@ -303,6 +303,9 @@ def check_state(algorithm, p, state, stepping=False):
         elif k in engine_counts:
             if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < engine_counts[k]:
                 raise ValueError(f"State `{k}` must be an int in [0, {engine_counts[k]}), got {v!r}.")
+        elif k in algorithm.carries:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"State `{k}` must be a finite number, got {v!r}.")
         elif k in ('do_wd', 'force_train'):
             if not isinstance(v, (bool, np.bool_)): raise TypeError(f"State `{k}` must be a bool, got {v!r}.")
         elif isinstance(v, Tensor):
@@ -556,7 +559,11 @@ class Numbers:
         if not opt.decouple_wd: l2, decay = wd, np.zeros_like(wd)
         elif opt.decouple_lr: l2, decay = np.zeros_like(wd), hp['lr'] / hp['max_lr'] * wd
         else: l2, decay = np.zeros_like(wd), hp['lr'] * wd
-        return {**hp, 'step': step.astype(np.float64), 'l2': l2, 'decay': decay, 'numel': b.numels, 'rows': b.rows, 'cols': b.cols}, step
+        leaves = {**hp, 'step': step.astype(np.float64), 'l2': l2, 'decay': decay, 'numel': b.numels, 'rows': b.rows, 'cols': b.cols}
+        if b.algorithm.carries:  # this step's values, from the last ones in the state (written there after the step)
+            lasts = {k: np.array([float(s.get(k, c.init)) for s in b.states]) for k, c in b.algorithm.carries.items()}
+            leaves.update(carry_values(b.algorithm, leaves, lasts))
+        return leaves, step
 
 # %% ../nbs/00_core.ipynb #ee5291c4
 class Preparation:
@@ -714,6 +721,8 @@ class FastOptimizer(Optimizer):
         self.route_of = [algorithm.key_for(p, gi) if hybrid else None for p, gi in zip(self.flat_params, self.group_of)]
         self.algorithms = [algorithm.algorithms[k] if hybrid else algorithm for k in self.route_of]  # per parameter
         self.matrix_group = None  # a process group over which matrix functions are divided (see `apply_matrices`), or None
+        # with evaluation weights (schedule-free), the optimizer starts in evaluation mode and steps only in training mode
+        self.mode = 'eval' if any(a.modes for a in self.algorithms) else 'train'
         if decouple_lr: self.set_hyper('max_lr', max_lr if max_lr is not None else [h['lr'] for h in self.hypers])
         self.numbers.check()
 
@@ -790,8 +799,14 @@ class FastOptimizer(Optimizer):
         return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
     # ---- stepping modes
+    def _check_mode(self):
+        if self.mode == 'eval': raise RuntimeError(
+            f"{self.algorithm.name} is in evaluation mode (the evaluation weights are in place): call opt.train() before "
+            "stepping, and opt.eval() before evaluating or saving; in a fastai Learner, add the EvalWeights() callback.")
+
     def step(self, closure=None):
         if closure is not None: raise NotImplementedError("fastoptim optimizers do not support closures")
+        self._check_mode()
         capturing = self._capturing()
         # release and accumulation step in one-off buckets: a cached Triton table would miss what they change
         if self._releasing or self._accumulation is not None:
@@ -803,6 +818,7 @@ class FastOptimizer(Optimizer):
         "Step `params` now, as `step` would, in buckets of their own, kept for the next call with the same parameters (the next `step` rebuilds its layout); `grads`: theirs, if not `p.grad`"
         if self._capturing(): raise RuntimeError(
             "Gradient release and optimizer accumulation step in one-off buckets, which a CUDA graph cannot capture.")
+        self._check_mode()
         self.numbers.check()
         if self._accumulation is not None:
             for a in set(self.algorithm_of(p) for p in params): a.plan('apply')  # raises if accumulation cannot reproduce it
@@ -826,6 +842,35 @@ class FastOptimizer(Optimizer):
         with torch.no_grad():
             for b in buckets.values(): self.preparation.create_state(b)
         self.layout.forget()
+
+    def train(self):
+        "Put the training weights in place (schedule-free methods: see `Algorithm.modes`); `step` then steps them"
+        self._switch('train')
+
+    def eval(self):
+        "Put the evaluation weights in place, for validation and saving; `step` refuses until `train()`"
+        self._switch('eval')
+
+    def _switch(self, mode):
+        "Write the weights of `mode` where a parameter's algorithm has modes and its state exists (none before its first step: both are the same)"
+        if mode == self.mode or not any(a.modes for a in self.algorithms): return  # one set of weights: nothing to change
+        if self._capturing(): raise RuntimeError(f"opt.{mode}() changes the weights: call it outside a CUDA graph capture.")
+        self.numbers.check()
+        self.layout.sync_steps()
+        params = [p for p, a in zip(self.flat_params, self.algorithms) if a.modes and all(k in self.state[p] for k in a.states)]
+        # a step's buckets, each parameter standing in for its gradient (unread), written by the reference backend:
+        # a change of mode is rare, and the plan is one line
+        buckets = self.layout.group(params, params, [self._index[id(p)] for p in params])
+        self.preparation(buckets, -1)
+        groups = self.numbers.groups()
+        with torch.no_grad():
+            for b in buckets.values():
+                leaves, step = self.numbers.leaves(b, groups)
+                leaves.update(decay=np.zeros(len(b)), l2=np.zeros(len(b)))  # the weights change mode; they take no step
+                if b.rounding == 'stochastic': b.seeds = hash32(b.seed_bases ^ (step | 2**31))  # bits no step draws
+                backends['forloop'].step(b.algorithm.plan(mode), b, leaves, {})
+                b.grads = None
+        self.mode = mode
 
     def zero_grad(self):
         "Zero the gradients in place, as fastai's `zero_grad` does (detaching any from `create_graph`), in one `torch._foreach_zero_`"
@@ -879,6 +924,9 @@ class FastOptimizer(Optimizer):
             if capturing and not backends[b.backend].capturable: raise RuntimeError(
                 f"The {b.backend} backend passes step-dependent scalars from the host, so a CUDA graph cannot "
                 "capture its step: use triton=True.")
+            if capturing and b.algorithm.carries: raise RuntimeError(
+                f"{b.algorithm.name} carries {sorted(b.algorithm.carries)} from step to step, worked out on the host: "
+                "a CUDA graph cannot capture its step.")
         groups = self.numbers.groups()
         if self.decouple_lr and not self._warned_lr and (groups['lr'] > groups['max_lr']).any():
             self._warned_lr = True
@@ -908,6 +956,8 @@ class FastOptimizer(Optimizer):
                     apply_matrices(plan, b, divide)
                     backends[b.backend].finish(plan, b, leaves, caches[key], reds[key])
                     for s, n in zip(b.states, step.tolist()): engine_write(s, 'step', n)  # after: a refused capture changes nothing
+                    for k in b.algorithm.carries:
+                        for s, v in zip(b.states, np.broadcast_to(leaves[k], (len(b),)).tolist()): engine_write(s, k, v)
                     b.step_counts = step
                     self.backends_used[key] = b.backend
             finally:

@@ -27,6 +27,7 @@ def drive(make_opt, steps=60, seed=0, dtype=torch.float32, device='cpu', frozen=
     groups = groups if groups is not None else param_groups(seed, dtype, device)
     params = [p for grp in groups for p in grp]
     opt = make_opt(groups)
+    if hasattr(opt, 'mode'): opt.train()  # a fastoptim optimizer with evaluation weights (schedule-free) starts with them in place
     for p in params:
         if p.dim() == 1: opt.state[p]['do_wd'] = False
     gen = torch.Generator().manual_seed(seed + 1)

@@ -100,6 +100,7 @@ def run_loop(case, rank=0, world=1):
         with torch.no_grad():  # release's data_parallel broadcasts process 0's weights: this must not survive
             for p in model.parameters(): p.add_(1)
     opt = algorithms[case.algo](list(model.parameters()), lr=1e-2, wd=0.1, **{case.backend: True}, **dict(case.options))
+    opt.train()  # a schedule-free optimizer starts with its evaluation weights in place
     if case.release:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')  # DDP without bucket views: the warning that release frees nothing there

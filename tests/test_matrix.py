@@ -33,13 +33,22 @@ pytestmark = pytest.mark.filterwarnings('error:lr .* exceeds max_lr:UserWarning'
 # The axes of the matrix
 
 # Every registered algorithm (`make_optimizer`), so a new algorithm notebook joins the matrix without editing it
-ALGOS = {name: (ctor, {}) for name, ctor in algorithms.items()}
+def training(ctor):
+    "`ctor`, its optimizer put in training mode (a schedule-free one starts with its evaluation weights in place)"
+    def build(*args, **kwargs):
+        opt = ctor(*args, **kwargs)
+        opt.train()
+        return opt
+    build.algorithm, build.hypers, build.__name__ = ctor.algorithm, ctor.hypers, ctor.__name__
+    return build
+
+ALGOS = {name: (training(ctor), {}) for name, ctor in algorithms.items()}
 # LARS/LARC's default trust coefficient (0.02) makes steps so small against the weights that L2's effect on a
 # 12-step run falls below what `test_weight_decay_matters` can see: a trust coefficient of 1 keeps the runs telling
-ALGOS.update({name: (algorithms[name], dict(trust_coeff=1.)) for name in ('Larc', 'Lars')})
+ALGOS.update({name: (training(algorithms[name]), dict(trust_coeff=1.)) for name in ('Larc', 'Lars')})
 # Muon's orthogonalisation in fp32: in bf16 (its default) it rounds its input, and an fp32 ulp between two backends'
 # elementwise passes may round to another bf16 value (the notebook compares bf16 runs at bf16's tolerance)
-ALGOS['Muon'] = (algorithms['Muon'], dict(ns_dtype='fp32'))
+ALGOS['Muon'] = (training(algorithms['Muon']), dict(ns_dtype='fp32'))
 
 def descriptions(ctor):
     "The algorithms a constructor's optimizer runs: its own, or every one of a Hybrid's"
@@ -393,6 +402,33 @@ def test_release_and_accumulation_match_plain_loop(algo, backend, group_bytes):
         if release: remove_gradient_release(model)
         return [p.detach().clone() for p in model.parameters()]
     assert rel_diff(run(True), run(False)) == 0.
+
+
+# an algorithm with states but no moments (SGD with Nesterov momentum, NAdam, schedule-free, ...): accumulation sums the
+# gradients, and the step on the last micro-batch reads the sum everywhere, its states too (they once read the last
+# micro-batch's gradient)
+NO_MOMENTS = [a for a, (ctor, _) in ALGOS.items() if all(d.states and not d.moments and not d.accumulation for d in descriptions(ctor))]
+
+@pytest.mark.parametrize('algo', NO_MOMENTS)
+def test_accumulation_without_moments_is_a_step_on_the_sum(algo):
+    ctor, extra = ALGOS[algo]
+    def run(accumulate, micro=2):
+        groups = param_groups()
+        params = [p for grp in groups for p in grp]
+        opt = ctor(groups, lr=LR, wd=WD, foreach=True, **extra)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(3):
+            grads = [[torch.randn(p.shape, generator=g) for p in params] for _ in range(micro)]
+            if not accumulate:
+                for p, *xs in zip(params, *grads): p.grad = sum(xs) / micro
+                opt.step()
+                continue
+            for j, micro_grads in enumerate(grads):
+                for p, x in zip(params, micro_grads): p.grad = x
+                opt.accumulate(1 / micro, j == micro - 1)
+                opt.step()
+        return [p.detach().clone() for p in params]
+    assert rel_diff(run(True), run(False)) < 1e-6
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -198,8 +198,10 @@ class Pair:
 
     def make(self, model, backend, **kw):
         extra = dict(ns_dtype='fp32') if self.algo == 'Muon' else {}  # see test_matrix: bf16 would round the backends apart
-        return self.ctor([list(model[0].parameters()), list(model[2].parameters())], lr=slice(1e-3, 1e-2),
-                         wd=0.05, **{backend: True}, **extra, **kw)
+        opt = self.ctor([list(model[0].parameters()), list(model[2].parameters())], lr=slice(1e-3, 1e-2),
+                        wd=0.05, **{backend: True}, **extra, **kw)
+        opt.train()  # a schedule-free optimizer starts with its evaluation weights in place
+        return opt
 
     @property
     def params(self): return [list(m.parameters()) for m in self.models]
