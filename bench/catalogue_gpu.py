@@ -28,8 +28,21 @@ MODIFIERS = {'cautious': dict(cautious=True), 'grams': dict(grams=True), 'lookah
              'orthograd': dict(orthograd=True)}
 
 
+def build(name, *args, **kwargs):
+    "Optimizer `name`, in training mode (a schedule-free one starts in evaluation mode)"
+    opt = algorithms[name](*args, **kwargs)
+    opt.train()
+    return opt
+
+EXTRA = {'Muon': dict(ns_dtype='fp32')}  # its iteration in fp32: bf16 would round the backends' inputs apart
+
 def make(name, backend, **kw):
-    return lambda g: algorithms[name](g, lr=slice(1e-3, 1e-2), wd=0.1, **{backend: True}, **kw)
+    return lambda g: build(name, g, lr=slice(1e-3, 1e-2), wd=0.1, **{backend: True}, **EXTRA.get(name, {}), **kw)
+
+def carries(name):
+    "Whether an algorithm works out numbers on the host at each step (schedule-free): a CUDA graph cannot capture its step"
+    a = algorithms[name].algorithm
+    return any(x.carries for x in getattr(a, 'algorithms', {None: a}).values())
 
 
 def correctness():
@@ -59,9 +72,14 @@ def capture_check(name):
                           for i, s in enumerate(shapes)]
     a, b = params(), params()
     grads = [[torch.randn(s, device=dev, generator=gen) for s in shapes] for _ in range(8)]
-    oa, ob = algorithms[name](a, lr=1e-3, triton=True), algorithms[name](b, lr=1e-3, triton=True)
+    oa, ob = build(name, a, lr=1e-3, triton=True), build(name, b, lr=1e-3, triton=True)
     for p, q, g in zip(a, b, grads[0]): p.grad, q.grad = g.clone(), g.clone()
     oa.step(); ob.step()  # outside the graph: builds the tables
+    if carries(name):  # refused, clearly and before anything changes: the capture fails inside the step
+        try:
+            with torch.cuda.graph(torch.cuda.CUDAGraph()): ob.step()
+        except RuntimeError as e:
+            return 0. if 'carries' in str(e) else math.inf
     side = torch.cuda.Stream(); side.wait_stream(torch.cuda.current_stream())
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.stream(side):
@@ -103,13 +121,14 @@ def reliability_checks():
 
 def bytes_per_step(opt):
     "Bytes a one-pass step moves at least: every tensor its plan reads, every state it writes, and the weights"
-    plan, n = opt.algorithm.plan(), 0
+    n, phases = 0, 1
     for p in opt.flat_params:
-        s = opt.state[p]
+        s, plan = opt.state[p], opt.algorithm_of(p).plan()
+        phases = max(phases, len(plan.phases))
         tensors = [p, p.grad, *[s[k] for k in plan.tensors if k not in ('p', 'g')], *[s[k] for k in plan.whole.stores], p]
         if 'kahan_comp' in s: tensors += [s['kahan_comp']] * 2
         n += sum(t.numel() * t.element_size() for t in tensors)
-    return n, len(plan.phases)
+    return n, phases
 
 
 def make_params(shapes, dtype):
@@ -134,6 +153,14 @@ def peers():
                    AdEMAMix=('pytorch_optimizer foreach', lambda ps: po.AdEMAMix(ps, lr=1e-3, foreach=True)))
     except ImportError: pass
     try:
+        import schedulefree
+        def sf(ps):
+            opt = schedulefree.AdamWScheduleFree(ps, lr=1e-3, foreach=True)
+            opt.train()
+            return opt
+        out['ScheduleFreeAdamW'] = ('schedulefree foreach', sf)
+    except ImportError: pass
+    try:
         from adam_atan2_pytorch import AdamAtan2
         out['AdamAtan2'] = ('adam_atan2_pytorch (reference)', lambda ps: AdamAtan2(ps, lr=1e-3))
     except ImportError: pass
@@ -146,17 +173,19 @@ def timing(bandwidth, reps):
     others = peers()
     for set_name, shapes, dtype in sets:
         for name in algorithms:
-            if '+' in name or name in ('sgd',): continue
+            if '+' in name or name in ('sgd', 'Muon'): continue  # Muon's step is timed by muon_gpu.py
             ps = make_params(shapes, dtype)
-            opt = algorithms[name](ps, lr=1e-4, triton=True)
+            opt = build(name, ps, lr=1e-4, triton=True)
             opt.step(); opt.step()
             eager = median_ms(opt.step, reps, dev, warmup=3)
-            side = torch.cuda.Stream(); side.wait_stream(torch.cuda.current_stream())
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.stream(side):
-                with torch.cuda.graph(graph): opt.step()
-            torch.cuda.current_stream().wait_stream(side)
-            replay = median_ms(graph.replay, reps, dev, warmup=3)
+            graph, replay = None, math.nan
+            if not carries(name):
+                side = torch.cuda.Stream(); side.wait_stream(torch.cuda.current_stream())
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.stream(side):
+                    with torch.cuda.graph(graph): opt.step()
+                torch.cuda.current_stream().wait_stream(side)
+                replay = median_ms(graph.replay, reps, dev, warmup=3)
             n, phases = bytes_per_step(opt)
             bound = n / bandwidth / 1e6
             row = dict(set=set_name, dtype=str(dtype)[6:], algorithm=name, passes=phases, eager_ms=eager, graph_ms=replay,
@@ -186,7 +215,8 @@ def main():
             f"triton {triton.__version__}; command: `python3 bench/catalogue_gpu.py --out $OUT`\n")
     results = {}
     for part, fn in (('correctness', correctness), ('reliability', reliability_checks),
-                     ('capture', lambda: [dict(check=f'{n}: graph replay vs eager', backend='triton', value=capture_check(n))
+                     ('capture', lambda: [dict(check=f"{n}: {'capture refused (carries)' if carries(n) else 'graph replay vs eager'}",
+                                               backend='triton', value=capture_check(n))
                                           for n in algorithms])):
         try: results[part] = fn()
         except Exception: results[part] = [dict(check=f'{part} crashed', backend='', value=math.nan, ok=False, error=traceback.format_exc()[-2000:])]

@@ -27,7 +27,7 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt
 import bf16_gpt as g
 from fastoptim.all import (Adam, Lamb, RAdam, Ranger, Lion, RMSProp, QHAdam, Adamax, Adan, ADOPT, AdEMAMix, AdamAtan2, SGD, NAdam,
-                           Muon, mark_roles, to_bf16, seed_kahan_comp)
+                           Muon, mark_roles, ScheduleFreeAdamW, ScheduleFreeSGD, to_bf16, seed_kahan_comp)
 
 # label: (constructor, peak lr, hypers), the hypers those of the paper or the authors' code for language models
 def catalogue(steps):
@@ -52,6 +52,10 @@ def catalogue(steps):
         # Moonlight's RMS-matching scale lets both use AdamW's learning rate
         'Muon + AdamW': (Muon, 1e-3, dict(mom=0.95, rms_match=0.2, adam_mom=0.9, sqr_mom=0.95, eps=1e-8, wd=0.1)),
         'Muon (aol=True) + AdamW': (Muon, 1e-3, dict(mom=0.95, rms_match=0.2, adam_mom=0.9, sqr_mom=0.95, eps=1e-8, wd=0.1, aol=True)),
+        # schedule-free: a constant lr after the same warm-up (its own `warmup_steps`), the authors' default lr for AdamW;
+        # validated on the evaluation weights
+        'Schedule-free AdamW': (ScheduleFreeAdamW, 2.5e-3, dict(mom=0.9, sqr_mom=0.95, eps=1e-8, wd=0.1)),
+        'Schedule-free SGD': (ScheduleFreeSGD, 1.0, dict(mom=0.9, wd=1e-4)),
     }
 
 
@@ -90,7 +94,10 @@ def main():
         model.load_state_dict(init); model.to(device); to_bf16(model, keep_fp32=())
         if ctor is Muon: mark_roles(model, others=[model.pos])  # the output layer is the embedding's weight (tied)
         params = list(model.parameters())
+        schedule_free = ctor in (ScheduleFreeAdamW, ScheduleFreeSGD)
+        if schedule_free: hypers = dict(hypers, warmup_steps=max(1, round(args.warmup_frac * steps)))
         opt = ctor(params, lr=lr, **hypers, **{backend: True})
+        opt.train()  # a schedule-free optimizer starts with its evaluation weights in place (the others have one set)
         for p in params:
             if p.ndim < 2: opt.state[p]['do_wd'] = False
         seed_kahan_comp(opt, [init[n] for n, _ in model.named_parameters()])
@@ -100,7 +107,7 @@ def main():
         args.lr, args.min_lr = lr, lr / 10
         for step, s in enumerate(starts):
             if step == skip: watch.start()
-            opt.set_hyper('lr', g.lr_at(step, steps, args))
+            if not schedule_free: opt.set_hyper('lr', g.lr_at(step, steps, args))
             x, y = g.batch(train, s, args.ctx)
             loss = g.forward_loss(model, x, y, False)
             loss.backward()
@@ -112,7 +119,9 @@ def main():
             opt.zero_grad()
             if (step + 1) % every == 0 or step + 1 == steps:
                 watch.stop()
+                opt.eval()  # the evaluation weights, where they differ
                 curve.append((step + 1, g.evaluate(model, val, val_starts, args.ctx, False)))
+                opt.train()
                 if step + 1 < steps: watch.start()
         n = sum(p.numel() for p in params)
         results[label] = dict(curve=curve, final_val_loss=curve[-1][1], step_ms=watch.total / (steps - skip) * 1e3,
