@@ -19,7 +19,7 @@ from fastoptim.all import SGD, Adam, Lamb, adam
 from fastoptim.core import backends, algorithms
 from fastoptim.triton_engine import interpreting
 from functools import partial
-from fastoptim.testing import drive as full_drive, rel_diff, param_groups
+from fastoptim.testing import drive as full_drive, rel_diff, param_groups, accumulation_runs
 # The matrix runs a shorter `drive` than the notebooks (12 steps, a group frozen for steps 4-7): it still
 # changes gradients, slices and schedules lr and mom, freezes and unfreezes, and keeps CI's Triton interpreter
 # runs short as the catalogue grows; each algorithm notebook runs the full 60 steps against its oracle.
@@ -412,41 +412,5 @@ NO_MOMENTS = [a for a, (ctor, _) in ALGOS.items() if all(d.states and not d.mome
 @pytest.mark.parametrize('algo', NO_MOMENTS)
 def test_accumulation_without_moments_is_a_step_on_the_sum(algo):
     ctor, extra = ALGOS[algo]
-    def run(accumulate, micro=2):
-        groups = param_groups()
-        params = [p for grp in groups for p in grp]
-        opt = ctor(groups, lr=LR, wd=WD, foreach=True, **extra)
-        g = torch.Generator().manual_seed(1)
-        for _ in range(3):
-            grads = [[torch.randn(p.shape, generator=g) for p in params] for _ in range(micro)]
-            if not accumulate:
-                for p, *xs in zip(params, *grads): p.grad = sum(xs) / micro
-                opt.step()
-                continue
-            for j, micro_grads in enumerate(grads):
-                for p, x in zip(params, micro_grads): p.grad = x
-                opt.accumulate(1 / micro, j == micro - 1)
-                opt.step()
-        return [p.detach().clone() for p in params]
-    assert rel_diff(run(True), run(False)) < 1e-6
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Loaded state checked against the description before anything changes (a smaller state once made Triton
-# write past its end)
-
-@pytest.mark.parametrize('backend', ALL_BACKENDS)
-def test_wrong_shape_state_is_refused(backend):
-    ps = [torch.randn(4, 3, requires_grad=True), torch.randn(3, requires_grad=True)]
-    opt = Adam(ps, lr=LR, **{backend: True})
-    for p in ps: p.grad = torch.randn_like(p)
-    opt.step()
-    sd = copy.deepcopy(opt.state_dict())
-    sd['state'][0]['grad_avg'] = torch.zeros(2)
-    before = [p.detach().clone() for p in ps]
-    with pytest.raises(ValueError, match=r'State `grad_avg` has shape \(2,\), its parameter \(4, 3\)'): opt.load_state_dict(sd)
-    assert opt.state[ps[0]]['grad_avg'].shape == (4, 3)
-    opt.step()  # still the optimizer it was
-    assert all(not torch.equal(p, b) for p, b in zip(ps, before))
-    sgd_opt = SGD([p.detach().clone().requires_grad_() for p in ps], lr=LR, **{backend: True})
-    with pytest.raises(ValueError, match='another algorithm'): sgd_opt.load_state_dict(opt.state_dict())
+    folded, on_mean = accumulation_runs(lambda groups: ctor(groups, lr=LR, wd=WD, foreach=True, **extra))
+    assert rel_diff(folded, on_mean) < 1e-6
