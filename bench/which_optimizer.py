@@ -27,7 +27,7 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt
 import bf16_gpt as g
 from fastoptim.all import (Adam, Lamb, RAdam, Ranger, Lion, RMSProp, QHAdam, Adamax, Adan, ADOPT, AdEMAMix, AdamAtan2, SGD, NAdam,
-                           Muon, mark_roles, ScheduleFreeAdamW, ScheduleFreeSGD, StableAdamW, Larc, Lars, to_bf16, seed_kahan_comp)
+                           Muon, mark_roles, ScheduleFreeAdamW, ScheduleFreeSGD, StableAdamW, Larc, Lars, SimplifiedAdEMAMix, to_bf16, seed_kahan_comp)
 
 # label: (constructor, peak lr, hypers), the hypers those of the paper or the authors' code for language models
 def catalogue(steps):
@@ -56,6 +56,9 @@ def catalogue(steps):
         # validated on the evaluation weights
         'Schedule-free AdamW': (ScheduleFreeAdamW, 2.5e-3, dict(mom=0.9, sqr_mom=0.95, eps=1e-8, wd=0.1)),
         'Schedule-free SGD': (ScheduleFreeSGD, 1.0, dict(mom=0.9, wd=1e-4)),
+        # the authors' setting: β1 warmed up from 0.9 to 0.99 over the run, no gradient term (α = 0), a 10× smaller lr
+        'Simplified AdEMAMix': (SimplifiedAdEMAMix, 1e-4, dict(mom=0.99, min_mom=0.9, t_warmup=steps, sqr_mom=0.95, alpha=0.,
+                                                               eps=1e-8, wd=0.1)),
         'StableAdamW': (StableAdamW, 1e-3, dict(mom=0.9, sqr_mom=0.95, eps=1e-6, wd=0.1)),
         # LARS and LARC are large-batch methods for vision, with no recommendation for language models: fastai's trust
         # coefficient, and a learning rate that makes a step about 2% of each tensor's norm
