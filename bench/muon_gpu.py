@@ -201,13 +201,13 @@ def divided(args, device, rank, world, lines, record):
     torch_opt = torch.optim.Muon(ps, lr=1e-3, weight_decay=0.1, adjust_lr_fn='match_rms_adamw')
     rows.append(('torch.optim.Muon (all work on each GPU)', step_ms(torch_opt, ps, grads, device, args.reps)))
     del torch_opt
-    for name, data_parallel, aol in (('fastoptim Muon, work repeated', False, False), ('fastoptim Muon, work divided', None, False),
-                                     ('fastoptim Muon (aol=True), work divided', None, True)):
+    for name, data_parallel, aol in (('fastoptim Muon, work repeated', False, False), ('fastoptim Muon, work divided', True, False),
+                                     ('fastoptim Muon (aol=True), work divided', True, True)):
         ps2 = [p.detach().clone().requires_grad_() for p in ps]
         opt = Muon(ps2, lr=1e-3, wd=0.1, triton=True, data_parallel=data_parallel, aol=aol)
         dist.barrier()
         rows.append((name, step_ms(opt, ps2, grads, device, args.reps)))
-        if data_parallel is None and not aol:  # every process ends with the same weights
+        if data_parallel and not aol:  # every process ends with the same weights
             w = torch.cat([p.detach().float().flatten()[:4096] for p in ps2])
             other = w.clone(); dist.broadcast(other, 0)
             record['divided_identical_across_ranks'] = bool(torch.equal(w, other))

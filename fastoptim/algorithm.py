@@ -219,7 +219,9 @@ def trace_hypers(algorithm):
     "The hypers an update reads, as named inputs (carries too: this step's values), with its per-step formulas"
     h = SimpleNamespace(**{k: leaf(k) for k in (*engine_scalars, *algorithm.hypers, *algorithm.carries)})
     if algorithm.scalars is not None:
-        for k, v in algorithm.scalars(h).items(): setattr(h, k, named(v, k))
+        for k, v in algorithm.scalars(h).items():
+            if k in algorithm.carries: raise ValueError(f"{algorithm.name}: `{k}` is both a carry and a per-step formula.")
+            setattr(h, k, named(v, k))
     return h
 
 def nodes_of(roots):
@@ -667,6 +669,9 @@ def modified(algorithm, cautious:bool=False, grams:bool=False, lookahead:bool=Fa
     if cautious and grams: raise ValueError("cautious=True and grams=True both take the update's direction from the gradient: choose one.")
     key = tuple(k for k, on in (('orthograd', orthograd), ('cautious', cautious), ('grams', grams), ('lookahead', lookahead)) if on)
     if not key: return algorithm
+    if getattr(algorithm, 'modes', None) is not None and set(key) - {'orthograd'}:
+        raise ValueError(f"{' and '.join(f'{k}=True' for k in key if k != 'orthograd')} would change {algorithm.name}'s step "
+                         "but not the formulas that turn its training weights into evaluation weights: refused.")
     if isinstance(algorithm, Hybrid):
         return replace(algorithm, name='+'.join((algorithm.name, *key)),
                        algorithms={k: modified(a, cautious, grams, lookahead, orthograd) for k, a in algorithm.algorithms.items()})

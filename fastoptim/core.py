@@ -306,7 +306,7 @@ def check_state(algorithm, p, state, stepping=False):
         elif k in algorithm.carries:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise ValueError(f"State `{k}` must be a finite number, got {v!r}.")
-        elif k in ('do_wd', 'force_train'):
+        elif k in ('do_wd', 'force_train', 'eval_weights'):
             if not isinstance(v, (bool, np.bool_)): raise TypeError(f"State `{k}` must be a bool, got {v!r}.")
         elif isinstance(v, Tensor):
             raise ValueError(f"State `{k}` is not one of {algorithm.name}'s states {sorted(algorithm.states)}: "
@@ -572,7 +572,7 @@ class Preparation:
 
     def __call__(self, buckets, generation):
         opt = self.opt
-        names = {key: self.check(b) for key, b in buckets.items()}
+        names = {key: self.check(b, generation) for key, b in buckets.items()}
         kept = {}  # the workspaces this layout uses: those of the last one are reused (a rebuild must not reallocate them)
         for key, b in buckets.items():
             self.create_state(b)
@@ -592,8 +592,8 @@ class Preparation:
                 if b.sharded: b.seed_bases = hash32(b.seed_bases ^ np.array(b.salts, dtype=np.int64))
         if generation >= 0: self.workspaces = kept  # `step_params`' buckets keep theirs with them
 
-    def check(self, b):
-        "The backend that will step bucket `b`, after checking its tensors and state"
+    def check(self, b, generation=0):
+        "The backend that will step bucket `b` (of layout `generation`: see `create_workspace`), after checking its tensors and state"
         opt = self.opt
         if opt.stochastic_rounding and b.dtype == torch.float16:
             raise TypeError("stochastic_rounding=True supports bfloat16 parameters, not float16: use kahan_sum.")
@@ -608,6 +608,13 @@ class Preparation:
             fn = next(iter(workspace.values()))[0]
             raise RuntimeError(f"{b.algorithm.name} applies {fn.name} to whole matrices, and this process holds shards of them "
                                "(FSDP2): step these parameters with an elementwise algorithm, or do not shard them.")
+        if workspace and opt.matrix_group is not None and generation >= 0:  # the processes divide the work on their stacks
+            mine, dist = [(i, tuple(p.shape)) for i, p in zip(b.indices, b.params)], torch.distributed
+            everyone = [None] * dist.get_world_size(opt.matrix_group)
+            dist.all_gather_object(everyone, mine, group=opt.matrix_group)
+            if any(other != mine for other in everyone): raise RuntimeError(
+                f"{b.algorithm.name} divides its matrices over the processes, but they step different parameters: each would "
+                "take the others' steps. Divide only when every process steps the same parameters on the same gradients (DDP).")
         for p, s in zip(b.params, b.states): check_state(b.algorithm, p, s, stepping=True)
         return name
 
@@ -615,6 +622,8 @@ class Preparation:
         "Create missing state tensors from the description; move loaded ones to their parameter's device, dtype and layout"
         b.rounding = self.opt.rounding(b.dtype)
         specs = {**b.algorithm.states, **({'kahan_comp': State()} if b.rounding == 'kahan' else {})}
+        for s in b.states:  # which weights are in place, saved with the state (a new state: the training ones, stepped)
+            if b.algorithm.modes and 'eval_weights' not in s: engine_write(s, 'eval_weights', self.opt.mode == 'eval')
         for p, s in zip(b.params, b.states):
             for n, spec in specs.items():
                 t, dtype = s.get(n), torch.float32 if spec.dtype == 'fp32' else p.dtype
@@ -792,7 +801,11 @@ class FastOptimizer(Optimizer):
                                          f"was it saved by another algorithm than {self.algorithm.name}?")
         sd = {**sd, 'state': [local_state(p, state) for p, state in zip(params, sd['state'])]}
         for p, state in zip(params, sd['state']): check_state(self.algorithm_of(p), p, state)
+        modes = {bool(state['eval_weights']) for state in sd['state'] if isinstance(state, dict) and 'eval_weights' in state}
+        if len(modes) > 1: raise ValueError("The state dict holds evaluation weights for some parameters and training weights for "
+                                            "others: it was not saved by one optimizer.")
         super().load_state_dict(sd)
+        if modes: self.mode = 'eval' if modes.pop() else 'train'  # the weights saved with this state are of that mode
         self.layout.forget()
 
     def _capturing(self):
@@ -870,6 +883,7 @@ class FastOptimizer(Optimizer):
                 if b.rounding == 'stochastic': b.seeds = hash32(b.seed_bases ^ (step | 2**31))  # bits no step draws
                 backends['forloop'].step(b.algorithm.plan(mode), b, leaves, {})
                 b.grads = None
+                for st in b.states: engine_write(st, 'eval_weights', mode == 'eval')  # saved with the state: a load knows the mode
         self.mode = mode
 
     def zero_grad(self):
@@ -881,6 +895,7 @@ class FastOptimizer(Optimizer):
 
     def check_params(self, params):
         "Raise now if stepping `params` would be refused for the hypers or their state (gradient release's check before backward)"
+        self._check_mode()
         self.numbers.check()
         for p in params: check_state(self.algorithm_of(p), p, self.state[p], stepping=True)
 

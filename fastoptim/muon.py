@@ -118,12 +118,11 @@ def muon_router(route=None):
 def _matrix_group(data_parallel):
     "The process group that divides the orthogonalisation, or None"
     import torch.distributed as dist
-    running = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-    if data_parallel is None: return dist.group.WORLD if running else None
-    if not isinstance(data_parallel, bool): raise TypeError(f"data_parallel must be None, True or False, got {data_parallel!r}.")
-    if data_parallel and not (dist.is_available() and dist.is_initialized()):
+    if not isinstance(data_parallel, bool): raise TypeError(f"data_parallel must be True or False, got {data_parallel!r}.")
+    if not data_parallel: return None
+    if not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError("data_parallel=True divides the orthogonalisation over processes: initialise torch.distributed first.")
-    return dist.group.WORLD if data_parallel and running else None
+    return dist.group.WORLD if dist.get_world_size() > 1 else None
 
 def muon_hybrid(route=None, nesterov:bool=True, ns_steps:int|None=None, ns_dtype:str='bf16', aol:bool=False) -> Hybrid:
     "Muon for the matrices `route` gives it, AdamW for the rest; `ns_steps` None: 5, or 4 from AOL's rescaling (`aol`)"
@@ -135,12 +134,12 @@ def muon_hybrid(route=None, nesterov:bool=True, ns_steps:int|None=None, ns_dtype
     if ns_dtype not in ('bf16', 'fp32'): raise ValueError(f"ns_dtype must be 'bf16' or 'fp32', got {ns_dtype!r}.")
     return Hybrid('Muon', dict(muon=muon_algorithm(nesterov, ns_steps, ns_dtype, aol), adamw=muon_adamw_algorithm), muon_router(route))
 
-def _build_muon(params, lr, kwargs, route=None, nesterov=True, ns_steps=None, ns_dtype='bf16', aol=False, data_parallel=None):
+def _build_muon(params, lr, kwargs, route=None, nesterov=True, ns_steps=None, ns_dtype='bf16', aol=False, data_parallel=False):
     group = _matrix_group(data_parallel)
     opt = FastOptimizer(params, muon_hybrid(route, nesterov, ns_steps, ns_dtype, aol), lr, **kwargs)
     opt.matrix_group = group
     return opt
 
 Muon = make_optimizer(muon_hybrid(), "Muon (Jordan et al. 2024) for hidden matrices and AdamW for the other parameters, in one optimizer",
-                      options=dict(route=None, nesterov=True, ns_steps=None, ns_dtype='bf16', aol=False, data_parallel=None), build=_build_muon)
+                      options=dict(route=None, nesterov=True, ns_steps=None, ns_dtype='bf16', aol=False, data_parallel=False), build=_build_muon)
 muon = partial_maker(Muon, 'muon')

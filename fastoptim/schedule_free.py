@@ -64,8 +64,10 @@ class EvalWeights(Callback):
     "The optimizer's training weights in place for training; its evaluation weights for validation and after `fit` (for saving, exporting and predicting): schedule-free optimizers"
     order = -5  # before the callbacks that validate, save or log
     def before_fit(self):
-        if not hasattr(self.opt, 'eval'):
+        if self.opt is not None and not hasattr(self.opt, 'eval'):  # no optimizer: `validate`, `get_preds` before any fit or after `load_learner`
             raise TypeError(f"EvalWeights needs a fastoptim optimizer (one with evaluation weights), got {type(self.opt).__name__}.")
     def before_train(self): self.opt.train()
-    def before_validate(self): self.opt.eval()
-    def after_fit(self): self.opt.eval()
+    def before_validate(self):
+        if self.opt is not None: self.opt.eval()
+    def after_fit(self):
+        if self.opt is not None: self.opt.eval()

@@ -58,8 +58,7 @@ def whole_matrices(algo):
 # every algorithm, elementwise or not; Muon in fp32 so that the order the processes average in stays below its iteration's rounding
 OPTIONS = {'Muon': (('ns_dtype', 'fp32'),)}
 LOOPS = [Loop(a, m, options=OPTIONS.get(a, ())) for a in algorithms for m in ('ddp', 'fsdp') if not (m == 'fsdp' and whole_matrices(a))]
-LOOPS += [Loop('Muon', 'ddp', b, options=(('ns_dtype', 'fp32'), *extra)) for b, extra in
-          (('triton', ()), ('foreach', (('data_parallel', False),)))]  # divided (the default), and repeated on each process
+LOOPS += [Loop('Muon', 'ddp', b, options=(('ns_dtype', 'fp32'), ('data_parallel', True))) for b in ('triton', 'foreach')]  # divided
 LOOPS += [Loop('Muon', 'ddp_view', release=True, options=(('ns_dtype', 'fp32'),))]
 LOOPS += [Loop(a, 'fsdp', b) for a in ('Adam', 'Lamb') for b in ('forloop', 'jit', 'triton')]  # LAMB: a reduction per tensor
 LOOPS += [Loop('Lamb', 'ddp', 'triton'), Loop('Adam', 'fsdp', 'foreach', options=(('cautious', True),))]
@@ -136,7 +135,7 @@ def run_fit(case, rank=0, world=1):
     dls = DataLoaders(DataLoader(ds, bs=bs), DataLoader(ds[:16], bs=bs), device='cpu')
     cbs = {'release': GradientRelease(group_bytes=64), 'accumulate': OptimizerAccumulation(2 * bs),  # two micro-batches: n_acc counts one process's samples, as fastai's does
            'bf16': BF16()}
-    opt_func = adam(foreach=True, wd=0.1) if case.opt == 'adam' else muon(foreach=True, wd=0.1, ns_dtype='fp32')
+    opt_func = adam(foreach=True, wd=0.1) if case.opt == 'adam' else muon(foreach=True, wd=0.1, ns_dtype='fp32', data_parallel=True)
     learn = Learner(dls, small_model(), loss_func=nn.MSELoss(), opt_func=opt_func,
                     cbs=[cbs[c] for c in case.callbacks])
     with learn.no_bar(), learn.no_logging():
@@ -169,6 +168,12 @@ def refusals(rank):
     sharded(torch.randn(4, 6)).sum().backward()
     try: opt.step(); out['Muon on shards'] = None
     except RuntimeError as e: out['Muon on shards'] = str(e)
+    ps = [torch.randn(8 + rank, 6, requires_grad=True)]  # the processes step different parameters: dividing would mix them
+    opt = muon(ps, foreach=True, data_parallel=True)
+    ps[0].grad = torch.ones_like(ps[0])
+    try: opt.step(); out['Muon divided over different parameters'] = None
+    except RuntimeError as e: out['Muon divided over different parameters'] = str(e)
+    out['refused before any change'] = opt.state[ps[0]] == {}
     return out
 
 def divided(rank):
@@ -181,7 +186,7 @@ def divided(rank):
     object.__setattr__(newton_schulz_fp32, 'apply', counting)  # the function the engine calls, counting its matrices
     try:
         out = []
-        for data_parallel in (None, False):
+        for data_parallel in (True, False):
             counted.clear()
             ps = [torch.randn(8, 6, requires_grad=True) for _ in range(4)]
             opt = muon(ps, foreach=True, ns_dtype='fp32', data_parallel=data_parallel)
@@ -281,6 +286,11 @@ def test_muon_on_shards_is_refused(ranks):
     for r in ranks:
         assert not isinstance(r['refusals'], str), r['refusals']
         assert 'whole matrices' in r['refusals']['Muon on shards']
+
+def test_muon_divided_over_different_parameters_is_refused(ranks):
+    for r in ranks:
+        assert 'step different parameters' in r['refusals']['Muon divided over different parameters']
+        assert r['refusals']['refused before any change']
 
 def test_muon_divides_the_orthogonalisation(ranks):
     "Under DDP each process orthogonalises half of the four matrices, and all four with data_parallel=False"
