@@ -98,7 +98,8 @@ def run_loop(case, rank=0, world=1):
     if case.mode == 'dp' and rank == 1:
         with torch.no_grad():  # release's data_parallel broadcasts process 0's weights: this must not survive
             for p in model.parameters(): p.add_(1)
-    opt = algorithms[case.algo](list(model.parameters()), lr=1e-2, wd=0.1, **{case.backend: True}, **dict(case.options))
+    options = {k: v for k, v in case.options if not (k == 'data_parallel' and world == 1)}  # one process divides nothing
+    opt = algorithms[case.algo](list(model.parameters()), lr=1e-2, wd=0.1, **{case.backend: True}, **options)
     opt.train()  # a schedule-free optimizer starts with its evaluation weights in place
     if case.release:
         with warnings.catch_warnings():
@@ -135,7 +136,7 @@ def run_fit(case, rank=0, world=1):
     dls = DataLoaders(DataLoader(ds, bs=bs), DataLoader(ds[:16], bs=bs), device='cpu')
     cbs = {'release': GradientRelease(group_bytes=64), 'accumulate': OptimizerAccumulation(2 * bs),  # two micro-batches: n_acc counts one process's samples, as fastai's does
            'bf16': BF16()}
-    opt_func = adam(foreach=True, wd=0.1) if case.opt == 'adam' else muon(foreach=True, wd=0.1, ns_dtype='fp32', data_parallel=True)
+    opt_func = adam(foreach=True, wd=0.1) if case.opt == 'adam' else muon(foreach=True, wd=0.1, ns_dtype='fp32', data_parallel=world > 1)
     learn = Learner(dls, small_model(), loss_func=nn.MSELoss(), opt_func=opt_func,
                     cbs=[cbs[c] for c in case.callbacks])
     with learn.no_bar(), learn.no_logging():
