@@ -6,7 +6,7 @@ Docs: https://fastoptim.github.io/fastoptim/foreach.html.md"""
 
 # %% auto #0
 __all__ = ['pieces', 'chunks', 'with_l2', 'add_scaled', 'Rounding', 'update_params', 'ForeachDialect', 'as_tensor',
-           'foreach_source', 'foreach_functions', 'stage', 'ForeachBackend']
+           'foreach_source', 'phase_tensors', 'foreach_functions', 'stage', 'ForeachBackend']
 
 # %% ../nbs/01_foreach.ipynb #52d54baf
 import math
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from dataclasses import dataclass
 from .core import backends, to_device, flat, stochastic_round, fold_moments, compile_source, Stepper
-from .algorithm import TorchDialect, emit, ordered_stores, final_args, reduction_ops
+from .algorithm import TorchDialect, emit, ordered_stores, final_args, reduction_ops, nodes_of
 
 # %% ../nbs/01_foreach.ipynb #b7047ad2
 def pieces(tensor_lists, limit):
@@ -124,13 +124,24 @@ def foreach_source(plan, phase, name):
     args = [f'{t}_list' for t in plan.tensors] + list(plan.frontier)
     return f"def {name}(*, {', '.join(args)}, sums=None, rounding=None):\n" + ''.join(f'    {l}\n' for l in lines + tail)
 
+def phase_tensors(phase):
+    "(the tensors a phase reads, those it writes), by the plan's names: the others need no fp32 copy"
+    reads = {n.name for n in nodes_of(phase.roots()) if n.op == 'input' and n.tensor}
+    writes = set(phase.stores)
+    if phase.final is not None: reads.add('p'); writes |= {'p', 'kahan_comp'}
+    if 'g' in reads: reads.add('p')  # L2 adds l2·p to the gradient
+    return reads | writes, writes
+
 def foreach_functions(plan):
-    "The plan's phases as foreach functions (made once per plan)"
+    "The plan's phases as foreach functions (made once per plan), each with the tensors it reads and writes (`touches`, `writes`)"
     if 'foreach' not in plan.code:
         namespace = dict(torch=torch, np=np, update_params=update_params, add_scaled=add_scaled, with_l2=with_l2,
                          as_tensor=as_tensor)
-        plan.code['foreach'] = [compile_source(foreach_source(plan, ph, f'{plan.name}_foreach{i}'), f'{plan.name}_foreach{i}', namespace)
-                                for i, ph in enumerate(plan.phases)]
+        plan.code['foreach'] = []
+        for i, ph in enumerate(plan.phases):
+            fn = compile_source(foreach_source(plan, ph, f'{plan.name}_foreach{i}'), f'{plan.name}_foreach{i}', namespace)
+            fn.touches, fn.writes = phase_tensors(ph)
+            plan.code['foreach'].append(fn)
     return plan.code['foreach']
 
 # %% ../nbs/01_foreach.ipynb #b0a8f708
@@ -183,7 +194,7 @@ class ForeachBackend(Stepper):
     def _chunk(self, fn, plan, bucket, cache, cut, lo, hi, values, sums, last):
         idx = cache['owner'][lo:hi]
         originals = {k: ts[lo:hi] for k, ts in cut.items()}
-        staged = {k: stage(ts) for k, ts in originals.items()}
+        staged = {k: stage(ts) if k in fn.touches else ts for k, ts in originals.items()}  # the others are not read
         kwargs = {f'{t}_list': staged[t] for t in plan.tensors}
         kwargs.update({k: v[idx].tolist() for k, v in values.items()})
         if sums is not None: kwargs['sums'] = sums[to_device(idx, sums.device)]
@@ -191,7 +202,7 @@ class ForeachBackend(Stepper):
             bucket.seeds[idx].tolist() if bucket.seeds is not None else None, cache['starts'][lo:hi].tolist())
         out = fn(**kwargs)
         for k, o in originals.items():
-            if k != 'g' and staged[k] is not o: torch._foreach_copy_(o, staged[k])
+            if k in fn.writes and staged[k] is not o: torch._foreach_copy_(o, staged[k])
         return out
 
 backends['foreach'] = ForeachBackend()
