@@ -272,6 +272,11 @@ class Phase:
     final: tuple = None # (scale, direction, denominator or None): p ← p·(1 − decay) + scale·direction[/denominator]
     def roots(self):
         return [*self.reductions, *self.stores.values(), *([x for x in self.final if x is not None] if self.final else [])]
+    def reads(self):
+        "The tensors the pass reads, by the plan's names: the parameter too where it is written, or where L2 joins the gradient"
+        names = {n.name for n in nodes_of(self.roots()) if n.op == 'input' and n.tensor}
+        if self.final is not None or 'g' in names: names.add('p')
+        return names
 
 plan_numbers = itertools.count()
 

@@ -144,6 +144,7 @@ class Bucket:
         self.rounding, self.seeds, self.seed_bases = 'nearest', None, None  # set by the optimizer: see `FastOptimizer.rounding`
         self.generation = 0  # changes whenever the tensors of the bucket may have changed
         self.step_counts = None  # steps taken before this one
+        self.carries = {}  # the algorithm's carries before this step, an array per name (see `Carry`)
         self.capturing = False  # whether this step is being captured in a CUDA graph
 
     @property
@@ -199,13 +200,13 @@ def combine_totals(plan, reds):
 def apply_matrices(plan, bucket, divide=None):
     "Replace each workspace stack of `bucket` by the plan's matrix function of it; `divide` (a process group of identical buckets): each process computes its share of every stack, then gathers the others'"
     if not plan.workspace: return
+    import torch.distributed as dist
     gathers = []
     for name, (fn, options) in plan.workspace.items():
         for stack in bucket.stacks[name]:
             if divide is None:
                 fn.apply(stack, **dict(options))
                 continue
-            import torch.distributed as dist
             share = len(stack) // dist.get_world_size(divide)  # stacks are padded to a multiple of the processes
             own = stack[dist.get_rank(divide) * share:][:share]
             fn.apply(own, **dict(options))
@@ -560,9 +561,7 @@ class Numbers:
         elif opt.decouple_lr: l2, decay = np.zeros_like(wd), hp['lr'] / hp['max_lr'] * wd
         else: l2, decay = np.zeros_like(wd), hp['lr'] * wd
         leaves = {**hp, 'step': step.astype(np.float64), 'l2': l2, 'decay': decay, 'numel': b.numels, 'rows': b.rows, 'cols': b.cols}
-        if b.algorithm.carries:  # this step's values, from the last ones in the state (written there after the step)
-            lasts = {k: np.array([float(s.get(k, c.init)) for s in b.states]) for k, c in b.algorithm.carries.items()}
-            leaves.update(carry_values(b.algorithm, leaves, lasts))
+        if b.algorithm.carries: leaves.update(carry_values(b.algorithm, leaves, b.carries))  # from the last step's values
         return leaves, step
 
 # %% ../nbs/00_core.ipynb #ee5291c4
@@ -578,6 +577,7 @@ class Preparation:
             self.create_state(b)
             b.backend, b.generation, b.group_index = names[key], generation, np.array(b.groups)
             b.step_counts = np.array([s.get('step', 0) for s in b.states], dtype=np.int64)
+            b.carries = {k: np.array([float(s.get(k, c.init)) for s in b.states]) for k, c in b.algorithm.carries.items()}
             b.do_wd = np.array([bool(s.get('do_wd', True)) for s in b.states])
             b.numels = np.array(b.logical_numels, dtype=np.float64)
             b.rows = np.array(b.logical_rows, dtype=np.float64)
@@ -971,8 +971,9 @@ class FastOptimizer(Optimizer):
                     apply_matrices(plan, b, divide)
                     backends[b.backend].finish(plan, b, leaves, caches[key], reds[key])
                     for s, n in zip(b.states, step.tolist()): engine_write(s, 'step', n)  # after: a refused capture changes nothing
-                    for k in b.algorithm.carries:
-                        for s, v in zip(b.states, np.broadcast_to(leaves[k], (len(b),)).tolist()): engine_write(s, k, v)
+                    b.carries = {k: np.broadcast_to(leaves[k], (len(b),)).copy() for k in b.carries}
+                    for k, values in b.carries.items():
+                        for s, v in zip(b.states, values.tolist()): engine_write(s, k, v)
                     b.step_counts = step
                     self.backends_used[key] = b.backend
             finally:
@@ -1045,6 +1046,7 @@ def make_optimizer(algorithm:Algorithm|Hybrid, doc:str, name:str|None=None, lr:f
                    build:Callable|None=None):
     "The constructor `Name(params, lr, **hypers, **options)` of `algorithm`, with its hypers' defaults (and `lr`'s) in its signature; `options` (name -> default): the constructor's own, which `build(params, lr, engine_kwargs, **options)` turns into the optimizer"
     name, default_lr, own = name or algorithm.name, lr, dict(options or {})
+    if own and build is None: raise ValueError(f"{name}: constructor options {sorted(own)} need a `build` that reads them.")
     def constructor(params, lr=default_lr, **kwargs):
         if build is None: return FastOptimizer(params, algorithm, lr, **kwargs)
         mine = {k: kwargs.pop(k, v) for k, v in own.items()}

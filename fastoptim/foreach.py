@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from dataclasses import dataclass
 from .core import backends, to_device, flat, stochastic_round, fold_moments, compile_source, Stepper
-from .algorithm import TorchDialect, emit, ordered_stores, final_args, reduction_ops, nodes_of
+from .algorithm import TorchDialect, emit, ordered_stores, final_args, reduction_ops
 
 # %% ../nbs/01_foreach.ipynb #b7047ad2
 def pieces(tensor_lists, limit):
@@ -125,12 +125,9 @@ def foreach_source(plan, phase, name):
     return f"def {name}(*, {', '.join(args)}, sums=None, rounding=None):\n" + ''.join(f'    {l}\n' for l in lines + tail)
 
 def phase_tensors(phase):
-    "(the tensors a phase reads, those it writes), by the plan's names: the others need no fp32 copy"
-    reads = {n.name for n in nodes_of(phase.roots()) if n.op == 'input' and n.tensor}
-    writes = set(phase.stores)
-    if phase.final is not None: reads.add('p'); writes |= {'p', 'kahan_comp'}
-    if 'g' in reads: reads.add('p')  # L2 adds l2·p to the gradient
-    return reads | writes, writes
+    "(the tensors a phase reads or writes, those it writes), by the plan's names: the others need no fp32 copy"
+    writes = {*phase.stores, *(('p', 'kahan_comp') if phase.final is not None else ())}
+    return phase.reads() | writes, writes
 
 def foreach_functions(plan):
     "The plan's phases as foreach functions (made once per plan), each with the tensors it reads and writes (`touches`, `writes`)"

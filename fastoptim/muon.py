@@ -9,9 +9,8 @@ __all__ = ['ns_coefficients', 'newton_schulz_bf16', 'newton_schulz_fp32', 'muon_
            'Muon', 'muon', 'symmetric_product', 'symmetric_blocks', 'newton_schulz', 'muon_algorithm', 'mark_roles',
            'muon_route', 'muon_router', 'muon_hybrid']
 
-# %% ../nbs/56_muon.ipynb #918aae2e
-import functools, math
-import numpy as np
+# %% ../nbs/56_muon.ipynb #80abc483
+import functools
 import torch
 from dataclasses import replace
 from .algorithm import Algorithm, Hybrid, Hyper, State, Moment, MatrixFunction, matrix, renamed, lerp, sqrt, maximum, where

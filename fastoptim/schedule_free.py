@@ -7,8 +7,8 @@ Docs: https://fastoptim.github.io/fastoptim/schedule_free.html.md"""
 # %% auto #0
 __all__ = ['schedule_free_hypers', 'schedule_free_carries', 'schedule_free_modes', 'schedule_free_adamw_algorithm',
            'schedule_free_sgd_algorithm', 'ScheduleFreeAdamW', 'ScheduleFreeSGD', 'schedule_free_adamw',
-           'schedule_free_sgd', 'schedule_free_scalars', 'schedule_free_step', 'schedule_free_adamw_update',
-           'schedule_free_sgd_update', 'EvalWeights']
+           'schedule_free_sgd', 'warmup', 'step_weight', 'schedule_free_scalars', 'schedule_free_step',
+           'schedule_free_adamw_update', 'schedule_free_sgd_update', 'EvalWeights']
 
 # %% ../nbs/57_schedule_free.ipynb #aad2a9d4
 from .algorithm import Algorithm, Hyper, State, Carry, lerp, addcmul, sqrt, maximum, where
@@ -16,14 +16,22 @@ from .core import make_optimizer, partial_maker
 
 # %% ../nbs/57_schedule_free.ipynb #80036ae2
 schedule_free_hypers = dict(warmup_steps=Hyper(0.), r=Hyper(0.), weight_lr_power=Hyper(2.))
+
+def warmup(h):
+    "The learning rate's factor: linear warm-up over `warmup_steps`, then 1"
+    return where(h.step <= h.warmup_steps, h.step / h.warmup_steps, 1.)
+
+def step_weight(h):
+    "This step's weight in the average: step^r · (largest lr so far)^weight_lr_power"
+    return h.step ** h.r * h.lr_max ** h.weight_lr_power
+
 schedule_free_carries = dict(
-    lr_max=Carry(-1., lambda h, last: maximum(last, h.lr * where(h.step <= h.warmup_steps, h.step / h.warmup_steps, 1.))),
-    weight_sum=Carry(0., lambda h, last: last + h.step ** h.r * h.lr_max ** h.weight_lr_power),
-    ckp1=Carry(0., lambda h, last: where(h.weight_sum > 0, h.step ** h.r * h.lr_max ** h.weight_lr_power / h.weight_sum, 0.)))
+    lr_max=Carry(-1., lambda h, last: maximum(last, h.lr * warmup(h))),
+    weight_sum=Carry(0., lambda h, last: last + step_weight(h)),
+    ckp1=Carry(0., lambda h, last: where(h.weight_sum > 0, step_weight(h) / h.weight_sum, 0.)))
 schedule_free_modes = dict(eval=lambda p, s, h: lerp(p, s.z, 1 - 1 / h.mom), train=lambda p, s, h: lerp(p, s.z, 1 - h.mom))
 
-def schedule_free_scalars(h):
-    return dict(warmup=where(h.step <= h.warmup_steps, h.step / h.warmup_steps, 1.), debias2=1 - h.sqr_mom ** h.step)
+def schedule_free_scalars(h): return dict(warmup=warmup(h), debias2=1 - h.sqr_mom ** h.step)
 
 def schedule_free_step(p, z, gn, h):
     "(the change of y before the engine's decay, the new z) for the normalised gradient `gn`, with weight decay at y"
@@ -49,7 +57,7 @@ schedule_free_adamw_algorithm = Algorithm(
 schedule_free_sgd_algorithm = Algorithm(
     'ScheduleFreeSGD', dict(mom=Hyper(0.9, 0, 1, lo_open=True), wd=Hyper(0.), **schedule_free_hypers),
     dict(z=State(init='param', dtype='fp32')), schedule_free_sgd_update,
-    scalars=lambda h: dict(warmup=where(h.step <= h.warmup_steps, h.step / h.warmup_steps, 1.)),
+    scalars=lambda h: dict(warmup=warmup(h)),
     carries=schedule_free_carries, modes=schedule_free_modes)
 
 ScheduleFreeAdamW = make_optimizer(schedule_free_adamw_algorithm, "Schedule-free AdamW (Defazio et al. 2024)", lr=2.5e-3)

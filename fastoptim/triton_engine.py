@@ -186,10 +186,8 @@ def phase_source(plan, phase, kernel, n_reductions):
     comp = len(plan.tensors)  # the Kahan compensation: the column after the plan's tensors
     frontier = {id(v): k for k, v in plan.frontier.items()}
     roots = [r.args[0] if any(r is x for x in phase.reductions) else r for r in phase.roots()]  # a reduction is added up, below
-    used = nodes_of(roots)
-    reads = [t for t in plan.tensors if any(n.op == 'input' and n.tensor and n.name == t for n in used)]
-    if phase.final is not None and 'p' not in reads: reads.insert(0, 'p')
-    if 'g' in reads and 'p' not in reads: reads.insert(0, 'p')
+    used, read = nodes_of(roots), phase.reads()
+    reads = [t for t in plan.tensors if t in read]  # the parameter first
     dtype = lambda t: dict(fp32='tl.float32', bf16='tl.bfloat16', param='DTYPE')[plan.dtype_of(t)]
     needed = {k for n in used for a in n.args for k in [frontier.get(id(a))] if k} | {frontier.get(id(x)) for x in (phase.final or ())[:1] if x is not None} - {None}
     if phase.final is not None: needed.add('decay')
