@@ -37,13 +37,23 @@ class Hyper:
 
 @dataclass(frozen=True)
 class State:
-    "A per-parameter state tensor"
-    init: str = 'zeros'    # 'zeros', or 'param': a copy of the parameter (schedule-free methods)
-    dtype: str = 'param'   # 'param': the parameter's dtype; 'fp32': always float32
-    shape: str = 'param'   # shaped like the parameter (factored rows/columns and 8-bit blocks will be other shapes)
+    "A per-parameter state: a tensor shaped like the parameter, or a number kept on the device (`shape` 'number' or 'shared')"
+    init: str = 'zeros'    # 'zeros', or 'param': a copy of the parameter (schedule-free methods); a number: 'zeros' or a hyper's name
+    dtype: str = 'param'   # 'param': the parameter's dtype; 'fp32': always float32 (numbers are always fp32)
+    shape: str = 'param'   # 'param': shaped like the parameter; 'number': one number per tensor (Kourkoutas-β's gradient norm);
+                           # 'shared': one number for every tensor the algorithm steps (Prodigy's step size d)
     def __post_init__(self):
-        for k, allowed in (('init', ('zeros', 'param')), ('dtype', ('param', 'fp32')), ('shape', ('param',))):
+        if self.shape not in ('param', 'number', 'shared'):
+            raise ValueError(f"State shape must be one of ('param', 'number', 'shared'), got {self.shape!r}.")
+        if self.number:
+            if self.init == 'param': raise ValueError("A number state cannot start as a copy of the parameter.")
+            if self.dtype != 'param' and self.dtype != 'fp32': raise ValueError(f"A number state is fp32, got dtype {self.dtype!r}.")
+            object.__setattr__(self, 'dtype', 'fp32')
+            return
+        for k, allowed in (('init', ('zeros', 'param')), ('dtype', ('param', 'fp32'))):
             if getattr(self, k) not in allowed: raise ValueError(f"State {k} must be one of {allowed}, got {getattr(self, k)!r}.")
+    @property
+    def number(self): return self.shape != 'param'
 
 @dataclass(frozen=True)
 class Carry:
@@ -201,6 +211,12 @@ class Algorithm:
             raise ValueError(f"{self.name}: modes must give the 'eval' and 'train' weights, got {sorted(self.modes)}.")
         unknown = set(self.moments) - set(self.states)
         if unknown: raise ValueError(f"{self.name}: moments {sorted(unknown)} are not states.")
+        numbers = [k for k, spec in self.states.items() if spec.number]
+        wrong = [k for k in numbers if self.states[k].init != 'zeros' and self.states[k].init not in self.hypers]
+        if wrong: raise ValueError(f"{self.name}: number states {wrong} must start at 'zeros' or at a hyper's value.")
+        if set(numbers) & set(self.moments): raise ValueError(f"{self.name}: a number state cannot be a moment.")
+        if numbers and self.modes is not None: raise NotImplementedError(
+            f"{self.name}: evaluation weights beside number states {numbers} are not supported.")
         self.__dict__['_plans'], self.__dict__['_variants'] = {}, {}
     def __repr__(self): return f"Algorithm({self.name})"
     # pickled (a Learner exported with its opt_func) without its plans and variants: their compiled code
@@ -270,8 +286,12 @@ class Phase:
     stores: dict        # state name -> node
     reductions: list    # nodes whose per-tensor values the next phase reads as inputs `red0`, `red1`, …
     final: tuple = None # (scale, direction, denominator or None): p ← p·(1 − decay) + scale·direction[/denominator]
+    numbers: dict = field(default_factory=dict)  # number state -> its new value (the whole update only: the engine computes them between passes)
+    inputs: list = field(default_factory=list)   # the device numbers the pass reads, by name, in the order the backends receive them
+    reduced: int = 0    # how many of `inputs`, first, are the reductions of the pass before
     def roots(self):
-        return [*self.reductions, *self.stores.values(), *([x for x in self.final if x is not None] if self.final else [])]
+        return [*self.reductions, *self.stores.values(), *self.numbers.values(),
+                *([x for x in self.final if x is not None] if self.final else [])]
     def reads(self):
         "The tensors the pass reads, by the plan's names: the parameter too where it is written, or where L2 joins the gradient"
         names = {n.name for n in nodes_of(self.roots()) if n.op == 'input' and n.tensor}
@@ -289,7 +309,8 @@ class Plan:
         self.code = {}  # what each backend compiled from the plan
         h = trace_hypers(algorithm)
         p, g = leaf('p', True), leaf('g', True)
-        s = SimpleNamespace(**{k: leaf(k, True) for k in algorithm.states})
+        # a number state is read as a device number: its value before this step
+        s = SimpleNamespace(**{k: Expr('input', device=True, name=k) if spec.number else leaf(k, True) for k, spec in algorithm.states.items()})
         if variant in ('eval', 'train'):  # a change of the weights alone: no state stored, no gradient read
             if algorithm.modes is None: raise ValueError(f"{algorithm.name} has the same weights in training and evaluation.")
             out = {'update': _const(algorithm.modes[variant](p, s, h)) - p, **vars(s)}
@@ -300,11 +321,29 @@ class Plan:
         stores = {k: _const(out[k]) for k in algorithm.states if out[k] is not getattr(s, k)}
         update = _const(out['update'])
         for k, v in [('update', update), *stores.items()]:
-            if not v.tensor: raise ValueError(f"{algorithm.name}: `{k}` must be an elementwise tensor expression.")
+            number = k in algorithm.states and algorithm.states[k].number
+            if number and v.tensor: raise ValueError(f"{algorithm.name}: `{k}` is a number state: its new value must be a number "
+                                                     "(of reductions, hypers and numbers), not a tensor expression.")
+            if not number and not v.tensor: raise ValueError(f"{algorithm.name}: `{k}` must be an elementwise tensor expression.")
         if variant == 'apply': stores, update = self._apply(algorithm, p, g, s, stores, update)
-        self.whole = Phase(stores, [], decompose(update))
+        numbers = {k: stores.pop(k) for k in list(stores) if algorithm.states[k].number}
+        self._check_numbers(algorithm, numbers)
+        self.whole = Phase(stores, [], decompose(update), numbers)
         self.phases = self._split(s)
         self._bind()
+
+    def _check_numbers(self, algorithm, numbers):
+        "A number state follows this step's reductions (else it is a `Carry`); a shared one follows totals and numbers common to every tensor"
+        for k, v in numbers.items():
+            used = nodes_of([v])
+            if not any(n.op in reduction_ops for n in used): raise NotImplementedError(
+                f"{algorithm.name}: number state `{k}` is not computed from a reduction; a number worked out from the hypers "
+                "alone is a `Carry`.")
+            if algorithm.states[k].shape != 'shared': continue
+            local = sorted({n.name if n.op == 'input' else n.op for n in used if n.op in ('sum', 'max')
+                            or (n.op == 'input' and n.device and algorithm.states[n.name].shape == 'number')})
+            if local: raise ValueError(f"{algorithm.name}: shared number `{k}` is one number for every tensor, but is computed "
+                                       f"from per-tensor values {local}.")
 
     def _apply(self, algorithm, p, g, s, stores, update):
         "The step that writes the weights after accumulation: moments read as folded, the gradient unused"
@@ -333,8 +372,13 @@ class Plan:
         # workspace name -> (MatrixFunction, options): per parameter, a tensor the first pass writes the function's input
         # into, which the engine overwrites with its result and the second pass reads
         self.workspace = {f'matrix{j}': m.value for j, m in enumerate(matrices)}
-        self.needs_phases = 'total' in self.reduction_kinds or bool(matrices)  # per-tensor backends then run phases too
-        if not reductions and not matrices: return [whole]
+        self.number_states = [k for k, spec in self.algorithm.states.items() if spec.number]
+        # per-tensor backends then run phases too: totals and number states are completed by the engine between the passes
+        self.needs_phases = 'total' in self.reduction_kinds or bool(matrices) or bool(self.number_states)
+        self.numbers = {}  # number state -> its new value, from the first pass's reductions (`red0`, …) and the numbers before this step
+        if not reductions and not matrices:
+            whole.inputs = self._inputs(whole, [])
+            return [whole]
         if len(matrices) > 1: raise NotImplementedError(f"{self.algorithm.name}: more than one matrix function in an update.")
         if matrices and reductions: raise NotImplementedError(
             f"{self.algorithm.name}: per-tensor sums beside a matrix function would need a third pass over the tensors; plans have at most two.")
@@ -343,6 +387,9 @@ class Plan:
         cuts = reductions + matrices
         inputs = {**{id(r): Expr('input', device=True, name=f'red{j}') for j, r in enumerate(reductions)},
                   **{id(m): leaf(k, True) for k, m in zip(self.workspace, matrices)}}
+        self.numbers = dict(zip(whole.numbers, substitute(list(whole.numbers.values()), inputs)))
+        # the second pass reads each number state's new value, computed once by the engine
+        inputs.update({id(v): Expr('input', device=True, name=f'{k}:new') for k, v in whole.numbers.items()})
         written = {k: m.args[0] for k, m in zip(self.workspace, matrices)}  # the matrix functions' inputs
         # states whose new value needs no reduction are stored by the first pass; the others (Lookahead's slow weights
         # over LAMB) by the second, which may read the first ones as stored, but not their overwritten old values
@@ -353,9 +400,20 @@ class Plan:
         after = substitute([*final, *late.values()], {**inputs, **stored})
         denom = lambda xs: xs[2] if whole.final[2] is not None else None
         if not reaches(after, [getattr(s, k) for k in early]):
-            return [Phase({**early, **written}, reductions), Phase(dict(zip(late, after[3:])), [], (*after[:2], denom(after)))]
-        rest = substitute([*final, *whole.stores.values()], inputs)  # else the first pass only adds up (or writes the inputs)
-        return [Phase(written, reductions), Phase(dict(zip(whole.stores, rest[3:])), [], (*rest[:2], denom(rest)))]
+            phases = [Phase({**early, **written}, reductions), Phase(dict(zip(late, after[3:])), [], (*after[:2], denom(after)))]
+        else:  # the first pass only adds up (or writes the inputs)
+            rest = substitute([*final, *whole.stores.values()], inputs)
+            phases = [Phase(written, reductions), Phase(dict(zip(whole.stores, rest[3:])), [], (*rest[:2], denom(rest)))]
+        phases[0].inputs, phases[1].inputs = self._inputs(phases[0], []), self._inputs(phases[1], reductions)
+        phases[1].reduced = len(reductions)
+        whole.inputs = self._inputs(whole, [])
+        return phases
+
+    def _inputs(self, phase, reductions):
+        "The device numbers `phase` reads: every reduction of the pass before (`red0`, …), then number states before and after this step"
+        read = {n.name for n in nodes_of(phase.roots()) if n.op == 'input' and n.device}
+        return ([f'red{j}' for j in range(len(reductions))] + [k for k in self.number_states if k in read]
+                + [f'{k}:new' for k in self.number_states if f'{k}:new' in read])
 
     def dtype_of(self, tensor):
         "The dtype of a tensor the plan reads: 'param' (the parameter's), 'fp32' or 'bf16'"
@@ -367,7 +425,7 @@ class Plan:
         "Names of the tensors read, and of the host numbers (`frontier`) that tensor and device code reads"
         self.tensors, self.frontier, names = ['p'], {}, {}  # the parameter is always written
         engine = [leaf('l2'), leaf('decay')]
-        for phase in [self.whole, *self.phases]:
+        for phase in [self.whole, *self.phases, Phase({}, [], None, self.numbers)]:
             for n in nodes_of(phase.roots()):
                 if n.tensor and n.op == 'input' and n.name not in self.tensors: self.tensors.append(n.name)
                 if n.tensor or n.device:
@@ -477,7 +535,7 @@ class TorchDialect:
     def materialize_g(self): return ['if l2 != 0: g_math = g_math + l2 * p_math']
     def reduce_sumsq(self, y): return f'torch.sum({y} * {y})'
     def reduce_max(self, x): return f'torch.max({x})'
-    def reduction_input(self, j): return f'reds[{j}]'  # a tensor's reductions, in the phase after they were computed
+    def reduction_input(self, j): return f'reds[{j}]'  # a tensor's device numbers: the reductions of the pass before, number states
     def device_scale(self, d, s, lines):
         "(scale, direction) of the write when the scale is a device number: multiplied into the direction"
         lines.append(f'direction = {d} * {s}')
@@ -506,7 +564,7 @@ def emit(plan, phase, dialect, reusable_states):
         if a.op == 'input' and a.tensor:
             if a.name == 'g' and not g_done: lines.extend(dialect.materialize_g()); g_done.append(True)
             return dialect.tensor_var(a.name)
-        if a.op == 'input' and a.device: return dialect.reduction_input(int(a.name[3:]))
+        if a.op == 'input' and a.device: return dialect.reduction_input(phase.inputs.index(a.name))
         if not a.tensor and not a.device:
             return dialect.host_in_device(plan.name_of(a)) if in_device else dialect.host_var(plan.name_of(a))
         return var[id(a)]

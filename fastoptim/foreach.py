@@ -100,7 +100,7 @@ class ForeachDialect(TorchDialect):
     def reduce_sum(self, x): return f'torch.stack([t.sum() for t in {x}])'
     def reduce_sumsq(self, y): return f'torch.stack(torch._foreach_norm({y})).square()'
     def reduce_max(self, x): return f'torch.stack([t.max() for t in {x}])'
-    def reduction_input(self, j): return f'sums[:, {j}]'
+    def reduction_input(self, j): return f'sums[:, {j}]'  # the device numbers of each piece's tensor
     def add_l2(self, target): return [f'torch._foreach_add_({target}, g_list)', f'if any(l2): add_scaled({target}, p_list, l2)']
     def materialize_g(self): return ['g_list = with_l2(g_list, p_list, l2)']
     def device_scale(self, d, s, lines): return f'list({s}.unbind())', d
@@ -166,15 +166,15 @@ class ForeachBackend(Stepper):
         if 'g' in plan.tensors: _, (cut['g'],) = pieces([bucket.grads], cache['limit'])
         return cut, plan.host_values(leaves, len(bucket))
 
-    def reduce(self, plan, bucket, leaves, cache):
-        "The first phase, if the plan has two: per-piece partial reductions, combined per tensor (sum or max)"
+    def reduce(self, plan, bucket, leaves, cache, inputs=None):
+        "The first phase, if the plan has two (reading `inputs`, its device numbers): per-piece partial reductions, combined per tensor (sum or max)"
         functions = foreach_functions(plan)
         if len(functions) == 1: return None
         cut, values = cache['prepared'] = self.prepare(plan, bucket, leaves, cache)  # for `finish`, this step
         if not plan.reduction_kinds:  # the pass writes a matrix function's input
-            for lo, hi in cache['bounds']: self._chunk(functions[0], plan, bucket, cache, cut, lo, hi, values, None, False)
+            for lo, hi in cache['bounds']: self._chunk(functions[0], plan, bucket, cache, cut, lo, hi, values, inputs, False)
             return None
-        partials = torch.cat([self._chunk(functions[0], plan, bucket, cache, cut, lo, hi, values, None, False)
+        partials = torch.cat([self._chunk(functions[0], plan, bucket, cache, cut, lo, hi, values, inputs, False)
                               for lo, hi in cache['bounds']])
         owner = to_device(cache['owner'], bucket.device)
         reds = torch.zeros(len(bucket), partials.shape[1], device=bucket.device, dtype=partials.dtype)  # fp64 for fp64 tensors

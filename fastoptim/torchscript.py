@@ -45,10 +45,10 @@ class TorchScriptBackend(ForLoopBackend):
     def call(self, loop, plan, bucket, leaves, reds):
         reds = list(reds) if reds is not None else [no_reductions] * len(bucket)
         return loop(*[bucket.tensors(t) for t in plan.tensors], self.rows(plan, bucket, leaves), reds, *self.rounding_args(bucket))
-    def reduce(self, plan, bucket, leaves, cache):
+    def reduce(self, plan, bucket, leaves, cache, inputs=None):
         loops = scripted_loops(plan, bool(bucket.sharded))
         if len(loops) == 1: return None
-        out = self.call(loops[0], plan, bucket, leaves, None)
+        out = self.call(loops[0], plan, bucket, leaves, inputs)
         return torch.stack(out) if plan.reduction_kinds else None  # else the pass wrote a matrix function's input
     def finish(self, plan, bucket, leaves, cache, reds):
         self.call(scripted_loops(plan, bool(bucket.sharded))[-1], plan, bucket, leaves, reds)

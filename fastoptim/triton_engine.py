@@ -200,7 +200,7 @@ def phase_source(plan, phase, kernel, n_reductions):
     if 'g' in reads: body.append(f'g = load_math(tensor_ptr(row, {columns["g"]}, DTYPE, ALIGN), offsets, mask) + l2 * p')
     def known(a):
         if a.op == 'input' and a.tensor: return a.name
-        if a.op == 'input' and a.device: return f'tl.load(sums + t * {n_reductions} + {a.name[3:]})'  # the reductions, per tensor
+        if a.op == 'input' and a.device: return f'tl.load(inputs + t * {len(phase.inputs)} + {phase.inputs.index(a.name)})'  # per tensor
         return frontier.get(id(a))
     lines, name = triton_expressions(roots, known)
     stores = {}  # each state is stored as soon as its new value is known, which frees its registers early
@@ -219,7 +219,7 @@ def phase_source(plan, phase, kernel, n_reductions):
         scale, direction, denom = phase.final
         d = name(direction) if denom is None else f'{name(direction)} / {name(denom)}'
         body.append(f'store_param(row, t, offsets, mask, p, {d}, {name(scale)}, decay, scalars, K, {comp}, DTYPE, ROUNDING, ALIGN)')
-    return (f"@triton.jit\ndef {kernel}(table, block_tensors, scalars, sums, WIDTH: tl.constexpr, K: tl.constexpr, "
+    return (f"@triton.jit\ndef {kernel}(table, block_tensors, scalars, inputs, sums, WIDTH: tl.constexpr, K: tl.constexpr, "
             "DTYPE: tl.constexpr, BLOCK: tl.constexpr, ROUNDING: tl.constexpr, ALIGN: tl.constexpr):\n"
             + ''.join(f'    {l}\n' for l in body))
 
@@ -307,8 +307,8 @@ class TritonBackend(Stepper):
         if device.type not in ('cpu', 'cuda'): return f"Triton needs CUDA tensors, got {device.type}."
 
 
-    def reduce(self, plan, bucket, leaves, cache):
-        "Build the tables if the layout changed, upload changed hypers, derive the numbers; run the first phase if there are two"
+    def reduce(self, plan, bucket, leaves, cache, inputs=None):
+        "Build the tables if the layout changed, upload changed hypers, derive the numbers; run the first phase if there are two (reading `inputs`, its device numbers)"
         code = triton_code(plan)
         block, warps = self.launch(plan, bucket.params[0].element_size())
         key = (bucket.generation, plan.name, block)
@@ -329,28 +329,29 @@ class TritonBackend(Stepper):
         code.derive[(-(-n // 128),)](cache['hypers'], cache['steps'], cache['scalars'], n,
                                      SEED=bucket.seed_bases is not None, BLOCK=128, num_warps=4)
         if len(code.phases) == 1 or cache['n_blocks'] == 0: return None
+        inputs = cache['sums'] if inputs is None else inputs  # a pass that reads none is given any address
         if not plan.reduction_kinds:  # the pass writes a matrix function's input
-            self.launch_phase(code.phases[0], bucket, cache, cache['sums'])
+            self.launch_phase(code.phases[0], bucket, cache, inputs, cache['sums'])
             return None
         slots = cache['sums'].view(n, code.reductions, sum_slots)
         slots.zero_()
         maxima = [j for j, k in enumerate(plan.reduction_kinds) if k == 'max']
         if maxima: slots[:, maxima] = -math.inf
-        self.launch_phase(code.phases[0], bucket, cache, cache['sums'])
+        self.launch_phase(code.phases[0], bucket, cache, inputs, cache['sums'])
         torch.sum(slots, -1, out=cache['reds'])
         if maxima: cache['reds'][:, maxima] = slots[:, maxima].amax(-1)
         return cache['reds']
 
     def finish(self, plan, bucket, leaves, cache, reds):
-        "The last phase, reading each tensor's reductions from `reds`"
+        "The last phase, reading each tensor's device numbers from `reds` (its reductions, from `reduce`, and number states)"
         if cache['n_blocks'] == 0: return
-        self.launch_phase(triton_code(plan).phases[-1], bucket, cache, cache['reds'])
+        self.launch_phase(triton_code(plan).phases[-1], bucket, cache, cache['sums'] if reds is None else reds, cache['sums'])
         # as torch's in-place ops do, so that autograd refuses a graph that saved the old weights; the parameters only
         # (10 µs for 161 of them on the CPU this was measured on): a state tensor is not in a graph unless a user puts it there
         increment_version(cache['params'])
 
-    def launch_phase(self, kernel, bucket, cache, sums):
-        kernel[(cache['n_blocks'],)](cache['table'], cache['block_tensors'], cache['scalars'], sums, WIDTH=cache['width'],
+    def launch_phase(self, kernel, bucket, cache, inputs, sums):
+        kernel[(cache['n_blocks'],)](cache['table'], cache['block_tensors'], cache['scalars'], inputs, sums, WIDTH=cache['width'],
             K=cache['scalars'].shape[1], DTYPE=getattr(tl, tl_dtypes[bucket.dtype]), BLOCK=cache['block'],
             ROUNDING=roundings[bucket.rounding], ALIGN=cache['align'], num_warps=cache['warps'])
 
