@@ -9,10 +9,10 @@ __all__ = ['fp32_max', 'fold_numel', 'backends', 'number_ops', 'no_reductions', 
            'engine_write', 'algorithms', 'check_hyper', 'check_hypers', 'as_math', 'write_back', 'flat', 'fold_moments',
            'hash32', 'stochastic_round', 'update_param', 'to_device', 'Bucket', 'compile_source',
            'per_tensor_functions', 'combine_totals', 'evaluate_numbers', 'shared_hosts', 'check_shared_numbers',
-           'new_numbers', 'number_inputs', 'apply_matrices', 'Stepper', 'ForLoopBackend', 'backend_from_flags',
-           'auto_backend', 'check_state', 'is_sharded', 'local_tensor', 'sharding', 'shard_salt', 'state_of_shards',
-           'local_state', 'complete_shards', 'ParamState', 'StateTable', 'Layout', 'Numbers', 'Preparation',
-           'GroupView', 'FastOptimizer', 'make_partial', 'OptFunc', 'partial_maker', 'make_optimizer']
+           'new_numbers', 'number_inputs', 'refuse_partial_steps', 'apply_matrices', 'Stepper', 'ForLoopBackend',
+           'backend_from_flags', 'auto_backend', 'check_state', 'is_sharded', 'local_tensor', 'sharding', 'shard_salt',
+           'state_of_shards', 'local_state', 'complete_shards', 'ParamState', 'StateTable', 'Layout', 'Numbers',
+           'Preparation', 'GroupView', 'FastOptimizer', 'make_partial', 'OptFunc', 'partial_maker', 'make_optimizer']
 
 # %% ../nbs/00_core.ipynb #ce3ff5c0
 import inspect, linecache, math, operator, warnings
@@ -260,6 +260,13 @@ def number_inputs(phase, reds, values, n):
     if not extra: return reds
     columns = torch.stack([values[k].expand(n) for k in extra], 1).to(torch.float32 if reds is None else reds.dtype)
     return columns if not phase.reduced else torch.cat([reds[:, :phase.reduced], columns], 1)
+
+def refuse_partial_steps(algorithms):
+    "Raise if any of `algorithms` sums over every tensor of a step (`total_sum`, shared number states): stepping some tensors alone would give it their sums only"
+    for a in dict.fromkeys(algorithms):
+        if 'total' in a.plan('step').reduction_kinds or any(spec.shape == 'shared' for spec in a.states.values()):
+            raise RuntimeError(f"{a.name} sums over every tensor of a step: stepping some parameters on their own "
+                               "(gradient release) would give it the sums over those alone. Step them all with step().")
 
 def apply_matrices(plan, bucket, divide=None):
     "Replace each workspace stack of `bucket` by the plan's matrix function of it; `divide` (a process group of identical buckets): each process computes its share of every stack, then gathers the others'"
@@ -944,12 +951,7 @@ class FastOptimizer(Optimizer):
         for p in params:
             if not self.owns(p): raise ValueError(f"A parameter of shape {tuple(p.shape)} is not in this optimizer.")
             indices.append(self._index[id(p)])
-        if not whole:
-            for a in dict.fromkeys(self.algorithm_of(p) for p in params):
-                plan = a.plan('step')
-                if 'total' in plan.reduction_kinds or any(spec.shape == 'shared' for spec in a.states.values()):
-                    raise RuntimeError(f"{a.name} sums over every tensor of a step: stepping some parameters on their own "
-                                       "(gradient release) would give it the sums over those alone. Step them all with step().")
+        if not whole: refuse_partial_steps(self.algorithm_of(p) for p in params)
         self.layout.sync_steps()
         self.layout.forget_step()  # its device-side step counts would miss this step
         if grads is None: grads = [p.grad if p.requires_grad else None for p in params]

@@ -106,8 +106,8 @@ class ForeachDialect(TorchDialect):
     def device_scale(self, d, s, lines): return f'list({s}.unbind())', d
 
 def as_tensor(values, like):
-    "Per-piece numbers as an fp32 tensor on the device of the list `like`, copied without waiting"
-    return to_device(np.asarray(values, dtype=np.float32), like[0].device)
+    "Per-piece numbers as a tensor on the device of the list `like` (fp64 for fp64 lists, else fp32), copied without waiting"
+    return to_device(np.asarray(values, dtype=np.float64 if like[0].dtype == torch.float64 else np.float32), like[0].device)
 
 def foreach_source(plan, phase, name):
     "A function running one phase of `plan` over lists of fp32 pieces"
@@ -116,7 +116,7 @@ def foreach_source(plan, phase, name):
     tail = []
     if phase.final is not None:
         scale, d, q = final_args(phase, operand, lines, dialect)
-        scratch = d.startswith('t') and all(operand(v) != d for v in phase.stores.values())
+        scratch = d.startswith('_t') and all(operand(v) != d for v in phase.stores.values())
         tail.append(f'update_params(p_list, {d}, {scale}, decay, denom={q}, scratch={scratch}, rounding=rounding)')
     tail += [f'torch._foreach_copy_({dialect.tensor_var(k)}, {v})' for k, v in ordered_stores(phase.stores, operand, dialect)
              if v != dialect.tensor_var(k)]

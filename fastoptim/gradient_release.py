@@ -19,7 +19,7 @@ from fastai.callback.core import Callback
 from fastai.callback.fp16 import MixedPrecision, AMPMode
 from fastai.callback.training import GradientClip, GradientAccumulation
 from fastai.torch_core import find_bs
-from .core import FastOptimizer, is_sharded
+from .core import FastOptimizer, is_sharded, refuse_partial_steps
 
 # %% ../nbs/21_gradient_release.ipynb #3f8b366c
 _released = weakref.WeakKeyDictionary()  # model -> its _Release
@@ -161,6 +161,7 @@ def prepare_for_gradient_release(model:nn.Module, opt:FastOptimizer, group_bytes
         raise TypeError(f"Gradient release needs a fastoptim optimizer (e.g. adam()), got {type(opt).__name__}.")
     if not (isinstance(group_bytes, int) and group_bytes >= 0):
         raise ValueError(f"group_bytes must be a non-negative int (0: step each tensor alone), got {group_bytes!r}.")
+    refuse_partial_steps(opt.algorithms)
     if data_parallel:
         _check_data_parallel(model)
         with torch.no_grad():  # every process starts from process 0's weights and buffers, as DDP makes them

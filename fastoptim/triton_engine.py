@@ -159,7 +159,7 @@ def triton_expressions(roots, value_of):
                 raise NotImplementedError("The Triton backend raises numbers to the step count only.")
             code = f'power({name(n.args[0])}, step_count)'
         else: code = triton_ops[n.op].format(*[name(a) for a in n.args])
-        names[id(n)] = f'x{len(names)}'
+        names[id(n)] = f'_x{len(names)}'
         lines.append(f'{names[id(n)]} = {code}')
     return lines, lambda a: name(a)
 
@@ -229,7 +229,8 @@ def triton_code(plan):
         hypers = [k for k in plan.leaves() if k != 'step']
         n_reductions = sum(len(ph.reductions) for ph in plan.phases)
         sources = [derive_source(plan, f'{plan.name}_derive', hypers)]
-        sources += [phase_source(plan, ph, f'{plan.name}_phase{i}', max(n_reductions, 1)) for i, ph in enumerate(plan.phases)]
+        # named apart from the per-tensor functions of the same phases (`{plan.name}_phase{i}`): source is found by name
+        sources += [phase_source(plan, ph, f'{plan.name}_triton{i}', max(n_reductions, 1)) for i, ph in enumerate(plan.phases)]
         namespace = dict(triton=triton, tl=tl, locate_block=locate_block, tensor_ptr=tensor_ptr, scalar=scalar,
                          load_math=load_math, store=store, store_param=store_param, add_to_sum=add_to_sum, max_to_slot=max_to_slot,
                          power=power, hash32=hash32, atan2=atan2)

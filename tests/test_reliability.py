@@ -259,16 +259,22 @@ def op_state_edit(pair):
     if kind == 'do_wd': value = pair.rng.random() < 0.5
     elif kind == 'step': value = pair.rng.randrange(0, 5)
     else: k = pair.rng.choice(tensors)
-    shape = pair.params[0][i].shape
-    noise = torch.rand(shape, generator=torch.Generator().manual_seed(pair.rng.randrange(2**31)))
+    state = pair.opts[0].state[pair.params[0][i]]
+    number = kind in ('tensor', 'bad_shape') and state[k].dim() == 0  # a number state: a 0-d tensor
+    shared = number and pair.ctor.algorithm.states[k].shape == 'shared'
+    noise = torch.rand(() if number else pair.params[0][i].shape, generator=torch.Generator().manual_seed(pair.rng.randrange(2**31)))
+    if number: noise = state[k].detach().cpu() * (0.5 + noise)  # near its value: a number like Prodigy's d sets the scale of every step
+    def put(opt, ps, value):
+        "`value` as state `k` of parameter i; a shared number in every state that has it (the step makes the copies one tensor)"
+        for q in (ps if shared else [ps[i]]):
+            if q is ps[i] or k in opt.state[q]: opt.state[q][k] = value.clone()
     for opt, ps in zip(pair.opts, pair.params):
-        s = opt.state[ps[i]]
-        if kind in ('do_wd', 'step'): s[kind] = value
-        elif kind == 'tensor': s[k] = noise.clone()
-        else: s[k] = torch.zeros(3)
+        if kind in ('do_wd', 'step'): opt.state[ps[i]][kind] = value
+        elif kind == 'tensor': put(opt, ps, noise)
+        else: opt.state[ps[i]][k] = torch.zeros(3)
     if kind == 'bad_shape':
         pair.train_step()  # refused by both, unless the parameter is frozen (its state then is not read)
-        for opt, ps in zip(pair.opts, pair.params): opt.state[ps[i]][k] = noise.clone()
+        for opt, ps in zip(pair.opts, pair.params): put(opt, ps, noise)
 
 def op_save_load(pair):
     backend = pair.rng.choice(ALL_BACKENDS)
@@ -285,7 +291,11 @@ def op_freeze(pair):
 
 def op_release(pair):
     if pair.release: remove_gradient_release(pair.models[1])
-    else: prepare_for_gradient_release(pair.models[1], pair.opts[1], group_bytes=pair.rng.choice([0, 2**24]))
+    else:
+        try: prepare_for_gradient_release(pair.models[1], pair.opts[1], group_bytes=pair.rng.choice([0, 2**24]))
+        except RuntimeError as e:  # Prodigy's sums over every tensor: refused up front
+            assert 'sums over every tensor' in str(e), e
+            return
     pair.release = not pair.release
 
 OPS = [(op_step, 8), (op_hyper, 2), (op_state_edit, 2), (op_save_load, 1), (op_freeze, 1), (op_release, 1)]
