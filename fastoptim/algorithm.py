@@ -143,15 +143,17 @@ def minimum(x, y): return _binary('minimum', x, y)
 def where(cond, x, y):
     "`x` where `cond` else `y`, for numbers per tensor"
     return _op('where', cond, x, y)
+# the fused forms take their weight from the host: with a number that follows a reduction (a device number), which
+# torch's fused ops cannot take without waiting for the device, they are written out
 def lerp(x, y, w):
     "x + w·(y − x): an exponential moving average in one pass"
-    return _op('lerp', x, y, w)
+    return x + (y - x) * w if _const(w).device else _op('lerp', x, y, w)
 def addcmul(x, y, z, s):
     "x + s·y·z"
-    return _op('addcmul', x, y, z, s)
+    return x + y * z * s if _const(s).device else _op('addcmul', x, y, z, s)
 def addcdiv(x, y, z, s):
     "x + s·y/z"
-    return _op('addcdiv', x, y, z, s)
+    return x + y / z * s if _const(s).device else _op('addcdiv', x, y, z, s)
 def tensor_sum(x):
     "Σ over the elements of one tensor: a number per tensor, known once the whole tensor was read"
     return _op('sum', x)
@@ -541,6 +543,7 @@ class TorchDialect:
                       ne='({0} != {1})', pow='torch.pow({0}, {1})', atan2='torch.atan2({0}, {1})', exp='torch.exp({0})',
                       log='torch.log({0})', mod='torch.fmod({0}, {1})', **{'and': '({0} & {1})', 'or': '({0} | {1})'})
     clamps = dict(maximum='torch.clamp({0}, min={1})', minimum='torch.clamp({0}, max={1})')  # a device number and a host one
+    host_where = 'torch.where(torch.full_like({3}, {0}) != 0, {1}, {2})'  # a host condition ({3}: a device operand, for its device)
     def tensor_var(self, name): return f'{name}_math'
     def host_var(self, name): return name
     def host_in_device(self, name): return name
@@ -598,6 +601,8 @@ def emit(plan, phase, dialect, reusable_states):
                 args = [operand(a, True) for a in n.args]
                 if n.op in dialect.clamps and not all(a.device for a in n.args):  # one launch, no tensor made of the number
                     code = dialect.clamps[n.op].format(*(args if n.args[0].device else args[::-1]))
+                elif n.op == 'where' and not n.args[0].device:  # a host condition selecting device numbers
+                    code = dialect.host_where.format(*args, next(x for a, x in zip(n.args, args) if a.device))
                 else: code = dialect.device_ops[n.op].format(*args)
             var[id(n)] = f'_d{next(names)}'
             lines.append(f'{var[id(n)]} = {code}')
@@ -742,24 +747,50 @@ def _orthograd(algorithm):
                    accumulation="OrthoGrad projects each step's gradient against the weights, and the moments hold the "
                                 "projected gradients, which folding raw micro-batch gradients cannot reproduce")
 
-def modified(algorithm, cautious:bool=False, grams:bool=False, lookahead:bool=False, orthograd:bool=False) -> Algorithm:
-    "`algorithm` stepping on OrthoGrad's gradient (`orthograd`), with its update masked where it does not descend (`cautious`), or given the gradient's direction (`grams`), and/or wrapped in Lookahead (each algorithm of a `Hybrid`)"
+def _kourkoutas(algorithm):
+    "`algorithm` with `sqr_mom` replaced, in its update, by Kourkoutas-β's per-tensor decay from the gradient's norm (its bias corrections keep `sqr_mom`)"
+    def update(p, g, s, h):
+        norm = sqrt(tensor_sum(g * g))
+        ema = s.kourkoutas_ema * h.kourkoutas_alpha + norm * (1 - h.kourkoutas_alpha)
+        spike = norm / (ema + h.kourkoutas_tiny)
+        warm = where(h.step <= h.kourkoutas_warmup, 1., 0.)  # kbeta's form: β2 = w·(min + max)/2 + (1 − w)·(max − (max − min)·σ)
+        decay = warm * ((h.kourkoutas_min + h.sqr_mom) / 2) + (1 - warm) * (h.sqr_mom - (h.sqr_mom - h.kourkoutas_min) * (spike / (1 + spike)))
+        out = dict(algorithm.update(p, g, s, SimpleNamespace(**{**vars(h), 'sqr_mom': decay})))
+        out['kourkoutas_ema'] = ema
+        return out
+    return replace(algorithm, name=f'{algorithm.name}+kourkoutas', update=update,
+                   hypers={**algorithm.hypers, 'kourkoutas_min': Hyper(0.9, 0., 1.), 'kourkoutas_alpha': Hyper(0.9, 0., 1.),
+                           'kourkoutas_tiny': Hyper(1e-8, lo_open=True), 'kourkoutas_warmup': Hyper(0.)},
+                   states={**algorithm.states, 'kourkoutas_ema': State(shape='number')},
+                   accumulation="Kourkoutas-β decays the second moment by a factor that follows each step's gradient norm, "
+                                "which folding micro-batches into the moments cannot give")
+
+def modified(algorithm, cautious:bool=False, grams:bool=False, lookahead:bool=False, orthograd:bool=False,
+             kourkoutas:bool=False) -> Algorithm:
+    "`algorithm` stepping on OrthoGrad's gradient (`orthograd`), with Kourkoutas-β's second-moment decay (`kourkoutas`), its update masked where it does not descend (`cautious`), or given the gradient's direction (`grams`), and/or wrapped in Lookahead (each algorithm of a `Hybrid`; Kourkoutas-β those with `sqr_mom`)"
     if cautious and grams: raise ValueError("cautious=True and grams=True both take the update's direction from the gradient: choose one.")
-    key = tuple(k for k, on in (('orthograd', orthograd), ('cautious', cautious), ('grams', grams), ('lookahead', lookahead)) if on)
+    key = tuple(k for k, on in (('orthograd', orthograd), ('kourkoutas', kourkoutas), ('cautious', cautious), ('grams', grams),
+                                ('lookahead', lookahead)) if on)
     if not key: return algorithm
     if getattr(algorithm, 'modes', None) is not None and set(key) - {'orthograd'}:
         raise ValueError(f"{' and '.join(f'{k}=True' for k in key if k != 'orthograd')} would change {algorithm.name}'s step "
                          "but not the formulas that turn its training weights into evaluation weights: refused.")
     if isinstance(algorithm, Hybrid):
+        if kourkoutas and not any('sqr_mom' in a.hypers for a in algorithm.algorithms.values()):
+            raise ValueError(f"kourkoutas=True adapts a second moment's decay (`sqr_mom`): none of {algorithm.name}'s algorithms has one.")
         return replace(algorithm, name='+'.join((algorithm.name, *key)),
-                       algorithms={k: modified(a, cautious, grams, lookahead, orthograd) for k, a in algorithm.algorithms.items()})
+                       algorithms={k: modified(a, cautious, grams, lookahead, orthograd, kourkoutas and 'sqr_mom' in a.hypers)
+                                   for k, a in algorithm.algorithms.items()})
+    if kourkoutas and 'sqr_mom' not in algorithm.hypers:
+        raise ValueError(f"kourkoutas=True adapts a second moment's decay (`sqr_mom`) per tensor; {algorithm.name} has none.")
     if key not in algorithm._variants:
         variant = _orthograd(algorithm) if orthograd else algorithm
+        if kourkoutas: variant = _kourkoutas(variant)
         if cautious or grams: variant = _direction_modifier(variant, 'cautious' if cautious else 'grams')
-        if cautious or orthograd:
+        if cautious or orthograd or kourkoutas:
             try: variant.plan()
             except NotImplementedError as e:
-                named = ' and '.join(f'{k}=True' for k in key if k in ('orthograd', 'cautious'))
+                named = ' and '.join(f'{k}=True' for k in key if k in ('orthograd', 'kourkoutas', 'cautious'))
                 raise NotImplementedError(f"{named} cannot be applied to {algorithm.name}: each needs a per-tensor sum, and with the "
                                           "update's own (a trust ratio) or each other's they would need a third pass over the "
                                           "tensors; plans have at most two.") from e

@@ -806,9 +806,10 @@ class FastOptimizer(Optimizer):
         cautious:bool=False,    # zero the update where it does not descend, rescaled (Cautious optimizers)
         grams:bool=False,       # the update's magnitude with the gradient's direction (Grams)
         lookahead:bool=False,   # Lookahead's slow weights, synchronised every `lookahead_k` steps
+        kourkoutas:bool=False,  # Kourkoutas-β: each tensor's second-moment decay from its gradient's norm (the Adam family)
         **hypers                # the algorithm's hypers (see `algorithm.hypers`)
     ):
-        algorithm = modified(algorithm, cautious, grams, lookahead, orthograd)
+        algorithm = modified(algorithm, cautious, grams, lookahead, orthograd, kourkoutas)
         backend = backend_from_flags(forloop=forloop, foreach=foreach, jit=jit, triton=triton)
         if stochastic_rounding and kahan_sum:
             raise ValueError("Choose kahan_sum=True or stochastic_rounding=True, not both.")

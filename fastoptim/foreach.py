@@ -96,6 +96,7 @@ class ForeachDialect(TorchDialect):
     lists = True
     def tensor_var(self, name): return f'{name}_list'
     def host_in_device(self, name): return f'as_tensor({name}, p_list)'
+    host_where = 'torch.where({0} != 0, {1}, {2})'  # the condition as a tensor of per-piece numbers
     def tensor_scalar(self, var): return f'list({var}.unbind())'
     def reduce_sum(self, x): return f'torch.stack([t.sum() for t in {x}])'
     def reduce_sumsq(self, y): return f'torch.stack(torch._foreach_norm({y})).square()'

@@ -134,7 +134,7 @@ triton_ops = dict(add='({0} + {1})', sub='({0} - {1})', mul='({0} * {1})', div='
                   sqrt='tl.sqrt({0})', abs='tl.abs({0})', sign='tl.where({0} > 0, 1., tl.where({0} < 0, -1., {0}))',
                   reciprocal='(1. / {0})', maximum='tl.maximum({0}, {1}, propagate_nan=tl.PropagateNan.ALL)',
                   minimum='tl.minimum({0}, {1}, propagate_nan=tl.PropagateNan.ALL)',  # NaN in, NaN out, as torch
-                  where='tl.where({0}, {1}, {2})', gt='({0} > {1})', lt='({0} < {1})', ge='({0} >= {1})',
+                  where='tl.where({0} != 0, {1}, {2})', gt='({0} > {1})', lt='({0} < {1})', ge='({0} >= {1})',
                   le='({0} <= {1})', eq='({0} == {1})', ne='({0} != {1})', lerp='({0} + {2} * ({1} - {0}))',
                   addcmul='({0} + {3} * {1} * {2})', addcdiv='({0} + {3} * {1} / {2})', atan2='atan2({0}, {1})',
                   exp='tl.exp({0})', log='tl.log({0})', mod='({0} % {1})',

@@ -12,6 +12,6 @@ if ! "$PY" -c 'import torch' 2>/dev/null; then
 fi
 constraints=.venv/torch-constraint.txt
 "$PY" -c 'import torch; print("torch==" + torch.__version__.split("+")[0])' 2>/dev/null > "$constraints"
-if ! "$PY" -c 'import fastoptim, fastai, nbdev, sklearn, triton, pytest, optimi, pytorch_optimizer, adam_atan2_pytorch, muon, schedulefree, prodigyopt, xdist, accelerate' 2>/dev/null; then
+if ! "$PY" -c 'import fastoptim, fastai, nbdev, sklearn, triton, pytest, optimi, pytorch_optimizer, adam_atan2_pytorch, muon, schedulefree, prodigyopt, kbeta, mlx.core, xdist, accelerate' 2>/dev/null; then
   "$PY" -m pip install -q --disable-pip-version-check -c "$constraints" -e ".[dev]" 2>&1 | quiet
 fi
