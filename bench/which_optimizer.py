@@ -27,7 +27,8 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt
 import bf16_gpt as g
 from fastoptim.all import (Adam, Lamb, RAdam, Ranger, Lion, RMSProp, QHAdam, Adamax, Adan, ADOPT, AdEMAMix, AdamAtan2, SGD, NAdam,
-                           Muon, mark_roles, ScheduleFreeAdamW, ScheduleFreeSGD, StableAdamW, Larc, Lars, SimplifiedAdEMAMix, to_bf16, seed_kahan_comp)
+                           Muon, mark_roles, ScheduleFreeAdamW, ScheduleFreeSGD, StableAdamW, Larc, Lars, SimplifiedAdEMAMix, Prodigy,
+                           DAdaptAdam, DAdaptLion, to_bf16, seed_kahan_comp)
 
 # label: (constructor, peak lr, hypers), the hypers those of the paper or the authors' code for language models
 def catalogue(steps):
@@ -64,6 +65,14 @@ def catalogue(steps):
         # coefficient, and a learning rate that makes a step about 2% of each tensor's norm
         'LARS': (Lars, 0.1, dict(mom=0.9, trust_coeff=0.02, wd=1e-4)),
         'LARC': (Larc, 0.1, dict(mom=0.9, trust_coeff=0.02, wd=1e-4)),
+        # learning-rate-free: lr multiplies the step size d they estimate (1, under the same warm-up and cosine); prodigyopt's
+        # advice with a warm-up: safeguard_warmup and Adam's bias correction
+        'Prodigy': (Prodigy, 1., dict(mom=0.9, sqr_mom=0.999, wd=0.1, safeguard_warmup=True, bias_correction=True)),
+        'D-Adapt Adam': (DAdaptAdam, 1., dict(mom=0.9, sqr_mom=0.999, wd=0.1)),
+        'D-Adapt Lion': (DAdaptLion, 1., dict(beta1=0.9, beta2=0.99, wd=1.0)),
+        # AdamW's row with Kourkoutas-β: the author's transformer setting (β2 down to 0.88 on spikes, α = 0.93, 350 warm-up steps)
+        'Kourkoutas-β AdamW': (Adam, 1e-3, dict(mom=0.9, sqr_mom=0.95, eps=1e-8, wd=0.1, kourkoutas=True, kourkoutas_min=0.88,
+                                                 kourkoutas_alpha=0.93, kourkoutas_warmup=350)),
     }
 
 

@@ -357,7 +357,10 @@ class Plan:
                 f"{algorithm.name}: number state `{k}` is not computed from a reduction; a number worked out from the hypers "
                 "alone is a `Carry`.")
             if algorithm.states[k].shape != 'shared': continue
-            local = sorted({n.name if n.op == 'input' else n.op for n in used if n.op in ('sum', 'max')
+            # what a total adds up is summed over the tensors (a reduction inside it is a reduction of a reduction, which
+            # the plan refuses): what is outside the totals must be one value for every tensor
+            outside = nodes_of([substitute([v], {id(n): _const(0.) for n in used if n.op == 'total'})[0]])
+            local = sorted({n.name if n.op == 'input' else n.op for n in outside if n.op in ('sum', 'max')
                             or (n.op == 'input' and n.device and algorithm.states[n.name].shape == 'number')})
             if local: raise ValueError(f"{algorithm.name}: shared number `{k}` is one number for every tensor, but is computed "
                                        f"from per-tensor values {local}.")

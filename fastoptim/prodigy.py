@@ -6,13 +6,13 @@ Docs: https://fastoptim.github.io/fastoptim/prodigy.html.md"""
 
 # %% auto #0
 __all__ = ['prodigy_hypers', 'prodigy_states', 'prodigy_accumulation', 'Prodigy', 'prodigy', 'DAdaptAdam', 'dadapt_adam',
-           'prodigy_beta3', 'adaptive_d', 'prodigy_update', 'prodigy_algorithm', 'dadapt_adam_update',
-           'dadapt_adam_algorithm']
+           'dadapt_lion_algorithm', 'DAdaptLion', 'dadapt_lion', 'prodigy_beta3', 'adaptive_d', 'prodigy_update',
+           'prodigy_algorithm', 'dadapt_adam_update', 'dadapt_adam_algorithm', 'dadapt_lion_update']
 
 # %% ../nbs/58_prodigy.ipynb #90e37546
 import math
 from functools import cache
-from .algorithm import Algorithm, Hyper, State, sqrt, maximum, minimum, where, total_sum
+from .algorithm import Algorithm, Hyper, State, sqrt, sign, lerp, maximum, minimum, where, total_sum
 from .core import FastOptimizer, make_optimizer, partial_maker
 
 # %% ../nbs/58_prodigy.ipynb #a7122395
@@ -88,3 +88,21 @@ def _build_dadapt_adam(params, lr, kwargs, bias_correction=False):
 DAdaptAdam = make_optimizer(dadapt_adam_algorithm(), "D-Adaptation's Adam (Defazio & Mishchenko 2023): Adam with a step size d estimated from sums over every tensor",
                             lr=1., options=dict(bias_correction=False), build=_build_dadapt_adam)
 dadapt_adam = partial_maker(DAdaptAdam, 'dadapt_adam')
+
+# %% ../nbs/58_prodigy.ipynb #3d4b131f
+def dadapt_lion_update(p, g, s, h):
+    beta3 = sqrt(h.beta2)
+    dlr = s.d * h.lr
+    direction = sign(lerp(s.grad_avg, g, 1 - h.beta1))
+    numerator = s.d_numerator * beta3 + (1 - beta3) * total_sum(direction * s.dadapt_s * dlr)
+    s_new = s.dadapt_s * beta3 + direction * ((1 - beta3) * dlr)
+    denominator = total_sum(abs(s_new))
+    d = where(denominator > 0, maximum(s.d, numerator / ((1 - beta3) * denominator)), s.d)
+    m = s.grad_avg * h.beta2 + g * ((1 - h.beta2) * dlr)
+    return dict(grad_avg=m, dadapt_s=s_new, d=d, d_numerator=numerator, update=-dlr * direction + h.decay * (1 - s.d) * p)
+
+dadapt_lion_algorithm = Algorithm('DAdaptLion', dict(beta1=Hyper(0.9, 0, 1), beta2=Hyper(0.999, 0, 1), wd=Hyper(0.), d0=Hyper(1e-6, lo_open=True)),
+                                  dict(grad_avg=State(), dadapt_s=State(), d=State(init='d0', shape='shared'), d_numerator=State(shape='shared')),
+                                  dadapt_lion_update, accumulation=prodigy_accumulation)
+DAdaptLion = make_optimizer(dadapt_lion_algorithm, "D-Adaptation's Lion (Defazio & Mishchenko 2023): Lion with a step size d estimated from sums over every tensor", lr=1.)
+dadapt_lion = partial_maker(DAdaptLion, 'dadapt_lion')

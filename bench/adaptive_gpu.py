@@ -1,0 +1,188 @@
+"""GPU check and timing of the algorithms with numbers kept on the device (58_prodigy, Kourkoutas-β in 00_algorithm):
+Prodigy, DAdaptAdam, DAdaptLion and AdamW with kourkoutas=True, in every backend against the for-loop reference on CUDA (fp32,
+bf16 with Kahan summation, bf16 with stochastic rounding); a CUDA-graph capture refused with its reason; then each
+Triton step timed, eager, on the ResNet-50-like (fp32) and LLM-like (bf16 + Kahan) sets, against two byte bounds: one
+pass (what a step must move), and the passes its plan takes (each pass's reads and writes), beside AdamW and StableAdamW
+(a per-tensor sum, no number state) and the peers' implementations that are installed (prodigyopt, pytorch_optimizer,
+adv_optm).
+
+Run on the GPU machine from the repository root (wheels: ../shared/gpu/wheels.sh pytorch-optimizer==4.1.0
+prodigyopt==1.1.2 adv_optm==2.5.16):
+    python3 bench/adaptive_gpu.py --out $OUT
+"""
+import argparse, contextlib, datetime, io, json, math, os, sys, traceback
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+assert os.environ.get('TRITON_INTERPRET', '0') != '1', 'unset TRITON_INTERPRET to run the kernels on the GPU'
+
+import torch
+import triton
+import fastoptim.all  # noqa: F401  (registers every backend and algorithm)
+from fastoptim.core import algorithms
+from fastoptim.testing import drive, rel_diff
+from shapes import llm_shapes, resnet50_shapes
+from timing import copy_bandwidth, median_ms, write_report
+
+dev = torch.device('cuda')
+BACKENDS = ('foreach', 'jit', 'triton')
+# label: (constructor name, lr, options)
+CASES = {'Prodigy': ('Prodigy', 1., {}), 'DAdaptAdam': ('DAdaptAdam', 1., {}), 'DAdaptLion': ('DAdaptLion', 1., {}),
+         'AdamW, kourkoutas': ('Adam', 1e-3, dict(kourkoutas=True, kourkoutas_warmup=2))}
+REFERENCES = {'AdamW': ('Adam', 1e-3, {}), 'StableAdamW': ('StableAdamW', 1e-3, {})}
+
+
+def make(case, backend, **kw):
+    name, lr, options = {**CASES, **REFERENCES}[case]
+    return lambda groups: algorithms[name](groups, lr=lr, wd=0.1, **{backend: True}, **options, **kw)
+
+
+def correctness():
+    rows = []
+    roundings = (('fp32', torch.float32, {}, 1e-5), ('bf16 Kahan', torch.bfloat16, {}, 3e-2),
+                 ('bf16 stochastic', torch.bfloat16, dict(stochastic_rounding=True, seed=3), 3e-2))
+    for case in CASES:
+        for label, dtype, rounding, tol in roundings:
+            schedule = 'mom' in algorithms[CASES[case][0]].hypers  # `drive` schedules `mom` where there is one
+            _, expected = drive(make(case, 'forloop', **rounding), device=dev, dtype=dtype, steps=24, frozen=(8, 16), lr=1.,
+                                mom_schedule=schedule)
+            for b in BACKENDS:
+                _, actual = drive(make(case, b, **rounding), device=dev, dtype=dtype, steps=24, frozen=(8, 16), lr=1.,
+                                  mom_schedule=schedule)
+                d = rel_diff(actual, expected)
+                rows.append(dict(check=f'{case} {label}', backend=b, value=d, ok=d < tol))
+    return rows
+
+
+def capture_refused():
+    "A CUDA graph capture of a step with number states raises with its reason, and leaves the weights as they were"
+    rows = []
+    for case in CASES:
+        ps = [torch.randn(300, device=dev, requires_grad=True) for _ in range(3)]
+        opt = make(case, 'triton')(ps)
+        for p in ps: p.grad = torch.randn_like(p)
+        opt.step()
+        before = [p.detach().clone() for p in ps]
+        try:
+            with torch.cuda.graph(torch.cuda.CUDAGraph()): opt.step()
+            refused = False
+        except RuntimeError as e: refused = 'number states' in str(e)
+        unchanged = all(torch.equal(p, q) for p, q in zip(ps, before))
+        rows.append(dict(check=f'{case}: capture refused, weights unchanged', backend='triton', value=float(refused and unchanged),
+                         ok=refused and unchanged))
+    return rows
+
+
+def pass_bytes(opt):
+    "(bytes of one pass: what the step must move; bytes of the passes its plan takes: each pass's reads and writes)"
+    one, passes = 0, 0
+    for p in opt.flat_params:
+        s, plan = opt.state[p], opt.algorithm_of(p).plan()
+        def size(name):
+            t = p if name == 'p' else p.grad if name == 'g' else s[name]
+            return t.numel() * t.element_size()
+        kahan = size('kahan_comp') if 'kahan_comp' in s else 0
+        one += sum(size(t) for t in plan.tensors) + sum(size(k) for k in plan.whole.stores) + size('p') + 2 * kahan
+        for phase in plan.phases:
+            writes = [*phase.stores, *(('p',) if phase.final is not None else ())]
+            passes += sum(size(t) for t in phase.reads() if t in plan.tensors or t == 'p') + sum(map(size, writes))
+            passes += 2 * kahan if phase.final is not None else 0
+    return one, passes
+
+
+def make_params(shapes, dtype):
+    gen = torch.Generator(device=dev).manual_seed(0)
+    ps = []
+    for s in shapes:
+        p = torch.randn(s, device=dev, generator=gen).mul_(0.02).to(dtype).requires_grad_()
+        p.grad = torch.randn(s, device=dev, generator=gen).to(dtype)
+        ps.append(p)
+    return ps
+
+
+def peers():
+    "Other people's implementations, fp32, to time beside ours (only those installed)"
+    out = {}
+    with contextlib.suppress(ImportError):
+        import prodigyopt
+        out['Prodigy'] = ('prodigyopt 1.1.2 (per tensor, .item() per tensor)', lambda ps: prodigyopt.Prodigy(ps, lr=1., weight_decay=0.1))
+    with contextlib.suppress(ImportError):
+        import pytorch_optimizer as po
+        out['DAdaptAdam'] = ('pytorch_optimizer foreach', lambda ps: po.DAdaptAdam(ps, lr=1., weight_decay=0.1, weight_decouple=True,
+                                                                                   foreach=True))
+        out['DAdaptLion'] = ('pytorch_optimizer foreach', lambda ps: po.DAdaptLion(ps, lr=1., weight_decay=0.1, weight_decouple=True,
+                                                                                   foreach=True))
+    with contextlib.suppress(ImportError):
+        from adv_optm import AdamW_adv
+        out['AdamW, kourkoutas'] = ('adv_optm AdamW_adv(kourkoutas_beta=True)', lambda ps: AdamW_adv(ps, lr=1e-3, weight_decay=0.1,
+                                                                                                    kourkoutas_beta=True))
+    return out
+
+
+def timing(bandwidth, reps):
+    rows = []
+    others = peers()
+    for set_name, shapes, dtype in (('ResNet-50-like', resnet50_shapes(), torch.float32), ('LLM-like', llm_shapes(), torch.bfloat16)):
+        for case in (*REFERENCES, *CASES):
+            ps = make_params(shapes, dtype)
+            opt = make(case, 'triton')(ps)
+            opt.step(); opt.step()
+            eager = median_ms(opt.step, reps, dev, warmup=3)
+            one, passes = pass_bytes(opt)
+            row = dict(set=set_name, dtype=str(dtype)[6:], algorithm=case, passes=len(opt.algorithm_of(ps[0]).plan().phases),
+                       eager_ms=eager, one_pass_ms=one / bandwidth / 1e6, passes_ms=passes / bandwidth / 1e6)
+            del opt
+            if case in others and dtype == torch.float32:
+                label, ctor = others[case]
+                try:
+                    qs = make_params(shapes, dtype)
+                    with contextlib.redirect_stdout(io.StringIO()): peer = ctor(qs)
+                    peer.step()
+                    row.update(peer=label, peer_ms=median_ms(peer.step, max(5, reps // 3), dev, warmup=2))
+                    del peer, qs
+                except Exception as e: row.update(peer=f'{label}: {type(e).__name__}: {str(e)[:100]}')
+            rows.append(row)
+            del ps
+            torch.cuda.empty_cache()
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument('--out', default=os.environ.get('OUT', 'adaptive_gpu'))
+    ap.add_argument('--reps', type=int, default=30)
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    head = (f"# Number states on the GPU: Prodigy, DAdaptAdam, Kourkoutas-β\n\n{datetime.date.today()}, {torch.cuda.get_device_name()}, "
+            f"torch {torch.__version__}, triton {triton.__version__}; command: `python3 bench/adaptive_gpu.py --out $OUT`\n")
+    results = {}
+    for part, fn in (('correctness', correctness), ('capture', capture_refused)):
+        try: results[part] = fn()
+        except Exception: results[part] = [dict(check=f'{part} crashed', backend='', value=math.nan, ok=False, error=traceback.format_exc()[-2000:])]
+        json.dump(results, open(os.path.join(args.out, 'results.json'), 'w'), indent=1, default=str)
+    bandwidth = copy_bandwidth(dev)
+    try: results['timing'] = timing(bandwidth, args.reps)
+    except Exception: results['timing'] = [dict(error=traceback.format_exc()[-2000:])]
+    json.dump(results, open(os.path.join(args.out, 'results.json'), 'w'), indent=1, default=str)
+    lines = [head, f"Copy bandwidth measured in this run: {bandwidth:.0f} GB/s.\n", '## Checks (every backend against the for-loop one, 24 steps)\n',
+             '| check | backend | value | ok |', '|---|---|---|---|']
+    for part in ('correctness', 'capture'):
+        for r in results[part]:
+            lines.append(f"| {r['check']} | {r['backend']} | {r['value']:.3g} | {'yes' if r.get('ok') else '**NO**'} |")
+            if 'error' in r: lines.append(f"\n```\n{r['error']}\n```\n")
+    lines += ['', '## Triton step, eager (median of CUDA events); fraction = byte bound / time\n',
+              '| set | dtype | algorithm | passes | eager ms | one-pass bound ms (frac) | its passes\' bound ms (frac) | peer | peer ms |',
+              '|---|---|---|---|---|---|---|---|---|']
+    for r in results['timing']:
+        if 'error' in r: lines.append(f"\n```\n{r['error']}\n```\n"); continue
+        lines.append(f"| {r['set']} | {r['dtype']} | {r['algorithm']} | {r['passes']} | {r['eager_ms']:.3f} | "
+                     f"{r['one_pass_ms']:.3f} ({r['one_pass_ms'] / r['eager_ms']:.2f}) | {r['passes_ms']:.3f} ({r['passes_ms'] / r['eager_ms']:.2f}) | "
+                     f"{r.get('peer', '')} | {r['peer_ms']:.2f} |" if 'peer_ms' in r else
+                     f"| {r['set']} | {r['dtype']} | {r['algorithm']} | {r['passes']} | {r['eager_ms']:.3f} | "
+                     f"{r['one_pass_ms']:.3f} ({r['one_pass_ms'] / r['eager_ms']:.2f}) | {r['passes_ms']:.3f} ({r['passes_ms'] / r['eager_ms']:.2f}) | "
+                     f"{r.get('peer', '')} | |")
+    bad = [r for part in ('correctness', 'capture') for r in results[part] if not r.get('ok')]
+    lines.append(f"\n{len(bad)} failed checks.")
+    write_report('\n'.join(lines), os.path.join(args.out, 'adaptive_gpu.md'))
+
+
+if __name__ == '__main__':
+    main()
