@@ -99,8 +99,10 @@ def make_params(shapes, dtype):
 
 
 def peers():
-    "Other people's implementations, fp32, to time beside ours (only those installed)"
+    "Other people's implementations, fp32, to time beside ours (those installed; why another could not be imported, under its name)"
     out = {}
+    try: import pytorch_optimizer  # noqa: F401
+    except Exception as e: out['DAdaptAdam'] = out['DAdaptLion'] = (f'pytorch_optimizer not imported: {type(e).__name__}: {str(e)[:120]}', None)
     with contextlib.suppress(ImportError):
         import prodigyopt
         out['Prodigy'] = ('prodigyopt 1.1.2 (per tensor, .item() per tensor)', lambda ps: prodigyopt.Prodigy(ps, lr=1., weight_decay=0.1))
@@ -133,12 +135,13 @@ def timing(bandwidth, reps):
             if case in others and dtype == torch.float32:
                 label, ctor = others[case]
                 try:
+                    if ctor is None: raise ImportError(label)
                     qs = make_params(shapes, dtype)
                     with contextlib.redirect_stdout(io.StringIO()): peer = ctor(qs)
                     peer.step()
                     row.update(peer=label, peer_ms=median_ms(peer.step, max(5, reps // 3), dev, warmup=2))
                     del peer, qs
-                except Exception as e: row.update(peer=f'{label}: {type(e).__name__}: {str(e)[:100]}')
+                except Exception as e: row.update(peer=f'{label}: {type(e).__name__}: {str(e)[:100]}' if ctor else label)
             rows.append(row)
             del ps
             torch.cuda.empty_cache()

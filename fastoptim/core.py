@@ -8,11 +8,12 @@ Docs: https://fastoptim.github.io/fastoptim/core.html.md"""
 __all__ = ['fp32_max', 'fold_numel', 'backends', 'number_ops', 'no_reductions', 'backend_flags', 'engine_state', 'engine_counts',
            'engine_write', 'algorithms', 'check_hyper', 'check_hypers', 'as_math', 'write_back', 'flat', 'fold_moments',
            'hash32', 'stochastic_round', 'update_param', 'to_device', 'Bucket', 'compile_source',
-           'per_tensor_functions', 'combine_totals', 'evaluate_numbers', 'shared_hosts', 'check_shared_numbers',
-           'new_numbers', 'number_inputs', 'refuse_partial_steps', 'apply_matrices', 'Stepper', 'ForLoopBackend',
-           'backend_from_flags', 'auto_backend', 'check_state', 'is_sharded', 'local_tensor', 'sharding', 'shard_salt',
-           'state_of_shards', 'local_state', 'complete_shards', 'ParamState', 'StateTable', 'Layout', 'Numbers',
-           'Preparation', 'GroupView', 'FastOptimizer', 'make_partial', 'OptFunc', 'partial_maker', 'make_optimizer']
+           'per_tensor_functions', 'reduction_columns', 'combine_totals', 'evaluate_numbers', 'host_names',
+           'upload_hosts', 'shared_hosts', 'check_shared_numbers', 'new_numbers', 'number_inputs',
+           'refuse_partial_steps', 'apply_matrices', 'Stepper', 'ForLoopBackend', 'backend_from_flags', 'auto_backend',
+           'check_state', 'is_sharded', 'local_tensor', 'sharding', 'shard_salt', 'state_of_shards', 'local_state',
+           'complete_shards', 'ParamState', 'StateTable', 'Layout', 'Numbers', 'Preparation', 'GroupView',
+           'FastOptimizer', 'make_partial', 'OptFunc', 'partial_maker', 'make_optimizer']
 
 # %% ../nbs/00_core.ipynb #ce3ff5c0
 import inspect, linecache, math, operator, warnings
@@ -191,13 +192,20 @@ def per_tensor_functions(plan, phased=False):
         plan.code[key] = [compile_source(torch_source(plan, name, ph), name, namespace) for name, ph in zip(names, phases)]
     return plan.code[key]
 
+def reduction_columns(plan, kind, device):
+    "The columns of `plan`'s reductions of `kind` ('total'; or 'sum', 'max': how they combine) as an index on `device`, made once (None if none): indexing with a list would copy it to the device, and wait, at every step"
+    key = ('columns', kind, device)
+    if key not in plan.code:
+        cols = [j for j, k in enumerate(plan.reduction_kinds) if (k if kind == 'total' else reduction_ops[k]) == kind]
+        plan.code[key] = torch.tensor(cols, device=device) if cols else None
+    return plan.code[key]
+
 def combine_totals(plan, reds):
     "Give every tensor of every bucket the sum over all of them, in each `total_sum` column of the buckets' reductions"
-    cols = [j for j, k in enumerate(plan.reduction_kinds) if k == 'total']
-    if not cols or not reds: return
+    if not reds or reduction_columns(plan, 'total', reds[0].device) is None: return
     device = reds[0].device
-    total = sum(r[:, cols].sum(0).to(device, non_blocking=True) for r in reds)
-    for r in reds: r[:, cols] = total.to(r.device, non_blocking=True)
+    total = sum(r.index_select(1, reduction_columns(plan, 'total', r.device)).sum(0).to(device, non_blocking=True) for r in reds)
+    for r in reds: r.index_copy_(1, reduction_columns(plan, 'total', r.device), total.to(r.device, non_blocking=True).expand(len(r), -1))
 
 def _both_tensors(a, b, device):
     return [x if isinstance(x, Tensor) else torch.tensor(x, dtype=torch.float32, device=device) for x in (a, b)]
@@ -227,10 +235,19 @@ def evaluate_numbers(plan, roots, inputs, host):
         return values[id(n)]
     return [value(r) for r in roots]
 
+def host_names(plan, roots):
+    "The host numbers (frontier names) that the device numbers `roots` read"
+    return sorted({plan.name_of(a) for n in nodes_of(roots) if n.device for a in n.args if not a.device and a.op != 'const'})
+
+def upload_hosts(plan, names, host, device):
+    "The host numbers that the per-tensor number states `names` read, from `host` (frontier values), as fp32 rows on `device`, in one copy"
+    needed = host_names(plan, [plan.numbers[k] for k in names])
+    if not needed: return {}
+    return dict(zip(needed, to_device(np.stack([host[k] for k in needed]).astype(np.float32), device)))
+
 def shared_hosts(plan):
     "The host numbers (frontier names) that a plan's shared number states are computed from"
-    shared = [v for k, v in plan.numbers.items() if plan.algorithm.states[k].shape == 'shared']
-    return sorted({plan.name_of(a) for n in nodes_of(shared) if n.device for a in n.args if not a.device and a.op != 'const'})
+    return host_names(plan, [v for k, v in plan.numbers.items() if plan.algorithm.states[k].shape == 'shared'])
 
 def check_shared_numbers(plan, hosts):
     "Raise before anything changes unless the host numbers that shared number states read are one value for every tensor (`hosts`: each bucket's frontier values)"
@@ -250,8 +267,9 @@ def new_numbers(plan, items):
         if shared and not common:
             inputs = {**b.numbers, **{k: v[0] for k, v in columns.items()}}
             common = dict(zip(shared, evaluate_numbers(plan, [plan.numbers[k] for k in shared], inputs, lambda k: float(host[k][0]))))
-        upload = lambda k, b=b, host=host: to_device(host[k].astype(np.float32), b.device)
-        out.append({**common, **dict(zip(own, evaluate_numbers(plan, [plan.numbers[k] for k in own], {**b.numbers, **columns}, upload)))})
+        uploaded = upload_hosts(plan, own, host, b.device)
+        out.append({**common, **dict(zip(own, evaluate_numbers(plan, [plan.numbers[k] for k in own], {**b.numbers, **columns},
+                                                               uploaded.__getitem__)))})
     return out
 
 def number_inputs(phase, reds, values, n):
@@ -463,15 +481,14 @@ def complete_shards(plan, buckets, reds):
             reds[j] = torch.tensor([[-math.inf if reduction_ops[k] == 'max' else 0. for k in plan.reduction_kinds]],
                                    device=b.device).expand(len(b), -1).contiguous()
     for op in ('sum', 'max'):
-        cols = [j for j, k in enumerate(plan.reduction_kinds) if reduction_ops[k] == op]
-        if not cols: continue
+        if reduction_columns(plan, op, buckets[0].device) is None: continue
         keys = dict.fromkeys(k for b in buckets for k in b.sharded)  # the same order on every process
         for groups in keys:
-            parts = [(r, b.sharded[groups]) for b, r in zip(buckets, reds) if groups in b.sharded]
-            flat = torch.cat([r[rows][:, cols].double().reshape(-1) for r, rows in parts])
+            parts = [(r, b.sharded[groups], reduction_columns(plan, op, r.device)) for b, r in zip(buckets, reds) if groups in b.sharded]
+            flat = torch.cat([r[rows].index_select(1, cols).double().reshape(-1) for r, rows, cols in parts])
             for group in groups: dist.all_reduce(flat, dist.ReduceOp.SUM if op == 'sum' else dist.ReduceOp.MAX, group=group)
             at = 0
-            for r, rows in parts:
+            for r, rows, cols in parts:
                 n = len(rows) * len(cols)
                 r[rows[:, None], cols] = flat[at:at + n].view(len(rows), len(cols)).to(r.dtype)
                 at += n
