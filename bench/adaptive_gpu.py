@@ -21,6 +21,7 @@ from fastoptim.core import algorithms
 from fastoptim.testing import drive, rel_diff
 from shapes import llm_shapes, resnet50_shapes
 from timing import copy_bandwidth, median_ms, write_report
+from catalogue_gpu import make_params
 
 dev = torch.device('cuda')
 BACKENDS = ('foreach', 'jit', 'triton')
@@ -86,16 +87,6 @@ def pass_bytes(opt):
             passes += sum(size(t) for t in phase.reads() if t in plan.tensors or t == 'p') + sum(map(size, writes))
             passes += 2 * kahan if phase.final is not None else 0
     return one, passes
-
-
-def make_params(shapes, dtype):
-    gen = torch.Generator(device=dev).manual_seed(0)
-    ps = []
-    for s in shapes:
-        p = torch.randn(s, device=dev, generator=gen).mul_(0.02).to(dtype).requires_grad_()
-        p.grad = torch.randn(s, device=dev, generator=gen).to(dtype)
-        ps.append(p)
-    return ps
 
 
 def peers():

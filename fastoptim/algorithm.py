@@ -11,7 +11,7 @@ __all__ = ['reduction_ops', 'scalar_only', 'commutative', 'engine_hypers', 'engi
            'named', 'MatrixFunction', 'matrix', 'check_names', 'Algorithm', 'leaf', 'trace_hypers', 'nodes_of',
            'substitute', 'reaches', 'decompose', 'Phase', 'Plan', 'evaluate', 'carry_values', 'moment_values',
            'TorchDialect', 'emit', 'ordered_stores', 'final_args', 'torch_source', 'renamed', 'Hybrid',
-           'orthogonal_gradient', 'modified']
+           'orthogonal_gradient', 'reads_hyper', 'modified']
 
 # %% ../nbs/00_algorithm.ipynb #964e372e
 import itertools, math, re
@@ -750,6 +750,16 @@ def _orthograd(algorithm):
                    accumulation="OrthoGrad projects each step's gradient against the weights, and the moments hold the "
                                 "projected gradients, which folding raw micro-batch gradients cannot reproduce")
 
+def reads_hyper(algorithm, name):
+    "Whether `algorithm`'s update reads hyper `name` itself (not only through its per-step formulas)"
+    if name not in algorithm.hypers: return False
+    h = trace_hypers(algorithm)
+    marker = leaf(name)
+    setattr(h, name, marker)  # the per-step formulas keep the leaf they were traced with
+    s = SimpleNamespace(**{k: Expr('input', device=True, name=k) if spec.number else leaf(k, True) for k, spec in algorithm.states.items()})
+    out = algorithm.update(leaf('p', True), leaf('g', True), s, h)
+    return reaches([_const(v) for v in out.values()], [marker])
+
 def _kourkoutas(algorithm):
     "`algorithm` with `sqr_mom` replaced, in its update, by Kourkoutas-β's per-tensor decay from the gradient's norm (its bias corrections keep `sqr_mom`)"
     def update(p, g, s, h):
@@ -779,13 +789,14 @@ def modified(algorithm, cautious:bool=False, grams:bool=False, lookahead:bool=Fa
         raise ValueError(f"{' and '.join(f'{k}=True' for k in key if k != 'orthograd')} would change {algorithm.name}'s step "
                          "but not the formulas that turn its training weights into evaluation weights: refused.")
     if isinstance(algorithm, Hybrid):
-        if kourkoutas and not any('sqr_mom' in a.hypers for a in algorithm.algorithms.values()):
-            raise ValueError(f"kourkoutas=True adapts a second moment's decay (`sqr_mom`): none of {algorithm.name}'s algorithms has one.")
+        if kourkoutas and not any(reads_hyper(a, 'sqr_mom') for a in algorithm.algorithms.values()):
+            raise ValueError(f"kourkoutas=True adapts a second moment's decay (`sqr_mom`): none of {algorithm.name}'s algorithms' updates reads one.")
         return replace(algorithm, name='+'.join((algorithm.name, *key)),
-                       algorithms={k: modified(a, cautious, grams, lookahead, orthograd, kourkoutas and 'sqr_mom' in a.hypers)
+                       algorithms={k: modified(a, cautious, grams, lookahead, orthograd, kourkoutas and reads_hyper(a, 'sqr_mom'))
                                    for k, a in algorithm.algorithms.items()})
-    if kourkoutas and 'sqr_mom' not in algorithm.hypers:
-        raise ValueError(f"kourkoutas=True adapts a second moment's decay (`sqr_mom`) per tensor; {algorithm.name} has none.")
+    if kourkoutas and not reads_hyper(algorithm, 'sqr_mom'):
+        raise ValueError(f"kourkoutas=True adapts a second moment's decay (`sqr_mom`) per tensor, in the update; {algorithm.name}'s "
+                         "update reads none (its per-step formulas may: they are worked out before the gradient is seen).")
     if key not in algorithm._variants:
         variant = _orthograd(algorithm) if orthograd else algorithm
         if kourkoutas: variant = _kourkoutas(variant)

@@ -205,7 +205,8 @@ def combine_totals(plan, reds):
     if not reds or reduction_columns(plan, 'total', reds[0].device) is None: return
     device = reds[0].device
     total = sum(r.index_select(1, reduction_columns(plan, 'total', r.device)).sum(0).to(device, non_blocking=True) for r in reds)
-    for r in reds: r.index_copy_(1, reduction_columns(plan, 'total', r.device), total.to(r.device, non_blocking=True).expand(len(r), -1))
+    for r in reds:  # buckets of fp64 tensors add up in fp64: each takes the total in its own dtype
+        r.index_copy_(1, reduction_columns(plan, 'total', r.device), total.to(r.device, r.dtype, non_blocking=True).expand(len(r), -1))
 
 def _both_tensors(a, b, device):
     return [x if isinstance(x, Tensor) else torch.tensor(x, dtype=torch.float32, device=device) for x in (a, b)]
@@ -218,10 +219,15 @@ def _extremum(fn, clamp):
         return fn(a, b)
     return op
 
+def _where(cond, x, y):
+    "torch.where for a device condition, or a host one: a per-tensor number (1 or 0, uploaded) or a Python number"
+    if not isinstance(cond, Tensor): return x if cond else y
+    return torch.where(cond if cond.dtype == torch.bool else cond != 0, x, y)
+
 number_ops = dict(add=operator.add, sub=operator.sub, mul=operator.mul, div=operator.truediv, neg=operator.neg, pow=operator.pow,
                   gt=operator.gt, lt=operator.lt, ge=operator.ge, le=operator.le, eq=operator.eq, ne=operator.ne,
                   sqrt=torch.sqrt, exp=torch.exp, log=torch.log, abs=torch.abs, sign=torch.sign, reciprocal=torch.reciprocal,
-                  mod=torch.fmod, where=torch.where, maximum=_extremum(torch.maximum, 'min'), minimum=_extremum(torch.minimum, 'max'),
+                  mod=torch.fmod, where=_where, maximum=_extremum(torch.maximum, 'min'), minimum=_extremum(torch.minimum, 'max'),
                   atan2=lambda y, x: torch.atan2(*_both_tensors(y, x, (y if isinstance(y, Tensor) else x).device)),
                   **{'and': operator.and_, 'or': operator.or_})
 
@@ -304,6 +310,10 @@ def apply_matrices(plan, bucket, divide=None):
 
 class Stepper:
     "`step` for a backend with `reduce` (every phase but the last: the per-tensor reductions, or None) and `finish`"
+    def last_phase(self, plan):
+        "The plan's last phase as this backend runs it; one that stores number states computes them itself, else the engine does and the phase reads them"
+        return plan.phases[-1]
+
     def step(self, plan, bucket, leaves, cache):
         "All of one step of one bucket with no number states, totals over this bucket alone (the engine calls `reduce` and `finish` itself)"
         reds = self.reduce(plan, bucket, leaves, cache)
@@ -739,8 +749,8 @@ class Preparation:
             elif spec.number:
                 start = [0. if spec.init == 'zeros' else float(opt.hypers[group][spec.init]) for group in b.groups]
                 values = to_device(np.array(start, dtype=np.float32), b.device)
-                kept = [i for i, s in enumerate(b.states) if n in s]  # each a 0-d tensor (`check_state`)
-                if kept: values[kept] = torch.stack([b.states[i][n] for i in kept]).to(b.device)
+                if any(n in s for s in b.states):  # kept ones (each a 0-d tensor, `check_state`) and new ones, in one copy
+                    values = torch.stack([s[n].to(b.device) if n in s else values[i] for i, s in enumerate(b.states)])
                 for i, s in enumerate(b.states): engine_write(s, n, values[i])
                 b.numbers[n] = values
 
@@ -1110,10 +1120,12 @@ class FastOptimizer(Optimizer):
                         reds.update(zip(keys, complete_shards(plan, [buckets[k] for k in keys], [reds[k] for k in keys])))
                     combine_totals(plan, [reds[k] for k in keys if reds[k] is not None])
                     if not plan.number_states: continue
-                    news.update(zip(keys, new_numbers(plan, [(buckets[k], reds[k], hosts[k]) for k in keys])))
+                    last = {k: backends[buckets[k].backend].last_phase(plan) for k in keys}
+                    mine = [k for k in keys if not last[k].numbers]  # the others' last pass computes and stores them
+                    news.update(zip(mine, new_numbers(plan, [(buckets[k], reds[k], hosts[k]) for k in mine])))
                     for k in keys:  # read before the new values are written over the old ones
-                        values = {**buckets[k].numbers, **{f'{name}:new': v for name, v in news[k].items()}}
-                        inputs[k] = number_inputs(plan.phases[-1], reds[k], values, len(buckets[k]))
+                        values = {**buckets[k].numbers, **{f'{name}:new': v for name, v in news.get(k, {}).items()}}
+                        inputs[k] = number_inputs(last[k], reds[k], values, len(buckets[k]))
                 for key, new in news.items():
                     for name, v in new.items(): buckets[key].numbers[name].copy_(v)
                 for key, b, leaves, step in work:

@@ -7,8 +7,8 @@ Docs: https://fastoptim.github.io/fastoptim/triton.html.md"""
 # %% auto #0
 __all__ = ['triton_ops', 'tl_dtypes', 'sum_slots', 'SUM_SLOTS', 'roundings', 'locate_block', 'tensor_ptr', 'scalar', 'load_math',
            'round_to', 'store', 'hash32', 'stochastic_round', 'store_param', 'power', 'atan2', 'triton_expressions',
-           'derive_source', 'phase_source', 'triton_code', 'build_tables', 'fold_gradients', 'add_to_sum',
-           'max_to_slot', 'interpreting', 'TritonBackend']
+           'derive_source', 'numbers_phase', 'phase_source', 'triton_code', 'build_tables', 'fold_gradients',
+           'add_to_sum', 'max_to_slot', 'interpreting', 'TritonBackend']
 
 # %% ../nbs/03_triton.ipynb #e5df9e03
 import math
@@ -17,7 +17,7 @@ import torch
 from types import SimpleNamespace
 from torch.autograd.graph import increment_version
 from .core import backends, to_device, compile_source, Stepper
-from .algorithm import nodes_of
+from .algorithm import Phase, nodes_of, substitute
 
 try:
     import triton
@@ -180,6 +180,23 @@ def derive_source(plan, kernel, hypers):
     return (f"@triton.jit\ndef {kernel}(hypers, steps, scalars, n, SEED: tl.constexpr, BLOCK: tl.constexpr):\n"
             + ''.join(f'    {l}\n' for l in body))
 
+def numbers_phase(plan):
+    "The last phase of a plan with number states as this backend runs it: their new values computed by every program from the reductions and the values before the step, instead of read from the engine; the first program of each tensor stores them"
+    if 'numbers phase' not in plan.code:
+        phase = plan.phases[-1]
+        news = {id(n): plan.numbers[n.name[:-len(':new')]] for n in nodes_of(phase.roots())
+                if n.op == 'input' and n.device and n.name.endswith(':new')}
+        final = [x for x in phase.final if x is not None]
+        roots = substitute([*phase.stores.values(), *final, *plan.numbers.values()], news)
+        stores, roots = dict(zip(phase.stores, roots)), roots[len(phase.stores):]
+        it = iter(roots[:len(final)])
+        out = Phase(stores, [], tuple(None if x is None else next(it) for x in phase.final), dict(zip(plan.numbers, roots[len(final):])))
+        out.reduced = phase.reduced
+        read = {n.name for n in nodes_of(out.roots()) if n.op == 'input' and n.device}
+        out.inputs = phase.inputs[:phase.reduced] + [k for k in plan.number_states if k in read]
+        plan.code['numbers phase'] = out
+    return plan.code['numbers phase']
+
 def phase_source(plan, phase, kernel, n_reductions):
     "The kernel of one phase: load, compute, reduce, store the states, write the parameter if last"
     columns = {t: k for k, t in enumerate(plan.tensors)}
@@ -202,7 +219,7 @@ def phase_source(plan, phase, kernel, n_reductions):
         if a.op == 'input' and a.tensor: return a.name
         if a.op == 'input' and a.device: return f'tl.load(inputs + t * {len(phase.inputs)} + {phase.inputs.index(a.name)})'  # per tensor
         return frontier.get(id(a))
-    lines, name = triton_expressions(roots, known)
+    lines, name = triton_expressions([*roots, *phase.numbers.values()], known)
     stores = {}  # each state is stored as soon as its new value is known, which frees its registers early
     for k, v in phase.stores.items():
         stores.setdefault(name(v), []).append(f'store(tensor_ptr(row, {columns[k]}, {dtype(k)}, ALIGN), offsets, {name(v)}, mask, {dtype(k)})')
@@ -215,6 +232,9 @@ def phase_source(plan, phase, kernel, n_reductions):
         x = name(r.args[0])
         if r.op == 'max': body.append(f"max_to_slot(sums, t, {j}, tl.max(tl.where(mask, {x}, -float('inf')), axis=0), {n_reductions})")
         else: body.append(f'add_to_sum(sums, t, {j}, tl.sum(tl.where(mask, {x}, 0.), axis=0), {n_reductions})')
+    if phase.numbers:  # every program computed them alike; the first of each tensor stores them (their columns follow the compensation's)
+        body.append('if tl.program_id(0) == tl.load(row + 1):')
+        body += [f'    tl.store(tensor_ptr(row, {comp + 1 + j}, tl.float32, 1), {name(v)})' for j, v in enumerate(phase.numbers.values())]
     if phase.final is not None:
         scale, direction, denom = phase.final
         d = name(direction) if denom is None else f'{name(direction)} / {name(denom)}'
@@ -229,8 +249,9 @@ def triton_code(plan):
         hypers = [k for k in plan.leaves() if k != 'step']
         n_reductions = sum(len(ph.reductions) for ph in plan.phases)
         sources = [derive_source(plan, f'{plan.name}_derive', hypers)]
+        phases = plan.phases[:-1] + [numbers_phase(plan) if plan.numbers else plan.phases[-1]]
         # named apart from the per-tensor functions of the same phases (`{plan.name}_phase{i}`): source is found by name
-        sources += [phase_source(plan, ph, f'{plan.name}_triton{i}', max(n_reductions, 1)) for i, ph in enumerate(plan.phases)]
+        sources += [phase_source(plan, ph, f'{plan.name}_triton{i}', max(n_reductions, 1)) for i, ph in enumerate(phases)]
         namespace = dict(triton=triton, tl=tl, locate_block=locate_block, tensor_ptr=tensor_ptr, scalar=scalar,
                          load_math=load_math, store=store, store_param=store_param, add_to_sum=add_to_sum, max_to_slot=max_to_slot,
                          power=power, hash32=hash32, atan2=atan2)
@@ -240,15 +261,15 @@ def triton_code(plan):
     return plan.code['triton']
 
 # %% ../nbs/03_triton.ipynb #1c20b40d
-def build_tables(tensor_lists, device, block):
-    "The tensor table, the block map, the number of blocks for lists (params, grads, *states), and the `ALIGN` the kernels may promise: 16 bytes if every tensor starts at a multiple of 16, else 1"
+def build_tables(tensor_lists, device, block, aligned=None, min_blocks=0):
+    "The tensor table, the block map, the number of blocks for lists (params, grads, *states), and the `ALIGN` the kernels may promise: 16 bytes if each of the first `aligned` lists' tensors (all, by default) starts at a multiple of 16, else 1; `min_blocks`: blocks for a tensor with no elements"
     numel = np.array([t.numel() for t in tensor_lists[0]], dtype=np.int64)
-    blocks = -(-numel // block)
+    blocks = np.maximum(-(-numel // block), min_blocks)
     table = np.empty((len(numel), 2 + len(tensor_lists)), dtype=np.int64)
     table[:, 0], table[:, 1] = numel, np.cumsum(blocks) - blocks
     for k, ts in enumerate(tensor_lists): table[:, 2 + k] = [t.data_ptr() for t in ts]
     block_tensors = np.repeat(np.arange(len(numel), dtype=np.int32), blocks)
-    align = 16 if not (table[:, 2:] % 16).any() else 1
+    align = 16 if not (table[:, 2:2 + (aligned or len(tensor_lists))] % 16).any() else 1
     return to_device(table, device), to_device(block_tensors, device), int(blocks.sum()), align
 
 # %% ../nbs/03_triton.ipynb #41729450
@@ -290,6 +311,9 @@ def interpreting():
 class TritonBackend(Stepper):
     "Run a plan's Triton kernels over a whole bucket in one launch each"
     name, capturable = 'triton', True
+    def last_phase(self, plan):
+        "The last phase as this backend runs it: it computes and stores number states itself (see `numbers_phase`)"
+        return numbers_phase(plan) if plan.numbers else plan.phases[-1]
     def launch(self, plan, element_size):
         "(BLOCK, warps): 512 elements, over 8 warps for fp32 plans reading four or more tensors, else 4"
         return 512, 8 if element_size == 4 and len(plan.tensors) >= 4 else 4
@@ -318,8 +342,13 @@ class TritonBackend(Stepper):
                                                     "take a step outside the graph first.")
             names = plan.tensors + (['kahan_comp'] if bucket.rounding == 'kahan' else [])
             tensors = [bucket.tensors(t) for t in names]
+            aligned = len(tensors)
+            if plan.numbers:  # the number states the last phase stores, after the compensation's column (the parameters stand in for it)
+                tensors += [bucket.params] * (bucket.rounding != 'kahan') + [bucket.tensors(k) for k in plan.numbers]
             cache.clear()
-            cache['table'], cache['block_tensors'], cache['n_blocks'], cache['align'] = build_tables(tensors, bucket.device, block)
+            # a tensor with no elements still gets a program when its numbers are stored by one
+            cache['table'], cache['block_tensors'], cache['n_blocks'], cache['align'] = build_tables(
+                tensors, bucket.device, block, aligned, min_blocks=1 if plan.numbers else 0)
             cache['steps'] = to_device(bucket.step_counts.astype(np.int32), bucket.device)  # the derive kernel adds this step
             cache['sums'] = torch.empty(len(bucket) * max(code.reductions, 1) * sum_slots, device=bucket.device)  # set before use
             cache['reds'] = torch.empty(len(bucket), max(code.reductions, 1), device=bucket.device)
