@@ -1066,6 +1066,9 @@ class FastOptimizer(Optimizer):
                                                  "while capturing.")
         self.numbers.check()
         groups = self.numbers.groups()
+        for algorithm in dict.fromkeys(b.algorithm for b in self.layout.buckets.values()):  # a graph's shared numbers too
+            plan, mine = algorithm.plan('step'), [b for b in self.layout.buckets.values() if b.algorithm is algorithm]
+            if plan.numbers: check_shared_numbers(plan, [plan.host_values(self.numbers.leaves(b, groups)[0], len(b)) for b in mine])
         with torch.no_grad():
             for key, b in self.layout.buckets.items():
                 backend, cache = backends[b.backend], self.layout.caches.get(key)
@@ -1083,9 +1086,9 @@ class FastOptimizer(Optimizer):
             if capturing and b.algorithm.carries: raise RuntimeError(
                 f"{b.algorithm.name} carries {sorted(b.algorithm.carries)} from step to step, worked out on the host: "
                 "a CUDA graph cannot capture its step.")
-            if capturing and b.numbers: raise RuntimeError(
-                f"{b.algorithm.name} computes its number states {sorted(b.numbers)} between the passes from host numbers "
-                "uploaded at each step: a CUDA graph cannot capture its step.")
+            if capturing and b.numbers and not backends[b.backend].last_phase(b.algorithm.plan('step')).numbers: raise RuntimeError(
+                f"The {b.backend} backend has the engine compute {b.algorithm.name}'s number states {sorted(b.numbers)} between "
+                "the passes, from host numbers uploaded at each step: a CUDA graph cannot capture its step.")
         groups = self.numbers.groups()
         if self.decouple_lr and not self._warned_lr and (groups['lr'] > groups['max_lr']).any():
             self._warned_lr = True
