@@ -209,7 +209,8 @@ def combine_totals(plan, reds):
         r.index_copy_(1, reduction_columns(plan, 'total', r.device), total.to(r.device, r.dtype, non_blocking=True).expand(len(r), -1))
 
 def _both_tensors(a, b, device):
-    return [x if isinstance(x, Tensor) else torch.tensor(x, dtype=torch.float32, device=device) for x in (a, b)]
+    "Python numbers made tensors on `device` by a fill, not a copy from the host (which would wait)"
+    return [x if isinstance(x, Tensor) else torch.full((), x, dtype=torch.float32, device=device) for x in (a, b)]
 
 def _extremum(fn, clamp):
     "torch.maximum/minimum of two numbers, either a Python float (a host number or a constant)"
