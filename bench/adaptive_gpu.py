@@ -20,7 +20,7 @@ import fastoptim.all  # noqa: F401  (registers every backend and algorithm)
 from fastoptim.core import algorithms
 from fastoptim.testing import drive, rel_diff
 from shapes import llm_shapes, resnet50_shapes
-from timing import copy_bandwidth, median_ms, write_report
+from timing import capture, copy_bandwidth, median_ms, write_report
 from catalogue_gpu import make_params
 
 dev = torch.device('cuda')
@@ -66,11 +66,7 @@ def capture_replay():
         oa, ob = make(case, 'triton')(a), make(case, 'triton')(b)
         for p, q, g in zip(a, b, grads[0]): p.grad, q.grad = g.clone(), g.clone()
         oa.step(); ob.step()  # outside the graph: builds the tables
-        side = torch.cuda.Stream(); side.wait_stream(torch.cuda.current_stream())
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.stream(side):
-            with torch.cuda.graph(graph): ob.step()
-        torch.cuda.current_stream().wait_stream(side)
+        graph = capture(ob.step)
         for gs in grads[1:]:
             for p, q, g in zip(a, b, gs): p.grad.copy_(g); q.grad.copy_(g)
             oa.step(); graph.replay()
@@ -128,11 +124,7 @@ def timing(bandwidth, reps):
             opt = make(case, 'triton')(ps)
             opt.step(); opt.step()
             eager = median_ms(opt.step, reps, dev, warmup=3)
-            side = torch.cuda.Stream(); side.wait_stream(torch.cuda.current_stream())
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.stream(side):
-                with torch.cuda.graph(graph): opt.step()
-            torch.cuda.current_stream().wait_stream(side)
+            graph = capture(opt.step)
             replay = median_ms(graph.replay, reps, dev, warmup=3)
             del graph
             one, passes = pass_bytes(opt)

@@ -20,7 +20,7 @@ from fastoptim.core import algorithms
 from fastoptim.low_precision import seed_kahan_comp
 from fastoptim.testing import drive, rel_diff
 from shapes import llm_shapes, resnet50_shapes
-from timing import copy_bandwidth, median_ms, write_report
+from timing import capture, copy_bandwidth, median_ms, write_report
 
 dev = torch.device('cuda')
 BACKENDS = ('foreach', 'jit', 'triton')
@@ -80,11 +80,7 @@ def capture_check(name):
             with torch.cuda.graph(torch.cuda.CUDAGraph()): ob.step()
         except RuntimeError as e:
             return 0. if 'carries' in str(e) else math.inf
-    side = torch.cuda.Stream(); side.wait_stream(torch.cuda.current_stream())
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.stream(side):
-        with torch.cuda.graph(graph): ob.step()
-    torch.cuda.current_stream().wait_stream(side)
+    graph = capture(ob.step)
     for gs in grads[1:]:
         for p, q, g in zip(a, b, gs): p.grad.copy_(g); q.grad.copy_(g)
         oa.step(); graph.replay()
@@ -180,11 +176,7 @@ def timing(bandwidth, reps):
             eager = median_ms(opt.step, reps, dev, warmup=3)
             graph, replay = None, math.nan
             if not carries(name):
-                side = torch.cuda.Stream(); side.wait_stream(torch.cuda.current_stream())
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.stream(side):
-                    with torch.cuda.graph(graph): opt.step()
-                torch.cuda.current_stream().wait_stream(side)
+                graph = capture(opt.step)
                 replay = median_ms(graph.replay, reps, dev, warmup=3)
             n, phases = bytes_per_step(opt)
             bound = n / bandwidth / 1e6

@@ -20,6 +20,16 @@ def median_ms(fn, reps, device, warmup=0):
     return float(np.median(ts))
 
 
+def capture(fn):
+    "`fn` captured in a CUDA graph, on a side stream as torch asks (its first call, which builds its tables, taken before)"
+    side = torch.cuda.Stream(); side.wait_stream(torch.cuda.current_stream())
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(side):
+        with torch.cuda.graph(graph): fn()
+    torch.cuda.current_stream().wait_stream(side)
+    return graph
+
+
 def copy_bandwidth(device, reps=20):
     "Copy bandwidth in GB/s counting bytes read and written: a 1 GiB buffer of random bytes on CUDA (256 MiB on the CPU)"
     n = 2 ** 30 if device.type == 'cuda' else 2 ** 28

@@ -8,9 +8,9 @@ Docs: https://fastoptim.github.io/fastoptim/algorithm.html.md"""
 __all__ = ['reduction_ops', 'scalar_only', 'commutative', 'engine_hypers', 'engine_scalars', 'generated_names', 'plan_numbers',
            'host_ops', 'Hyper', 'State', 'Carry', 'Moment', 'Expr', 'sqrt', 'atan2', 'exp', 'log', 'mod', 'sign',
            'maximum', 'minimum', 'where', 'lerp', 'addcmul', 'addcdiv', 'tensor_sum', 'tensor_max', 'total_sum',
-           'named', 'MatrixFunction', 'matrix', 'check_names', 'Algorithm', 'leaf', 'trace_hypers', 'nodes_of',
-           'substitute', 'reaches', 'decompose', 'Phase', 'Plan', 'evaluate', 'carry_values', 'moment_values',
-           'TorchDialect', 'emit', 'ordered_stores', 'final_args', 'torch_source', 'renamed', 'Hybrid',
+           'named', 'MatrixFunction', 'matrix', 'check_names', 'Algorithm', 'leaf', 'trace_hypers', 'trace_states',
+           'nodes_of', 'substitute', 'reaches', 'decompose', 'Phase', 'Plan', 'evaluate', 'carry_values',
+           'moment_values', 'TorchDialect', 'emit', 'ordered_stores', 'final_args', 'torch_source', 'renamed', 'Hybrid',
            'orthogonal_gradient', 'reads_hyper', 'modified']
 
 # %% ../nbs/00_algorithm.ipynb #964e372e
@@ -257,6 +257,10 @@ def trace_hypers(algorithm):
             setattr(h, k, named(v, k))
     return h
 
+def trace_states(algorithm):
+    "The states an update reads, as named inputs: a tensor each, or a device number (a number state's value before the step)"
+    return SimpleNamespace(**{k: Expr('input', device=True, name=k) if spec.number else leaf(k, True) for k, spec in algorithm.states.items()})
+
 def nodes_of(roots):
     "Every node the roots depend on, each after its arguments"
     order, seen = [], set()
@@ -326,8 +330,7 @@ class Plan:
         self.code = {}  # what each backend compiled from the plan
         h = trace_hypers(algorithm)
         p, g = leaf('p', True), leaf('g', True)
-        # a number state is read as a device number: its value before this step
-        s = SimpleNamespace(**{k: Expr('input', device=True, name=k) if spec.number else leaf(k, True) for k, spec in algorithm.states.items()})
+        s = trace_states(algorithm)
         if variant in ('eval', 'train'):  # a change of the weights alone: no state stored, no gradient read
             if algorithm.modes is None: raise ValueError(f"{algorithm.name} has the same weights in training and evaluation.")
             out = {'update': _const(algorithm.modes[variant](p, s, h)) - p, **vars(s)}
@@ -756,8 +759,7 @@ def reads_hyper(algorithm, name):
     h = trace_hypers(algorithm)
     marker = leaf(name)
     setattr(h, name, marker)  # the per-step formulas keep the leaf they were traced with
-    s = SimpleNamespace(**{k: Expr('input', device=True, name=k) if spec.number else leaf(k, True) for k, spec in algorithm.states.items()})
-    out = algorithm.update(leaf('p', True), leaf('g', True), s, h)
+    out = algorithm.update(leaf('p', True), leaf('g', True), trace_states(algorithm), h)
     return reaches([_const(v) for v in out.values()], [marker])
 
 def _kourkoutas(algorithm):

@@ -253,8 +253,10 @@ def upload_hosts(plan, names, host, device):
     return dict(zip(needed, to_device(np.stack([host[k] for k in needed]).astype(np.float32), device)))
 
 def shared_hosts(plan):
-    "The host numbers (frontier names) that a plan's shared number states are computed from"
-    return host_names(plan, [v for k, v in plan.numbers.items() if plan.algorithm.states[k].shape == 'shared'])
+    "The host numbers (frontier names) that a plan's shared number states are computed from (found once per plan)"
+    if 'shared hosts' not in plan.code:
+        plan.code['shared hosts'] = host_names(plan, [v for k, v in plan.numbers.items() if plan.algorithm.states[k].shape == 'shared'])
+    return plan.code['shared hosts']
 
 def check_shared_numbers(plan, hosts):
     "Raise before anything changes unless the host numbers that shared number states read are one value for every tensor (`hosts`: each bucket's frontier values)"
@@ -1106,10 +1108,12 @@ class FastOptimizer(Optimizer):
                     b.capturing = capturing
                     if b.rounding == 'stochastic': b.seeds = hash32(b.seed_bases ^ step)
                     work.append((key, b, leaves, step))
-                hosts = {key: b.algorithm.plan(variant).host_values(leaves, len(b)) for key, b, leaves, _ in work if b.numbers}
+                # the host numbers of buckets whose numbers the engine computes, or whose shared numbers must be checked
+                hosts = {key: plan.host_values(leaves, len(b)) for key, b, leaves, _ in work for plan in [b.algorithm.plan(variant)]
+                         if plan.numbers and (shared_hosts(plan) or not backends[b.backend].last_phase(plan).numbers)}
                 algorithms = dict.fromkeys(b.algorithm for _, b, _, _ in work)
                 for algorithm in algorithms:
-                    if algorithm.plan(variant).numbers:
+                    if shared_hosts(algorithm.plan(variant)):
                         check_shared_numbers(algorithm.plan(variant), [hosts[k] for k, b, _, _ in work if b.algorithm is algorithm])
                 # every bucket adds up its reductions before any writes: a `total_sum` is over all of its algorithm's
                 reds = {}
