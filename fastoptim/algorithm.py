@@ -11,7 +11,7 @@ __all__ = ['reduction_ops', 'scalar_only', 'commutative', 'engine_hypers', 'engi
            'named', 'MatrixFunction', 'matrix', 'check_names', 'Algorithm', 'leaf', 'trace_hypers', 'trace_states',
            'nodes_of', 'substitute', 'reaches', 'decompose', 'Phase', 'Plan', 'evaluate', 'carry_values',
            'moment_values', 'TorchDialect', 'emit', 'ordered_stores', 'final_args', 'torch_source', 'renamed', 'Hybrid',
-           'orthogonal_gradient', 'reads_hyper', 'modified']
+           'factored_or_whole', 'factored', 'orthogonal_gradient', 'reads_hyper', 'modified']
 
 # %% ../nbs/00_algorithm.ipynb #964e372e
 import itertools, math, re
@@ -38,23 +38,31 @@ class Hyper:
 
 @dataclass(frozen=True)
 class State:
-    "A per-parameter state: a tensor shaped like the parameter, or a number kept on the device (`shape` 'number' or 'shared')"
+    "A per-parameter state: a tensor shaped like the parameter, its factored form, or a number kept on the device (`shape`)"
     init: str = 'zeros'    # 'zeros', or 'param': a copy of the parameter (schedule-free methods); a number: 'zeros' or a hyper's name
-    dtype: str = 'param'   # 'param': the parameter's dtype; 'fp32': always float32 (numbers are always fp32)
+    dtype: str = 'param'   # 'param': the parameter's dtype; 'fp32': always float32 (numbers and factored states are always fp32)
     shape: str = 'param'   # 'param': shaped like the parameter; 'number': one number per tensor (Kourkoutas-β's gradient norm);
-                           # 'shared': one number for every tensor the algorithm steps (Prodigy's step size d)
+                           # 'shared': one number for every tensor the algorithm steps (Prodigy's step size d);
+                           # 'factored': a moving average of g² kept as its row and column means (Adafactor's second moment)
+    floor: str = None      # factored: the hyper that floors the mean of the row factor, which the estimate divides by
     def __post_init__(self):
-        if self.shape not in ('param', 'number', 'shared'):
-            raise ValueError(f"State shape must be one of ('param', 'number', 'shared'), got {self.shape!r}.")
-        if self.number:
-            if self.init == 'param': raise ValueError("A number state cannot start as a copy of the parameter.")
-            if self.dtype != 'param' and self.dtype != 'fp32': raise ValueError(f"A number state is fp32, got dtype {self.dtype!r}.")
+        shapes = ('param', 'number', 'shared', 'factored')
+        if self.shape not in shapes: raise ValueError(f"State shape must be one of {shapes}, got {self.shape!r}.")
+        if (self.floor is not None) != self.factored: raise ValueError(
+            "A factored state names the hyper that floors its row factor's mean (`floor`); no other state has one.")
+        if self.number or self.factored:
+            kind = 'number' if self.number else 'factored'
+            if self.number and self.init == 'param': raise ValueError("A number state cannot start as a copy of the parameter.")
+            if self.factored and self.init != 'zeros': raise ValueError(f"A factored state starts at zero, got init {self.init!r}.")
+            if self.dtype != 'param' and self.dtype != 'fp32': raise ValueError(f"A {kind} state is fp32, got dtype {self.dtype!r}.")
             object.__setattr__(self, 'dtype', 'fp32')
             return
         for k, allowed in (('init', ('zeros', 'param')), ('dtype', ('param', 'fp32'))):
             if getattr(self, k) not in allowed: raise ValueError(f"State {k} must be one of {allowed}, got {getattr(self, k)!r}.")
     @property
-    def number(self): return self.shape != 'param'
+    def number(self): return self.shape in ('number', 'shared')
+    @property
+    def factored(self): return self.shape == 'factored'
 
 @dataclass(frozen=True)
 class Carry:
@@ -232,6 +240,12 @@ class Algorithm:
         if set(numbers) & set(self.moments): raise ValueError(f"{self.name}: a number state cannot be a moment.")
         if numbers and self.modes is not None: raise NotImplementedError(
             f"{self.name}: evaluation weights beside number states {numbers} are not supported.")
+        factored = [k for k, spec in self.states.items() if spec.factored]
+        wrong = [k for k in factored if self.states[k].floor not in self.hypers]
+        if wrong: raise ValueError(f"{self.name}: factored states {wrong} must name one of its hypers as their `floor`.")
+        if set(factored) & set(self.moments): raise ValueError(f"{self.name}: a factored state cannot be a moment.")
+        if factored and self.modes is not None: raise NotImplementedError(
+            f"{self.name}: evaluation weights beside factored states {factored} are not supported.")
         self.__dict__['_plans'], self.__dict__['_variants'] = {}, {}
     def __repr__(self): return f"Algorithm({self.name})"
     # pickled (a Learner exported with its opt_func) without its plans and variants: their compiled code
@@ -346,11 +360,34 @@ class Plan:
                                                      "(of reductions, hypers and numbers), not a tensor expression.")
             if not number and not v.tensor: raise ValueError(f"{algorithm.name}: `{k}` must be an elementwise tensor expression.")
         if variant == 'apply': stores, update = self._apply(algorithm, p, g, s, stores, update)
+        stores, update = self._factor(algorithm, variant, g, s, h, stores, update)
         numbers = {k: stores.pop(k) for k in list(stores) if algorithm.states[k].number}
         self._check_numbers(algorithm, numbers)
         self.whole = Phase(stores, [], decompose(update), numbers)
         self.phases = self._split(s)
         self._bind()
+
+    def _factor(self, algorithm, variant, g, s, h, stores, update):
+        "Each factored state's new value, `lerp(old, g·g, w)`, is the engine's to compute (it updates the row and column means of g² before the first pass); the update reads the estimate they give in its place"
+        self.factored = {}  # factored state -> (the weight of g² in its moving average, the hyper flooring the row factor's mean)
+        names = [k for k, spec in algorithm.states.items() if spec.factored]
+        if not names: return stores, update
+        if variant != 'step': raise NotImplementedError(
+            f"{algorithm.name}: micro-batches cannot be folded into factored states {names}.")
+        mapping = {}
+        for k in names:
+            v, old = stores.pop(k, None), getattr(s, k)
+            if v is None or v.op != 'lerp' or v.args[0] is not old or v.args[1].op != 'mul' or any(a is not g for a in v.args[1].args):
+                raise NotImplementedError(f"{algorithm.name}: factored state `{k}` must be a moving average of the squared gradient, "
+                                          f"`lerp(s.{k}, g * g, weight)` with a weight of the hypers: the engine keeps its row and "
+                                          "column means and the update reads the estimate they give.")
+            self.factored[k] = (v.args[2], getattr(h, algorithm.states[k].floor))
+            mapping[id(v)] = leaf(k, True)
+        roots = substitute([update, *stores.values()], mapping)
+        if reaches(roots, [getattr(s, k) for k in names]): raise NotImplementedError(
+            f"{algorithm.name}: the update reads factored states {names} as they were before the step; it can read only the "
+            "estimate of their new values.")
+        return dict(zip(stores, roots[1:])), roots[0]
 
     def _check_numbers(self, algorithm, numbers):
         "A number state follows this step's reductions (else it is a `Carry`); a shared one follows totals and numbers common to every tensor"
@@ -456,10 +493,15 @@ class Plan:
                         if not a.tensor and not a.device and a.op != 'const': self._name(a, names)
             scale = phase.final[0] if phase.final else None
             if scale is not None and not scale.device and scale.op != 'const': self._name(scale, names)
+        for weight, floor in self.factored.values():  # the engine reads them when it updates the factors
+            for n in (weight, floor):
+                if n.op != 'const': self._name(n, names)
         for e in engine: self.frontier.setdefault(e.name, e)
         order = ['p', 'g', *self.algorithm.states, 'grad_acc', *self.workspace]
         self.tensors.sort(key=order.index)
         self._host_order = nodes_of(list(self.frontier.values()))  # what `host_values` evaluates, in order
+        # the per-tensor functions' tensor arguments: a factored state's estimate is made from its row and column factors
+        self.arguments = [a for t in self.tensors for a in ((f'{t}_rows', f'{t}_cols') if t in self.factored else (t,))]
 
     def _name(self, n, names):
         if id(n) in names: return
@@ -661,8 +703,9 @@ def torch_source(plan, name, phase=None):
     lines += [f'write_back({k}, {v})' for k, v in ordered_stores(phase.stores, operand, dialect)]
     if phase.reductions: lines.append(f"return torch.stack([{', '.join(operand(r) for r in phase.reductions)}])")
     else: lines.append('return p')  # TorchScript wants one return type; the parameter, as written
-    args = [f'{t}: Tensor' for t in plan.tensors] + [f'{k}: float' for k in plan.frontier]
-    prologue = [f'{t}_math = as_math({t})' for t in plan.tensors]
+    args = [f'{t}: Tensor' for t in plan.arguments] + [f'{k}: float' for k in plan.frontier]
+    prologue = [f'{t}_math = {t}_rows.unsqueeze(-1) * {t}_cols.unsqueeze(-2)' if t in plan.factored else f'{t}_math = as_math({t})'
+                for t in plan.tensors]
     return (f"def {name}({', '.join(args)}, reds: Tensor, comp: Optional[Tensor], seed: int) -> Tensor:\n"
             + ''.join(f'    {l}\n' for l in prologue + lines))
 
@@ -707,6 +750,18 @@ class Hybrid:
         if key not in self.algorithms:
             raise ValueError(f"{self.name} routed a parameter of shape {tuple(p.shape)} to {key!r}; it has {sorted(self.algorithms)}.")
         return key
+
+
+def factored_or_whole(p, group:int) -> str:
+    "`factored(...)`'s route: torch.optim.Adafactor's rule, factored for tensors of two or more dimensions"
+    return 'factored' if p.dim() >= 2 else 'whole'
+
+def factored(algorithm:Algorithm) -> Hybrid:
+    "`algorithm` with its factored states factored for tensors of two or more dimensions and kept whole (fp32, shaped like the parameter) for the others: one description, two forms"
+    names = [k for k, spec in algorithm.states.items() if spec.factored]
+    if not names: raise ValueError(f"{algorithm.name} has no factored states.")
+    whole = replace(algorithm, states={k: State(dtype='fp32') if spec.factored else spec for k, spec in algorithm.states.items()})
+    return Hybrid(algorithm.name, dict(factored=algorithm, whole=whole), factored_or_whole)
 
 # %% ../nbs/00_algorithm.ipynb #748e49fa
 def _direction_modifier(algorithm, key):

@@ -9,11 +9,11 @@ __all__ = ['fp32_max', 'fold_numel', 'backends', 'number_ops', 'no_reductions', 
            'engine_write', 'algorithms', 'check_hyper', 'check_hypers', 'as_math', 'write_back', 'flat', 'fold_moments',
            'hash32', 'stochastic_round', 'update_param', 'to_device', 'Bucket', 'compile_source',
            'per_tensor_functions', 'reduction_columns', 'combine_totals', 'evaluate_numbers', 'host_names',
-           'upload_hosts', 'shared_hosts', 'check_shared_numbers', 'new_numbers', 'number_inputs',
-           'refuse_partial_steps', 'apply_matrices', 'Stepper', 'ForLoopBackend', 'backend_from_flags', 'auto_backend',
-           'check_state', 'is_sharded', 'local_tensor', 'sharding', 'shard_salt', 'state_of_shards', 'local_state',
-           'complete_shards', 'ParamState', 'StateTable', 'Layout', 'Numbers', 'Preparation', 'GroupView',
-           'FastOptimizer', 'make_partial', 'OptFunc', 'partial_maker', 'make_optimizer']
+           'upload_hosts', 'shared_hosts', 'check_shared_numbers', 'new_numbers', 'number_inputs', 'factor_shapes',
+           'update_factors', 'refuse_partial_steps', 'apply_matrices', 'Stepper', 'ForLoopBackend',
+           'backend_from_flags', 'auto_backend', 'check_state', 'is_sharded', 'local_tensor', 'sharding', 'shard_salt',
+           'state_of_shards', 'local_state', 'complete_shards', 'ParamState', 'StateTable', 'Layout', 'Numbers',
+           'Preparation', 'GroupView', 'FastOptimizer', 'make_partial', 'OptFunc', 'partial_maker', 'make_optimizer']
 
 # %% ../nbs/00_core.ipynb #ce3ff5c0
 import inspect, linecache, math, operator, warnings
@@ -149,6 +149,7 @@ class Bucket:
         self.carries = {}  # the algorithm's carries before this step, an array per name (see `Carry`)
         self.numbers = {}  # number states (see `State`): per tensor, a vector the states hold views of; a shared one, its one tensor
         self.capturing = False  # whether this step is being captured in a CUDA graph
+        self.factors = {}  # factored states (see `State`): per tensor, the column factor divided by the row factor's mean
 
     @property
     def comps(self): return self.state('kahan_comp') if self.rounding == 'kahan' else None
@@ -165,6 +166,9 @@ class Bucket:
         "The bucket's tensors that a plan calls `name`: 'p', 'g', a workspace or a state"
         if name in self.workspace: return self.workspace[name]
         return self.params if name == 'p' else self.grads if name == 'g' else self.state(name)
+    def arguments(self, plan):
+        "The lists of tensors that `plan`'s per-tensor functions take (`plan.arguments`): a factored state's row factors and scaled column factors"
+        return [x for t in plan.tensors for x in ((self.state(f'{t}_row'), self.factors[t]) if t in plan.factored else (self.tensors(t),))]
     def __len__(self): return len(self.params)
     def __repr__(self): return f"Bucket({self.device}, {self.dtype}, {len(self)} tensors{', ' + self.algorithm.name if self.algorithm else ''})"
 
@@ -288,6 +292,23 @@ def number_inputs(phase, reds, values, n):
     columns = torch.stack([values[k].expand(n) for k in extra], 1).to(torch.float32 if reds is None else reds.dtype)
     return columns if not phase.reduced else torch.cat([reds[:, :phase.reduced], columns], 1)
 
+def factor_shapes(shape):
+    "The shapes of a factored state's row and column factors for a parameter of `shape`: its means over the last dimension, and over the one before"
+    return shape[:-1], shape[:-2] + shape[-1:]
+
+def update_factors(plan, bucket, value, l2):
+    "Fold this step's g² into each factored state's row and column means (torch ops on the device, one tensor at a time), and give the step the column factors divided by the row factor's floored mean, so that the estimate is `row ⊗ column`. `value(i, name)`: frontier number `name` of tensor `i` (a float, or a 0-d device tensor); `l2`: per tensor, whether L2 joins the gradient"
+    for k, (weight, floor) in plan.factored.items():
+        weight = weight.value if weight.op == 'const' else plan.name_of(weight)
+        floor = plan.name_of(floor)
+        for i, (p, g, row, col, scaled) in enumerate(zip(bucket.params, bucket.grads, bucket.state(f'{k}_row'),
+                                                         bucket.state(f'{k}_col'), bucket.factors[k])):
+            x = g.float() + value(i, 'l2') * p.float() if l2[i] else g
+            w = weight if isinstance(weight, float) else value(i, weight)
+            row.lerp_(torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32).square_().div_(max(x.shape[-1], 1)), w)
+            col.lerp_(torch.linalg.vector_norm(x, dim=-2, dtype=torch.float32).square_().div_(max(x.shape[-2], 1)), w)
+            torch.div(col, row.mean(-1, keepdim=True).clamp_(min=value(i, floor)), out=scaled)
+
 def refuse_partial_steps(algorithms):
     "Raise if any of `algorithms` sums over every tensor of a step (`total_sum`, shared number states): stepping some tensors alone would give it their sums only"
     for a in dict.fromkeys(algorithms):
@@ -324,6 +345,16 @@ class Stepper:
         apply_matrices(plan, bucket)
         self.finish(plan, bucket, leaves, cache, reds)
 
+    def check_bucket(self, plan, bucket):
+        "Why this backend cannot step `bucket` with `plan` (its tensors, not only their device and dtype), or None"
+        return None
+
+    def factor(self, plan, bucket, leaves):
+        "Update the plan's factored states (`update_factors`) with host numbers: the first thing `reduce` does"
+        if not plan.factored: return
+        values = plan.host_values(leaves, len(bucket))
+        update_factors(plan, bucket, lambda i, k: float(values[k][i]), values['l2'] != 0)
+
 class ForLoopBackend(Stepper):
     "Call the plan's per-tensor functions on each tensor of the bucket"
     name, capturable = 'forloop', False
@@ -342,12 +373,13 @@ class ForLoopBackend(Stepper):
 
     def call(self, fn, plan, bucket, leaves, reds):
         "`fn` on each tensor with its tensors, numbers, reductions and rounding; what each call returned"
-        rows, tensors = self.rows(plan, bucket, leaves), [bucket.tensors(t) for t in plan.tensors]
+        rows, tensors = self.rows(plan, bucket, leaves), bucket.arguments(plan)
         comps, seeds = self.rounding_args(bucket)
         reds = list(reds) if reds is not None else [no_reductions] * len(bucket)
         return [fn(*[ts[i] for ts in tensors], *rows[i], reds[i], comps[i], seeds[i]) for i in range(len(bucket))]
 
     def reduce(self, plan, bucket, leaves, cache, inputs=None):
+        self.factor(plan, bucket, leaves)
         fns = per_tensor_functions(plan, bool(bucket.sharded))  # a shard's sums are completed between the phases
         if len(fns) == 1: return None
         out = self.call(fns[0], plan, bucket, leaves, inputs)
@@ -395,16 +427,23 @@ engine_counts = {'step': 2**31, 'micro': 2**31}  # counters the engine keeps, an
 def check_state(algorithm, p, state, stepping=False):
     "Raise a clear error unless `state` is a state `algorithm` can continue from for parameter `p` (and, `stepping`, step now)"
     if not isinstance(state, dict): raise TypeError(f"A parameter's state must be a dict, got {type(state).__name__}.")
+    shape = local_tensor(p).shape
+    shapes = {k: shape for k in [*engine_state, *(k for k, spec in algorithm.states.items() if not spec.number and not spec.factored)]}
+    for k, spec in algorithm.states.items():  # a factored state is kept as its row and column factors
+        if spec.factored: shapes.update(zip((f'{k}_row', f'{k}_col'), factor_shapes(shape)))
     for k, v in state.items():
+        if k in algorithm.states and algorithm.states[k].factored:
+            raise ValueError(f"State `{k}` of {algorithm.name} is factored: it is kept as `{k}_row` and `{k}_col`, not as one tensor.")
         if k in algorithm.states and algorithm.states[k].number:
             if not isinstance(v, Tensor) or v.dtype != torch.float32 or v.dim() != 0:
                 raise TypeError(f"State `{k}` is a number: a 0-dimensional float32 tensor, got "
                                 f"{type(v).__name__ if not isinstance(v, Tensor) else f'{v.dtype} of shape {tuple(v.shape)}'}.")
-        elif k in algorithm.states or k in engine_state:
+        elif k in shapes:
             if not isinstance(v, Tensor) or not v.is_floating_point():
                 raise TypeError(f"State `{k}` must be a floating-point tensor, got {type(v).__name__ if not isinstance(v, Tensor) else v.dtype}.")
-            if v.shape != local_tensor(p).shape:
-                raise ValueError(f"State `{k}` has shape {tuple(v.shape)}, its parameter {tuple(local_tensor(p).shape)}"
+            if v.shape != shapes[k]:
+                raise ValueError(f"State `{k}` has shape {tuple(v.shape)}, its parameter {tuple(shape)}"
+                                 + (f" (a factored state's factor: {tuple(shapes[k])} expected)" if shapes[k] != shape else "")
                                  + (" (this process's shard of a sharded parameter: load a sharded state with "
                                     "torch.distributed.checkpoint, see fastoptim.distributed)." if is_sharded(p) else "."))
         elif k in engine_counts:
@@ -418,7 +457,8 @@ def check_state(algorithm, p, state, stepping=False):
         elif isinstance(v, Tensor):
             raise ValueError(f"State `{k}` is not one of {algorithm.name}'s states {sorted(algorithm.states)}: "
                              "was it saved by another algorithm?")
-    missing = [n for n in algorithm.states if n not in state]
+    expected = [*(k for k, spec in algorithm.states.items() if not spec.factored), *(k for k in shapes if k not in engine_state)]
+    missing = [n for n in dict.fromkeys(expected) if n not in state]
     if stepping and missing and state.get('step', 0) > 0:  # a kernel indexes states by the parameter's size: never past a smaller one
         raise KeyError(f"{algorithm.name}: the state of a parameter that has taken {state['step']} steps "
                        f"lacks {missing}; was it saved by another algorithm?")
@@ -707,9 +747,17 @@ class Preparation:
             err = _param_error(p) or _grad_error(p, g)
             if err: raise RuntimeError(f"{b.algorithm.name} cannot step a parameter of shape {tuple(p.shape)}: {err}.")
         name = opt.backend or auto_backend(b.device, b.dtype)
-        reason = backends[name].check(b.device, b.dtype)
+        reason = backends[name].check(b.device, b.dtype) or backends[name].check_bucket(b.algorithm.plan('step'), b)
         if reason: raise RuntimeError(f"The {name} backend cannot run on {b.device} with {b.dtype}: {reason}")
         workspace = b.algorithm.plan('step').workspace
+        factored = [k for k, spec in b.algorithm.states.items() if spec.factored]
+        if factored and any(b.shard_groups): raise RuntimeError(
+            f"{b.algorithm.name} keeps {factored} as means over the rows and columns of whole matrices, and this process holds "
+            "shards of them (FSDP2): do not shard these parameters, or step them with an algorithm without factored states.")
+        small = [tuple(p.shape) for p in b.params if p.dim() < 2]
+        if factored and small: raise ValueError(
+            f"{b.algorithm.name} factors {factored} over rows and columns, and parameters of shapes {small} have none: "
+            "step it as `factored(algorithm)`, which keeps those states whole for them.")
         if workspace and any(b.shard_groups):
             fn = next(iter(workspace.values()))[0]
             raise RuntimeError(f"{b.algorithm.name} applies {fn.name} to whole matrices, and this process holds shards of them "
@@ -731,7 +779,7 @@ class Preparation:
     def create_state(self, b):
         "Create missing state tensors from the description; move loaded ones to their parameter's device, dtype and layout"
         b.rounding = self.opt.rounding(b.dtype)
-        specs = {**{k: spec for k, spec in b.algorithm.states.items() if not spec.number},
+        specs = {**{k: spec for k, spec in b.algorithm.states.items() if not spec.number and not spec.factored},
                  **({'kahan_comp': State()} if b.rounding == 'kahan' else {})}
         for s in b.states:  # which weights are in place, saved with the state (a new state: the training ones, stepped)
             if b.algorithm.modes and 'eval_weights' not in s: engine_write(s, 'eval_weights', self.opt.mode == 'eval')
@@ -743,6 +791,17 @@ class Preparation:
                     engine_write(s, n, new.copy_(p.detach()) if spec.init == 'param' else new.zero_())
                 elif t.device != p.device or t.dtype != dtype or t.stride() != p.stride():
                     engine_write(s, n, torch.empty_like(p, dtype=dtype, memory_format=torch.preserve_format).copy_(t))
+        # a factored state: its row and column factors, fp32 and contiguous (the Triton kernels index them), and the scaled
+        # column factors each step makes (kept with the layout: the Triton tables hold their addresses)
+        b.factors = {k: [] for k, spec in b.algorithm.states.items() if spec.factored}
+        for p, s in zip(b.params, b.states):
+            for k in b.factors:
+                for n, shape in zip((f'{k}_row', f'{k}_col'), factor_shapes(p.shape)):
+                    t = s.get(n)
+                    if t is None: engine_write(s, n, torch.zeros(shape, dtype=torch.float32, device=p.device))
+                    elif t.device != p.device or t.dtype != torch.float32 or not t.is_contiguous():
+                        engine_write(s, n, t.to(p.device, torch.float32).contiguous())
+                b.factors[k].append(torch.empty(factor_shapes(p.shape)[1], dtype=torch.float32, device=p.device))
 
     def create_numbers(self, b):
         "The bucket's number states: per tensor, one fp32 vector on the device whose elements the states hold (the step writes it); a shared one, the tensor every parameter of the algorithm holds"

@@ -60,8 +60,10 @@ def update_params(params, direction, scale, decay, denom=None, scratch=False, ro
     "params ← params·(1-decay) + scale·direction[/denom], rounded as `rounding` says; `scale` is floats or 0-d tensors; `direction` is overwritten if `scratch`"
     if rounding is None or rounding.mode == 'nearest':
         if any(decay): torch._foreach_mul_(params, [1 - d for d in decay])
-        if denom is not None: return torch._foreach_addcdiv_(params, direction, denom, scale)
-        if not isinstance(scale[0], torch.Tensor): return add_scaled(params, direction, scale)
+        device_scale = isinstance(scale[0], torch.Tensor)  # 0-d tensors, which torch's addcdiv would read on the host
+        if denom is not None and not device_scale: return torch._foreach_addcdiv_(params, direction, denom, scale)
+        if denom is not None: direction, scratch = torch._foreach_div(direction, denom), True
+        if not device_scale: return add_scaled(params, direction, scale)
         if scratch: torch._foreach_mul_(direction, scale)
         else: direction = torch._foreach_mul(direction, scale)
         return torch._foreach_add_(params, direction)
@@ -156,7 +158,8 @@ class ForeachBackend(Stepper):
 
     def prepare(self, plan, bucket, leaves, cache):
         "The pieces of every tensor the plan reads (views cut once per layout; the gradients' every step), and its numbers"
-        names = [t for t in plan.tensors if t != 'g'] + (['kahan_comp'] if bucket.rounding == 'kahan' else [])
+        # the gradients are cut at every step, and a factored state's estimate made at every pass (`estimates`)
+        names = [t for t in plan.tensors if t != 'g' and t not in plan.factored] + (['kahan_comp'] if bucket.rounding == 'kahan' else [])
         if cache.get('key') != (bucket.generation, plan.name):
             limit = max(1, self.chunk_numel.get(bucket.device.type, 2**24) // (4 if bucket.dtype.itemsize < 4 else 1))
             owner, cut = pieces([bucket.tensors(t) for t in names], limit)
@@ -169,13 +172,16 @@ class ForeachBackend(Stepper):
 
     def reduce(self, plan, bucket, leaves, cache, inputs=None):
         "The first phase, if the plan has two (reading `inputs`, its device numbers): per-piece partial reductions, combined per tensor (sum or max)"
+        self.factor(plan, bucket, leaves)
         functions = foreach_functions(plan)
         if len(functions) == 1: return None
         cut, values = cache['prepared'] = self.prepare(plan, bucket, leaves, cache)  # for `finish`, this step
         if not plan.reduction_kinds:  # the pass writes a matrix function's input
-            for lo, hi in cache['bounds']: self._chunk(functions[0], plan, bucket, cache, cut, lo, hi, values, inputs, False)
+            made = {}
+            for lo, hi in cache['bounds']: self._chunk(functions[0], plan, bucket, cache, cut, lo, hi, values, inputs, False, made)
             return None
-        partials = torch.cat([self._chunk(functions[0], plan, bucket, cache, cut, lo, hi, values, inputs, False)
+        made = {}
+        partials = torch.cat([self._chunk(functions[0], plan, bucket, cache, cut, lo, hi, values, inputs, False, made)
                               for lo, hi in cache['bounds']])
         owner = to_device(cache['owner'], bucket.device)
         reds = torch.zeros(len(bucket), partials.shape[1], device=bucket.device, dtype=partials.dtype)  # fp64 for fp64 tensors
@@ -187,11 +193,27 @@ class ForeachBackend(Stepper):
     def finish(self, plan, bucket, leaves, cache, reds):
         "The last phase, reading the reductions of each piece's tensor"
         cut, values = cache.pop('prepared', None) or self.prepare(plan, bucket, leaves, cache)
-        for lo, hi in cache['bounds']: self._chunk(foreach_functions(plan)[-1], plan, bucket, cache, cut, lo, hi, values, reds, True)
+        made = {}
+        for lo, hi in cache['bounds']:
+            self._chunk(foreach_functions(plan)[-1], plan, bucket, cache, cut, lo, hi, values, reds, True, made)
 
-    def _chunk(self, fn, plan, bucket, cache, cut, lo, hi, values, sums, last):
+    def estimates(self, plan, bucket, cache, lo, hi, made):
+        "Pieces `lo` to `hi` of each factored state's estimate, row ⊗ scaled column, cut like the parameters' pieces; `made`: this pass's last estimate of each state, so that a tensor's is made once however many pieces and chunks it spans"
+        out = {}
+        for k in plan.factored:
+            out[k] = []
+            for j in range(lo, hi):
+                i = int(cache['owner'][j])
+                if made.get(k, (None,))[0] != i:
+                    e = torch.empty_like(bucket.params[i], dtype=torch.float32, memory_format=torch.preserve_format)
+                    torch.mul(bucket.state(f'{k}_row')[i].unsqueeze(-1), bucket.factors[k][i].unsqueeze(-2), out=e)
+                    made[k] = (i, (e,) if e.numel() <= cache['limit'] else flat(e).split(cache['limit']))
+                out[k].append(made[k][1][cache['starts'][j] // cache['limit']])
+        return out
+
+    def _chunk(self, fn, plan, bucket, cache, cut, lo, hi, values, sums, last, made):
         idx = cache['owner'][lo:hi]
-        originals = {k: ts[lo:hi] for k, ts in cut.items()}
+        originals = {**{k: ts[lo:hi] for k, ts in cut.items()}, **self.estimates(plan, bucket, cache, lo, hi, made)}
         staged = {k: stage(ts) if k in fn.touches else ts for k, ts in originals.items()}  # the others are not read
         kwargs = {f'{t}_list': staged[t] for t in plan.tensors}
         kwargs.update({k: v[idx].tolist() for k, v in values.items()})

@@ -36,7 +36,7 @@ def scripted_loops(plan, phased=False):
     "The plan's per-tensor functions (`phased`: see `per_tensor_functions`) and their loops over a bucket, scripted (once per plan)"
     key = 'jit phased' if phased else 'jit'
     if key not in plan.code:
-        plan.code[key] = [script(bucket_loop(fn, plan.tensors, len(plan.frontier))) for fn in per_tensor_functions(plan, phased)]
+        plan.code[key] = [script(bucket_loop(fn, plan.arguments, len(plan.frontier))) for fn in per_tensor_functions(plan, phased)]
     return plan.code[key]
 
 class TorchScriptBackend(ForLoopBackend):
@@ -44,8 +44,9 @@ class TorchScriptBackend(ForLoopBackend):
     name = 'jit'
     def call(self, loop, plan, bucket, leaves, reds):
         reds = list(reds) if reds is not None else [no_reductions] * len(bucket)
-        return loop(*[bucket.tensors(t) for t in plan.tensors], self.rows(plan, bucket, leaves), reds, *self.rounding_args(bucket))
+        return loop(*bucket.arguments(plan), self.rows(plan, bucket, leaves), reds, *self.rounding_args(bucket))
     def reduce(self, plan, bucket, leaves, cache, inputs=None):
+        self.factor(plan, bucket, leaves)
         loops = scripted_loops(plan, bool(bucket.sharded))
         if len(loops) == 1: return None
         out = self.call(loops[0], plan, bucket, leaves, inputs)
