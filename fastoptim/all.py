@@ -11,8 +11,8 @@ __all__ = ['FastOptimizer', 'Algorithm', 'Hybrid', 'Hyper', 'State', 'Moment', '
            'AdEMAMix', 'ademamix', 'AdamAtan2', 'adam_atan2', 'NAdam', 'nadam', 'SimplifiedAdEMAMix',
            'simplified_ademamix', 'StableAdamW', 'stable_adamw', 'Larc', 'larc', 'Lars', 'lars', 'Muon', 'muon',
            'mark_roles', 'ScheduleFreeAdamW', 'schedule_free_adamw', 'ScheduleFreeSGD', 'schedule_free_sgd',
-           'EvalWeights', 'Prodigy', 'prodigy', 'DAdaptAdam', 'dadapt_adam', 'DAdaptLion', 'dadapt_lion',
-           'seed_kahan_comp', 'kahan_residual', 'BF16', 'to_bf16', 'to_fp32', 'GradientRelease',
+           'EvalWeights', 'Prodigy', 'prodigy', 'DAdaptAdam', 'dadapt_adam', 'DAdaptLion', 'dadapt_lion', 'Adafactor',
+           'adafactor', 'seed_kahan_comp', 'kahan_residual', 'BF16', 'to_bf16', 'to_fp32', 'GradientRelease',
            'OptimizerAccumulation', 'prepare_for_gradient_release', 'remove_gradient_release', 'shard_model',
            'ShardedTrainer', 'save_checkpoint', 'load_checkpoint']
 
@@ -41,6 +41,7 @@ from .larc import Larc, larc, Lars, lars
 from .muon import Muon, muon, mark_roles
 from .schedule_free import ScheduleFreeAdamW, schedule_free_adamw, ScheduleFreeSGD, schedule_free_sgd, EvalWeights
 from .prodigy import Prodigy, prodigy, DAdaptAdam, dadapt_adam, DAdaptLion, dadapt_lion
+from .adafactor import Adafactor, adafactor
 from .low_precision import seed_kahan_comp, kahan_residual
 from .bf16 import BF16, to_bf16, to_fp32
 from .gradient_release import GradientRelease, OptimizerAccumulation, prepare_for_gradient_release, remove_gradient_release
@@ -48,6 +49,6 @@ from .distributed import shard_model, ShardedTrainer, save_checkpoint, load_chec
 
 _all_ = ['FastOptimizer', 'Algorithm', 'Hybrid', 'Hyper', 'State', 'Moment', 'Carry', 'ForeachBackend', 'TorchScriptBackend', 'TritonBackend',
          'SGD', 'sgd', 'Adam', 'adam', 'Lamb', 'lamb', 'RAdam', 'radam', 'Ranger', 'ranger', 'Lion', 'lion', 'RMSProp', 'rmsprop', 'QHAdam', 'qhadam',
-         'Adamax', 'adamax', 'Adan', 'adan', 'ADOPT', 'adopt', 'AdEMAMix', 'ademamix', 'AdamAtan2', 'adam_atan2', 'NAdam', 'nadam', 'SimplifiedAdEMAMix', 'simplified_ademamix', 'StableAdamW', 'stable_adamw', 'Larc', 'larc', 'Lars', 'lars', 'Muon', 'muon', 'mark_roles', 'ScheduleFreeAdamW', 'schedule_free_adamw', 'ScheduleFreeSGD', 'schedule_free_sgd', 'EvalWeights', 'Prodigy', 'prodigy', 'DAdaptAdam', 'dadapt_adam', 'DAdaptLion', 'dadapt_lion', 'seed_kahan_comp', 'kahan_residual', 'BF16', 'to_bf16', 'to_fp32',
+         'Adamax', 'adamax', 'Adan', 'adan', 'ADOPT', 'adopt', 'AdEMAMix', 'ademamix', 'AdamAtan2', 'adam_atan2', 'NAdam', 'nadam', 'SimplifiedAdEMAMix', 'simplified_ademamix', 'StableAdamW', 'stable_adamw', 'Larc', 'larc', 'Lars', 'lars', 'Muon', 'muon', 'mark_roles', 'ScheduleFreeAdamW', 'schedule_free_adamw', 'ScheduleFreeSGD', 'schedule_free_sgd', 'EvalWeights', 'Prodigy', 'prodigy', 'DAdaptAdam', 'dadapt_adam', 'DAdaptLion', 'dadapt_lion', 'Adafactor', 'adafactor', 'seed_kahan_comp', 'kahan_residual', 'BF16', 'to_bf16', 'to_fp32',
          'GradientRelease', 'OptimizerAccumulation', 'prepare_for_gradient_release', 'remove_gradient_release',
          'shard_model', 'ShardedTrainer', 'save_checkpoint', 'load_checkpoint']
