@@ -28,7 +28,7 @@ import matplotlib.pyplot as plt
 import bf16_gpt as g
 from fastoptim.all import (Adam, Lamb, RAdam, Ranger, Lion, RMSProp, QHAdam, Adamax, Adan, ADOPT, AdEMAMix, AdamAtan2, SGD, NAdam,
                            Muon, mark_roles, ScheduleFreeAdamW, ScheduleFreeSGD, StableAdamW, Larc, Lars, SimplifiedAdEMAMix, Prodigy,
-                           DAdaptAdam, DAdaptLion, to_bf16, seed_kahan_comp)
+                           DAdaptAdam, DAdaptLion, Adafactor, to_bf16, seed_kahan_comp)
 
 # label: (constructor, peak lr, hypers), the hypers those of the paper or the authors' code for language models
 def catalogue(steps):
@@ -73,6 +73,8 @@ def catalogue(steps):
         # AdamW's row with Kourkoutas-β: the author's transformer setting (β2 down to 0.88 on spikes, α = 0.93, 350 warm-up steps)
         'Kourkoutas-β AdamW': (Adam, 1e-3, dict(mom=0.9, sqr_mom=0.95, eps=1e-8, wd=0.1, kourkoutas=True, kourkoutas_min=0.88,
                                                  kourkoutas_alpha=0.93, kourkoutas_warmup=350)),
+        # the paper's setting: the schedule's lr (peak 1e-2, the paper's cap) caps the relative step min(lr, 1/√t), no weight decay
+        'Adafactor': (Adafactor, 1e-2, dict(decay_rate=-0.8, clip_threshold=1., scale_eps=1e-3, wd=0.)),
     }
 
 

@@ -51,9 +51,9 @@ class Fit:
     def name(self): return '-'.join(('fit', self.mode, *self.callbacks, *(() if self.opt == 'adam' else (self.opt,))))
 
 def whole_matrices(algo):
-    "Whether `algo` applies a matrix function (Muon's orthogonalisation), which FSDP2's shards cannot take"
+    "Whether `algo` applies a matrix function (Muon's orthogonalisation) or keeps factored states (Adafactor's row and column means), which FSDP2's shards cannot take"
     a = algorithms[algo].algorithm
-    return any(x.plan().workspace for x in getattr(a, 'algorithms', {None: a}).values())
+    return any(x.plan().workspace or x.plan().factored for x in getattr(a, 'algorithms', {None: a}).values())
 
 # every algorithm, elementwise or not; Muon in fp32 so that the order the processes average in stays below its iteration's rounding
 OPTIONS = {'Muon': (('ns_dtype', 'fp32'),)}
@@ -169,6 +169,11 @@ def refusals(rank):
     sharded(torch.randn(4, 6)).sum().backward()
     try: opt.step(); out['Muon on shards'] = None
     except RuntimeError as e: out['Muon on shards'] = str(e)
+    sharded = shard_model(small_model())
+    opt = algorithms['Adafactor'](list(sharded.parameters()), foreach=True)
+    sharded(torch.randn(4, 6)).sum().backward()
+    try: opt.step(); out['Adafactor on shards'] = None
+    except RuntimeError as e: out['Adafactor on shards'] = str(e)
     ps = [torch.randn(8 + rank, 6, requires_grad=True)]  # the processes step different parameters: dividing would mix them
     opt = muon(ps, foreach=True, data_parallel=True)
     ps[0].grad = torch.ones_like(ps[0])
@@ -283,10 +288,11 @@ def test_sharded_checkpoint_resumes(ranks, backend):
         uninterrupted, resumed = r[f'resumed-{backend}']
         for a, b in zip(uninterrupted, resumed): assert torch.equal(a, b)
 
-def test_muon_on_shards_is_refused(ranks):
+def test_whole_matrices_on_shards_are_refused(ranks):
     for r in ranks:
         assert not isinstance(r['refusals'], str), r['refusals']
         assert 'whole matrices' in r['refusals']['Muon on shards']
+        assert 'rows and columns of whole matrices' in r['refusals']['Adafactor on shards']
 
 def test_muon_divided_over_different_parameters_is_refused(ranks):
     for r in ranks:

@@ -262,7 +262,7 @@ def op_state_edit(pair):
     state = pair.opts[0].state[pair.params[0][i]]
     number = kind in ('tensor', 'bad_shape') and state[k].dim() == 0  # a number state: a 0-d tensor
     shared = number and pair.ctor.algorithm.states[k].shape == 'shared'
-    noise = torch.rand(() if number else pair.params[0][i].shape, generator=torch.Generator().manual_seed(pair.rng.randrange(2**31)))
+    noise = torch.rand(state[k].shape if kind in ('tensor', 'bad_shape') else (), generator=torch.Generator().manual_seed(pair.rng.randrange(2**31)))
     if number: noise = state[k].detach().cpu() * (0.5 + noise)  # near its value: a number like Prodigy's d sets the scale of every step
     def put(opt, ps, value):
         "`value` as state `k` of parameter i; a shared number in every state that has it (the step makes the copies one tensor)"
