@@ -9,7 +9,7 @@ torch.cuda.memory_allocated) and the memory a step needs beyond it (peak over th
 Run on the GPU machine from the repository root:
     python3 bench/adafactor_gpu.py --out $OUT
 """
-import argparse, datetime, json, math, os, sys, traceback
+import argparse, datetime, gc, json, math, os, sys, traceback
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 assert os.environ.get('TRITON_INTERPRET', '0') != '1', 'unset TRITON_INTERPRET to run the kernels on the GPU'
 
@@ -94,7 +94,7 @@ def state_bytes(make, shapes, dtype):
     "(optimizer state in bytes per parameter after one step, the step's peak memory beyond the state in bytes per parameter)"
     ps = make_params(shapes, dtype)
     n = sum(p.numel() for p in ps)
-    torch.cuda.synchronize(); torch.cuda.empty_cache()
+    gc.collect(); torch.cuda.synchronize(); torch.cuda.empty_cache()  # what the last case left, freed before the count starts
     before = torch.cuda.memory_allocated()
     opt = make(ps)
     opt.step(); torch.cuda.synchronize()
@@ -138,6 +138,22 @@ def timing(bandwidth, reps):
     return rows
 
 
+def kernel_times(reps=3):
+    "Where the Triton step's time goes on the LLM-like set: CUDA time per kernel name over `reps` eager steps (torch.profiler), per step"
+    from torch.profiler import profile, ProfilerActivity
+    ps = make_params(llm_shapes(), torch.bfloat16)
+    opt = Adafactor(ps, triton=True)
+    opt.step(); opt.step(); torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps): opt.step()
+        torch.cuda.synchronize()
+    rows = [dict(kernel=e.key[:90], ms_per_step=e.device_time_total / 1e3 / reps, calls_per_step=e.count / reps)
+            for e in prof.key_averages() if e.device_time_total > 0]
+    del opt, ps
+    torch.cuda.empty_cache()
+    return sorted(rows, key=lambda r: -r['ms_per_step'])[:12]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--out', default=os.environ.get('OUT', 'adafactor_gpu'))
@@ -155,6 +171,8 @@ def main():
     try: results['timing'] = timing(bandwidth, args.reps)
     except Exception: results['timing'] = [dict(error=traceback.format_exc()[-2000:])]
     results['bandwidth_GBps'] = bandwidth
+    try: results['kernels'] = kernel_times()
+    except Exception: results['kernels'] = [dict(error=traceback.format_exc()[-2000:])]
     json.dump(results, open(os.path.join(args.out, 'results.json'), 'w'), indent=1, default=str)
     lines = [head, f"Copy bandwidth measured in this run: {bandwidth:.0f} GB/s.\n", '## Checks\n',
              '| check | backend | value | ok |', '|---|---|---|---|']
@@ -173,6 +191,10 @@ def main():
         work = f"{r['work_ms']:.3f} ({r['work_ms'] / r['eager_ms']:.2f}; {r['work_ms'] / r['graph_ms']:.2f})" if 'work_ms' in r else ''
         lines.append(f"| {r['set']} | {r['dtype']} | {r['implementation']} | {fmt(r, 'eager_ms')} | {fmt(r, 'graph_ms')} | {one} | {work} | "
                      f"{r['state_bytes_per_param']:.3f} | {r['step_peak_bytes_per_param']:.3f} |")
+    lines += ['', '## Where the eager Triton step\'s time goes, LLM-like set (torch.profiler, CUDA time per step)\n',
+              '| kernel | ms per step | calls per step |', '|---|---|---|']
+    for r in results['kernels']:
+        lines.append(f"| {r['kernel']} | {r['ms_per_step']:.3f} | {r['calls_per_step']:.0f} |" if 'kernel' in r else f"\n```\n{r['error']}\n```\n")
     bad = [r for part in ('correctness', 'capture') for r in results[part] if not r.get('ok')]
     lines.append(f"\n{len(bad)} failed checks.")
     write_report('\n'.join(lines), os.path.join(args.out, 'adafactor_gpu.md'))

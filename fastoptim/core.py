@@ -10,10 +10,11 @@ __all__ = ['fp32_max', 'fold_numel', 'backends', 'number_ops', 'no_reductions', 
            'hash32', 'stochastic_round', 'update_param', 'to_device', 'Bucket', 'compile_source',
            'per_tensor_functions', 'reduction_columns', 'combine_totals', 'evaluate_numbers', 'host_names',
            'upload_hosts', 'shared_hosts', 'check_shared_numbers', 'new_numbers', 'number_inputs', 'factor_shapes',
-           'update_factors', 'refuse_partial_steps', 'apply_matrices', 'Stepper', 'ForLoopBackend',
-           'backend_from_flags', 'auto_backend', 'check_state', 'is_sharded', 'local_tensor', 'sharding', 'shard_salt',
-           'state_of_shards', 'local_state', 'complete_shards', 'ParamState', 'StateTable', 'Layout', 'Numbers',
-           'Preparation', 'GroupView', 'FastOptimizer', 'make_partial', 'OptFunc', 'partial_maker', 'make_optimizer']
+           'expanded', 'FactorLayout', 'update_factors', 'refuse_partial_steps', 'apply_matrices', 'Stepper',
+           'ForLoopBackend', 'backend_from_flags', 'auto_backend', 'check_state', 'is_sharded', 'local_tensor',
+           'sharding', 'shard_salt', 'state_of_shards', 'local_state', 'complete_shards', 'ParamState', 'StateTable',
+           'Layout', 'Numbers', 'Preparation', 'GroupView', 'FastOptimizer', 'make_partial', 'OptFunc', 'partial_maker',
+           'make_optimizer']
 
 # %% ../nbs/00_core.ipynb #ce3ff5c0
 import inspect, linecache, math, operator, warnings
@@ -296,18 +297,53 @@ def factor_shapes(shape):
     "The shapes of a factored state's row and column factors for a parameter of `shape`: its means over the last dimension, and over the one before"
     return shape[:-1], shape[:-2] + shape[-1:]
 
-def update_factors(plan, bucket, value, l2):
-    "Fold this step's g² into each factored state's row and column means (torch ops on the device, one tensor at a time), and give the step the column factors divided by the row factor's floored mean, so that the estimate is `row ⊗ column`. `value(i, name)`: frontier number `name` of tensor `i` (a float, or a 0-d device tensor); `l2`: per tensor, whether L2 joins the gradient"
+def expanded(values, sizes):
+    "Per-tensor `values` (a device vector), each repeated `sizes[i]` times, in one launch: a copy of expanded views (`repeat_interleave` writes all of a value's repeats from one GPU thread, milliseconds for a large tensor's rows)"
+    return torch.cat([values[i].expand(n) for i, n in enumerate(sizes)])
+
+class FactorLayout:
+    "How a bucket's factored states' rows, columns and matrices lie when laid end to end, so that most of the arithmetic on them is a few launches for the whole bucket"
+    def __init__(self, params, device):
+        self.shapes = [factor_shapes(p.shape) for p in params]
+        self.row_sizes, self.col_sizes = [math.prod(r) for r, _ in self.shapes], [math.prod(c) for _, c in self.shapes]
+        self.batches = [math.prod(p.shape[:-2]) for p in params]  # the matrices each tensor is a batch of
+        self.m, self.n = [p.shape[-1] for p in params], [p.shape[-2] for p in params]
+        up = lambda values: to_device(np.asarray(values, dtype=np.float32), device)
+        # a row's mean divides by m, a column's by n, a matrix's row-factor mean by n (1 for a tensor with no elements)
+        self.inv_m, self.inv_n = up(1 / np.maximum(self.m, 1)), up(1 / np.maximum(self.n, 1))
+        self.scaled = {}  # factored state -> its scaled column factors, end to end (the Triton tables point into them)
+
+    def scaled_columns(self, name, device):
+        "Per tensor, a view into a new buffer for factored state `name`'s scaled column factors"
+        self.scaled[name] = torch.empty(sum(self.col_sizes), device=device)
+        return [v.view(c) for v, (_, c) in zip(self.scaled[name].split(self.col_sizes), self.shapes)]
+
+def update_factors(plan, bucket, numbers, l2):
+    "Fold this step's g² into each factored state's row and column means, and give the step the column factors divided by their matrix's floored row-factor mean, so that the estimate is `row ⊗ column` (torch ops on the device: four per tensor — two norms of the gradient, a sum and a division over its small factors — and a few over the bucket; none waits, none adds up in a varying order). `numbers(name)`: frontier number `name` of every tensor, a device vector; `l2`: per tensor, a float (0: none) or a 0-d device tensor"
+    layout, device = bucket.factor_layout, bucket.device
+    row_means, col_means = torch.empty(sum(layout.row_sizes), device=device), torch.empty(sum(layout.col_sizes), device=device)
+    for i, (p, g, r, c) in enumerate(zip(bucket.params, bucket.grads, row_means.split(layout.row_sizes), col_means.split(layout.col_sizes))):
+        x = g if isinstance(l2[i], float) and l2[i] == 0 else g.float() + l2[i] * p.float()  # the statistics of g², for every state
+        torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32, out=r.view(layout.shapes[i][0]))
+        torch.linalg.vector_norm(x, dim=-2, dtype=torch.float32, out=c.view(layout.shapes[i][1]))
+    row_means.square_().mul_(expanded(layout.inv_m, layout.row_sizes))
+    col_means.square_().mul_(expanded(layout.inv_n, layout.col_sizes))
     for k, (weight, floor) in plan.factored.items():
-        weight = weight.value if weight.op == 'const' else plan.name_of(weight)
-        floor = plan.name_of(floor)
-        for i, (p, g, row, col, scaled) in enumerate(zip(bucket.params, bucket.grads, bucket.state(f'{k}_row'),
-                                                         bucket.state(f'{k}_col'), bucket.factors[k])):
-            x = g.float() + value(i, 'l2') * p.float() if l2[i] else g
-            w = weight if isinstance(weight, float) else value(i, weight)
-            row.lerp_(torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32).square_().div_(max(x.shape[-1], 1)), w)
-            col.lerp_(torch.linalg.vector_norm(x, dim=-2, dtype=torch.float32).square_().div_(max(x.shape[-2], 1)), w)
-            torch.div(col, row.mean(-1, keepdim=True).clamp_(min=value(i, floor)), out=scaled)
+        rows_list, cols_list = [t.view(-1) for t in bucket.state(f'{k}_row')], [t.view(-1) for t in bucket.state(f'{k}_col')]
+        rows, cols = torch.cat(rows_list), torch.cat(cols_list)
+        if weight.op == 'const': rows.lerp_(row_means, weight.value); cols.lerp_(col_means, weight.value)
+        else:
+            w = numbers(plan.name_of(weight))
+            rows.lerp_(row_means, expanded(w, layout.row_sizes)); cols.lerp_(col_means, expanded(w, layout.col_sizes))
+        means = torch.empty(sum(layout.batches), device=device)  # each matrix's row-factor mean, floored
+        row_chunks, col_chunks = rows.split(layout.row_sizes), cols.split(layout.col_sizes)
+        mean_chunks, scaled_chunks = means.split(layout.batches), layout.scaled[k].split(layout.col_sizes)
+        for r, mean, b, n in zip(row_chunks, mean_chunks, layout.batches, layout.n): torch.sum(r.view(b, n), -1, out=mean)
+        means.mul_(expanded(layout.inv_n, layout.batches)).clamp_(min=expanded(numbers(plan.name_of(floor)), layout.batches))
+        for c, mean, out, b, m in zip(col_chunks, mean_chunks, scaled_chunks, layout.batches, layout.m):
+            torch.div(c.view(b, m), mean.view(b, 1), out=out.view(b, m))
+        torch._foreach_copy_(rows_list, row_chunks)
+        torch._foreach_copy_(cols_list, col_chunks)
 
 def refuse_partial_steps(algorithms):
     "Raise if any of `algorithms` sums over every tensor of a step (`total_sum`, shared number states): stepping some tensors alone would give it their sums only"
@@ -350,10 +386,10 @@ class Stepper:
         return None
 
     def factor(self, plan, bucket, leaves):
-        "Update the plan's factored states (`update_factors`) with host numbers: the first thing `reduce` does"
+        "Update the plan's factored states (`update_factors`) with host numbers, uploaded: the first thing `reduce` does"
         if not plan.factored: return
         values = plan.host_values(leaves, len(bucket))
-        update_factors(plan, bucket, lambda i, k: float(values[k][i]), values['l2'] != 0)
+        update_factors(plan, bucket, lambda k: to_device(values[k].astype(np.float32), bucket.device), values['l2'].tolist())
 
 class ForLoopBackend(Stepper):
     "Call the plan's per-tensor functions on each tensor of the bucket"
@@ -793,15 +829,16 @@ class Preparation:
                     engine_write(s, n, torch.empty_like(p, dtype=dtype, memory_format=torch.preserve_format).copy_(t))
         # a factored state: its row and column factors, fp32 and contiguous (the Triton kernels index them), and the scaled
         # column factors each step makes (kept with the layout: the Triton tables hold their addresses)
-        b.factors = {k: [] for k, spec in b.algorithm.states.items() if spec.factored}
+        factored = [k for k, spec in b.algorithm.states.items() if spec.factored]
+        b.factors, b.factor_layout = {}, FactorLayout(b.params, b.device) if factored else None
         for p, s in zip(b.params, b.states):
-            for k in b.factors:
+            for k in factored:
                 for n, shape in zip((f'{k}_row', f'{k}_col'), factor_shapes(p.shape)):
                     t = s.get(n)
                     if t is None: engine_write(s, n, torch.zeros(shape, dtype=torch.float32, device=p.device))
                     elif t.device != p.device or t.dtype != torch.float32 or not t.is_contiguous():
                         engine_write(s, n, t.to(p.device, torch.float32).contiguous())
-                b.factors[k].append(torch.empty(factor_shapes(p.shape)[1], dtype=torch.float32, device=p.device))
+        b.factors = {k: b.factor_layout.scaled_columns(k, b.device) for k in factored}
 
     def create_numbers(self, b):
         "The bucket's number states: per tensor, one fp32 vector on the device whose elements the states hold (the step writes it); a shared one, the tensor every parameter of the algorithm holds"

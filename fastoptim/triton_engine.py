@@ -46,12 +46,25 @@ def tensor_ptr(row, k, DTYPE: tl.constexpr, ALIGN: tl.constexpr):
     return ptr
 
 @triton_jit
-def load_factored(row, k, offsets, mask):
-    "A factored state's estimate at each element: its row factor at the element's row times its scaled column factor at the element's column. Columns k… of the tensor's row: the two factors' addresses, the last dimension m, the last two's size n·m"
+def load_factored(row, k, offsets, mask, BLOCK: tl.constexpr):
+    "A factored state's estimate at each element: its row factor at the element's row times its scaled column factor at the element's column. Columns k… of the tensor's row: the two factors' addresses, the last dimension m, and the one before it n if the tensor is a batch of matrices (else 0)"
     rows, cols = tl.load(row + 2 + k).to(tl.pointer_type(tl.float32)), tl.load(row + 3 + k).to(tl.pointer_type(tl.float32))
-    m, nm = tl.maximum(tl.load(row + 4 + k), 1), tl.maximum(tl.load(row + 5 + k), 1)  # 1 for a tensor with no elements
-    return (tl.load(rows + offsets // m, mask=mask, other=0.)
-            * tl.load(cols + (offsets // nm) * m + offsets % m, mask=mask, other=0.))
+    m, n = tl.maximum(tl.load(row + 4 + k), 1).to(tl.int32), tl.load(row + 5 + k).to(tl.int32)  # m: 1 for an empty tensor
+    # 32-bit divisions (`check_bucket` keeps tensors below 2**31 elements), and one per program where the block lies in one
+    # row (rows of a multiple of BLOCK elements: every block), else one per element
+    base = ((tl.program_id(0) - tl.load(row + 1)) * BLOCK).to(tl.int32)
+    r0 = base // m
+    c0 = base - r0 * m
+    if c0 + BLOCK <= m:
+        r = r0 + tl.zeros([BLOCK], dtype=tl.int32)
+        c = c0 + tl.arange(0, BLOCK)
+        if n > 0: c += (r0 // n) * m  # the column among those of every matrix of the batch
+    else:
+        o = offsets.to(tl.int32)
+        r = o // m
+        c = o - r * m
+        if n > 0: c += (r // n) * m
+    return tl.load(rows + r, mask=mask, other=0.) * tl.load(cols + c, mask=mask, other=0.)
 
 @triton_jit
 def scalar(scalars, t, j, K: tl.constexpr):
@@ -223,7 +236,7 @@ def phase_source(plan, phase, kernel, n_reductions):
     body += [f'{k} = scalar(scalars, t, {j}, K)' for j, k in enumerate(plan.frontier) if k in needed]
     # a factored state's four columns follow the number states' (see `TritonBackend.reduce`)
     factored = {t: comp + 1 + len(plan.numbers) + 4 * j for j, t in enumerate(plan.factored)}
-    body += [f'{t} = load_factored(row, {factored[t]}, offsets, mask)' if t in factored else
+    body += [f'{t} = load_factored(row, {factored[t]}, offsets, mask, BLOCK)' if t in factored else
              f'{t} = load_math(tensor_ptr(row, {columns[t]}, {dtype(t)}, ALIGN), offsets, mask)' for t in reads if t != 'g']
     if 'g' in reads: body.append(f'g = load_math(tensor_ptr(row, {columns["g"]}, DTYPE, ALIGN), offsets, mask) + l2 * p')
     def known(a):
@@ -343,6 +356,9 @@ class TritonBackend(Stepper):
         if device.type not in ('cpu', 'cuda'): return f"Triton needs CUDA tensors, got {device.type}."
 
     def check_bucket(self, plan, bucket):
+        large = [tuple(p.shape) for p in bucket.params if p.numel() >= 2**31]
+        if plan.factored and large:
+            return f"its kernels find each element's row and column of a factored state in 32-bit arithmetic, and tensors {large} have 2**31 elements or more."
         if plan.factored and not all(p.is_contiguous() for p in bucket.params):
             shapes = [tuple(p.shape) for p in bucket.params if not p.is_contiguous()]
             return (f"its kernels find each element's row and column of the factored states {sorted(plan.factored)} from its "
@@ -367,7 +383,7 @@ class TritonBackend(Stepper):
                 tensors += [bucket.params] * (bucket.rounding != 'kahan') + [bucket.tensors(k) for k in plan.numbers]
             for k in plan.factored:
                 tensors += [bucket.state(f'{k}_row'), bucket.factors[k], np.array([p.shape[-1] for p in bucket.params], dtype=np.int64),
-                            np.array([p.shape[-1] * p.shape[-2] for p in bucket.params], dtype=np.int64)]
+                            np.array([p.shape[-2] if p.dim() > 2 else 0 for p in bucket.params], dtype=np.int64)]
             cache.clear()
             # a tensor with no elements still gets a program when its numbers are stored by one
             cache['table'], cache['block_tensors'], cache['n_blocks'], cache['align'] = build_tables(
@@ -383,7 +399,9 @@ class TritonBackend(Stepper):
                                      SEED=bucket.seed_bases is not None, BLOCK=128, num_warps=4)
         if plan.factored:  # with this step's numbers as the derive kernel left them on the device: a CUDA graph replays them
             columns = {k: j for j, k in enumerate(plan.frontier)}
-            update_factors(plan, bucket, lambda i, k: cache['scalars'][i, columns[k]], plan.host_values(leaves, n)['l2'] != 0)
+            l2 = cache['scalars'][:, columns['l2']]  # where the host's l2 is 0 (a capture keeps that), none
+            update_factors(plan, bucket, lambda k: cache['scalars'][:, columns[k]],
+                           [l2[i] if x != 0 else 0. for i, x in enumerate(plan.host_values(leaves, n)['l2'])])
         if len(code.phases) == 1 or cache['n_blocks'] == 0: return None
         inputs = cache['sums'] if inputs is None else inputs  # a pass that reads none is given any address
         if not plan.reduction_kinds:  # the pass writes a matrix function's input
