@@ -6,8 +6,8 @@ Docs: https://fastoptim.github.io/fastoptim/algorithm.html.md"""
 
 # %% auto #0
 __all__ = ['reduction_ops', 'scalar_only', 'commutative', 'engine_hypers', 'engine_scalars', 'generated_names', 'plan_numbers',
-           'host_ops', 'Hyper', 'State', 'Carry', 'Moment', 'Expr', 'sqrt', 'atan2', 'exp', 'log', 'mod', 'sign',
-           'maximum', 'minimum', 'where', 'lerp', 'addcmul', 'addcdiv', 'tensor_sum', 'tensor_max', 'total_sum',
+           'host_ops', 'Hyper', 'State', 'Carry', 'Moment', 'Expr', 'sqrt', 'rsqrt', 'atan2', 'exp', 'log', 'mod',
+           'sign', 'maximum', 'minimum', 'where', 'lerp', 'addcmul', 'addcdiv', 'tensor_sum', 'tensor_max', 'total_sum',
            'named', 'MatrixFunction', 'matrix', 'check_names', 'Algorithm', 'leaf', 'trace_hypers', 'trace_states',
            'nodes_of', 'substitute', 'reaches', 'decompose', 'Phase', 'Plan', 'evaluate', 'carry_values',
            'moment_values', 'TorchDialect', 'emit', 'ordered_stores', 'final_args', 'torch_source', 'renamed', 'Hybrid',
@@ -137,6 +137,9 @@ def _binary(op, a, b):
     return _op(op, a, b)
 
 def sqrt(x): return _op('sqrt', x)
+def rsqrt(x):
+    "1/√x in one operation (fast and approximate on the GPU, as torch's CUDA `rsqrt`)"
+    return _op('rsqrt', x)
 def atan2(y, x):
     "The angle of (x, y), elementwise: `torch.atan2(y, x)`"
     return _op('atan2', y, x)
@@ -528,6 +531,7 @@ class Plan:
 
 # %% ../nbs/00_algorithm.ipynb #19c5b4b0
 host_ops = dict(add=np.add, sub=np.subtract, mul=np.multiply, div=np.divide, neg=np.negative, pow=np.power, sqrt=np.sqrt,
+                rsqrt=lambda x: 1 / np.sqrt(x),
                 atan2=np.arctan2, exp=np.exp, log=np.log, mod=np.fmod,
                 abs=np.abs, sign=np.sign, reciprocal=np.reciprocal, maximum=np.maximum, minimum=np.minimum, where=np.where,
                 gt=np.greater, lt=np.less, ge=np.greater_equal, le=np.less_equal, eq=np.equal, ne=np.not_equal,
@@ -576,6 +580,7 @@ class TorchDialect:
         'add': ('{0}.add_({1})', '({0} + {1})'), 'sub': ('{0}.sub_({1})', '({0} - {1})'),
         'mul': ('{0}.mul_({1})', '({0} * {1})'), 'div': ('{0}.div_({1})', '({0} / {1})'),
         'neg': ('{0}.neg_()', '(-{0})'), 'sqrt': ('{0}.sqrt_()', '{0}.sqrt()'), 'abs': ('{0}.abs_()', '{0}.abs()'),
+        'rsqrt': ('{0}.rsqrt_()', '{0}.rsqrt()'),
         'sign': ('{0}.sign_()', '{0}.sign()'), 'reciprocal': ('{0}.reciprocal_()', '{0}.reciprocal()'),
         'lerp': ('{0}.lerp_({1}, {2})', 'torch.lerp({0}, {1}, {2})'),
         'addcmul': ('{0}.addcmul_({1}, {2}, value={3})', 'torch.addcmul({0}, {1}, {2}, value={3})'),
@@ -585,7 +590,7 @@ class TorchDialect:
         'atan2': ('{0}.atan2_({1})', 'torch.atan2({0}, {1})'),
     }
     device_ops = dict(add='({0} + {1})', sub='({0} - {1})', mul='({0} * {1})', div='({0} / {1})', neg='(-{0})',
-                      sqrt='torch.sqrt({0})', abs='torch.abs({0})', sign='torch.sign({0})', reciprocal='torch.reciprocal({0})',
+                      sqrt='torch.sqrt({0})', rsqrt='torch.rsqrt({0})', abs='torch.abs({0})', sign='torch.sign({0})', reciprocal='torch.reciprocal({0})',
                       maximum='torch.maximum({0}, {1})', minimum='torch.minimum({0}, {1})', where='torch.where({0}, {1}, {2})',
                       gt='({0} > {1})', lt='({0} < {1})', ge='({0} >= {1})', le='({0} <= {1})', eq='({0} == {1})',
                       ne='({0} != {1})', pow='torch.pow({0}, {1})', atan2='torch.atan2({0}, {1})', exp='torch.exp({0})',

@@ -232,7 +232,7 @@ def _where(cond, x, y):
 
 number_ops = dict(add=operator.add, sub=operator.sub, mul=operator.mul, div=operator.truediv, neg=operator.neg, pow=operator.pow,
                   gt=operator.gt, lt=operator.lt, ge=operator.ge, le=operator.le, eq=operator.eq, ne=operator.ne,
-                  sqrt=torch.sqrt, exp=torch.exp, log=torch.log, abs=torch.abs, sign=torch.sign, reciprocal=torch.reciprocal,
+                  sqrt=torch.sqrt, rsqrt=torch.rsqrt, exp=torch.exp, log=torch.log, abs=torch.abs, sign=torch.sign, reciprocal=torch.reciprocal,
                   mod=torch.fmod, where=_where, maximum=_extremum(torch.maximum, 'min'), minimum=_extremum(torch.minimum, 'max'),
                   atan2=lambda y, x: torch.atan2(*_both_tensors(y, x, (y if isinstance(y, Tensor) else x).device)),
                   **{'and': operator.and_, 'or': operator.or_})

@@ -87,7 +87,7 @@ class ForeachDialect(TorchDialect):
     "A PyTorch program over lists of tensors: one `torch._foreach_*` call per operation"
     ops = {**{k: (f'torch._foreach_{k}_({{0}}, {{1}})', f'torch._foreach_{k}({{0}}, {{1}})')
               for k in ('add', 'sub', 'mul', 'div', 'maximum', 'minimum')},
-           **{k: (f'torch._foreach_{k}_({{0}})', f'torch._foreach_{k}({{0}})') for k in ('neg', 'sqrt', 'abs', 'sign', 'reciprocal')},
+           **{k: (f'torch._foreach_{k}_({{0}})', f'torch._foreach_{k}({{0}})') for k in ('neg', 'sqrt', 'rsqrt', 'abs', 'sign', 'reciprocal')},
            'maximum_s': ('torch._foreach_maximum_({0}, {1})', 'torch._foreach_maximum({0}, {1})'),
            'minimum_s': ('torch._foreach_minimum_({0}, {1})', 'torch._foreach_minimum({0}, {1})'),
            'lerp': ('torch._foreach_lerp_({0}, {1}, {2})', 'torch._foreach_lerp({0}, {1}, {2})'),

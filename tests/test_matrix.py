@@ -449,3 +449,16 @@ def test_wrong_shape_state_is_refused(backend):
     assert all(not torch.equal(p, b) for p, b in zip(ps, before))
     sgd_opt = SGD([p.detach().clone().requires_grad_() for p in ps], lr=LR, **{backend: True})
     with pytest.raises(ValueError, match='another algorithm'): sgd_opt.load_state_dict(opt.state_dict())
+
+
+def test_every_op_in_every_dialect():
+    "An op of the description language that one dialect lacks would fail only when some algorithm first used it there"
+    from fastoptim.algorithm import TorchDialect, host_ops, reduction_ops
+    from fastoptim.foreach import ForeachDialect
+    from fastoptim.core import number_ops
+    from fastoptim.triton_engine import triton_ops
+    elementwise = set(TorchDialect.ops) - {'maximum_s', 'minimum_s'}
+    assert elementwise <= set(ForeachDialect.ops) and elementwise <= set(triton_ops), elementwise - set(ForeachDialect.ops) - set(triton_ops)
+    numbers = set(host_ops) - set(reduction_ops)
+    assert numbers <= set(TorchDialect.device_ops) | {'lerp', 'addcmul', 'addcdiv'}, numbers - set(TorchDialect.device_ops)
+    assert set(TorchDialect.device_ops) <= set(number_ops) and set(TorchDialect.device_ops) <= set(triton_ops) | {'pow'}
