@@ -121,7 +121,9 @@ def bytes_per_step(opt):
     for p in opt.flat_params:
         s, plan = opt.state[p], opt.algorithm_of(p).plan()
         phases = max(phases, len(plan.phases))
-        tensors = [p, p.grad, *[s[k] for k in plan.tensors if k not in ('p', 'g')], *[s[k] for k in plan.whole.stores], p]
+        read = [x for k in plan.tensors if k not in ('p', 'g')  # a factored state: its row and column factors, read and written
+                for x in ((s[f'{k}_row'], s[f'{k}_col']) * 2 if k in plan.factored else (s[k],))]
+        tensors = [p, p.grad, *read, *[s[k] for k in plan.whole.stores], p]
         if 'kahan_comp' in s: tensors += [s['kahan_comp']] * 2
         n += sum(t.numel() * t.element_size() for t in tensors)
     return n, phases

@@ -19,7 +19,7 @@ def adafactor_scalars(h):
 
 def adafactor_update(p, g, s, h):
     v = lerp(s.sqr_avg, g * g, h.sqr_weight)  # factored for matrices: the update reads the estimate R·Cᵀ/max(mean R, eps)
-    u = g * rsqrt(maximum(v, h.eps * h.eps))  # torch's form; one fast operation on the GPU, where sqrt then divide cost more than the pass's reads
+    u = g * rsqrt(maximum(v, h.eps * h.eps))  # torch's form
     alpha = maximum(sqrt(tensor_sum(p * p) / h.numel), h.scale_eps) * h.rho
     clip = maximum(sqrt(tensor_sum(u * u) / h.numel) / h.clip_threshold, 1.)
     return dict(update=u * (-alpha / clip), sqr_avg=v)
