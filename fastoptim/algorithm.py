@@ -714,7 +714,7 @@ def torch_source(plan, name, phase=None):
     return (f"def {name}({', '.join(args)}, reds: Tensor, comp: Optional[Tensor], seed: int) -> Tensor:\n"
             + ''.join(f'    {l}\n' for l in prologue + lines))
 
-# %% ../nbs/00_algorithm.ipynb #e8171dd3
+# %% ../nbs/00_algorithm.ipynb #ed597f3e
 def _view(h, names):
     "The numbers `h` as an algorithm written with the old names sees them (`names`: old -> new)"
     inverse = {new: old for old, new in names.items()}
@@ -768,7 +768,7 @@ def factored(algorithm:Algorithm) -> Hybrid:
     whole = replace(algorithm, states={k: State(dtype='fp32') if spec.factored else spec for k, spec in algorithm.states.items()})
     return Hybrid(algorithm.name, dict(factored=algorithm, whole=whole), factored_or_whole)
 
-# %% ../nbs/00_algorithm.ipynb #748e49fa
+# %% ../nbs/00_algorithm.ipynb #4b35b27a
 def _direction_modifier(algorithm, key):
     "The update of `algorithm`, masked where it does not descend (`cautious`) or given the gradient's direction (`grams`)"
     def update(p, g, s, h):
