@@ -9,7 +9,7 @@ torch.cuda.memory_allocated) and the memory a step needs beyond it (peak over th
 Run on the GPU machine from the repository root:
     python3 bench/adafactor_gpu.py --out $OUT
 """
-import argparse, datetime, gc, json, math, os, sys, traceback
+import argparse, datetime, gc, json, os, sys, traceback
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 assert os.environ.get('TRITON_INTERPRET', '0') != '1', 'unset TRITON_INTERPRET to run the kernels on the GPU'
 
@@ -19,7 +19,7 @@ import fastoptim.all  # noqa: F401  (registers every backend and algorithm)
 from fastoptim.all import Adafactor, Adam
 from fastoptim.testing import drive, rel_diff, param_groups
 from shapes import llm_shapes, resnet50_shapes
-from timing import capture, copy_bandwidth, median_ms, write_report
+from timing import capture, check_lines, copy_bandwidth, median_ms, run_checks, write_report
 from catalogue_gpu import make_params
 
 dev = torch.device('cuda')
@@ -163,10 +163,7 @@ def main():
     head = (f"# Adafactor on the GPU\n\n{datetime.date.today()}, {torch.cuda.get_device_name()}, torch {torch.__version__}, "
             f"triton {triton.__version__}; command: `python3 bench/adafactor_gpu.py --out $OUT`\n")
     results = {}
-    for part, fn in (('correctness', correctness), ('capture', capture_replay)):
-        try: results[part] = fn()
-        except Exception: results[part] = [dict(check=f'{part} crashed', backend='', value=math.nan, ok=False, error=traceback.format_exc()[-2000:])]
-        json.dump(results, open(os.path.join(args.out, 'results.json'), 'w'), indent=1, default=str)
+    run_checks((('correctness', correctness), ('capture', capture_replay)), results, os.path.join(args.out, 'results.json'))
     bandwidth = copy_bandwidth(dev)
     try: results['timing'] = timing(bandwidth, args.reps)
     except Exception: results['timing'] = [dict(error=traceback.format_exc()[-2000:])]
@@ -175,11 +172,7 @@ def main():
     except Exception: results['kernels'] = [dict(error=traceback.format_exc()[-2000:])]
     json.dump(results, open(os.path.join(args.out, 'results.json'), 'w'), indent=1, default=str)
     lines = [head, f"Copy bandwidth measured in this run: {bandwidth:.0f} GB/s.\n", '## Checks\n',
-             '| check | backend | value | ok |', '|---|---|---|---|']
-    for part in ('correctness', 'capture'):
-        for r in results[part]:
-            lines.append(f"| {r['check']} | {r['backend']} | {r['value']:.3g} | {'yes' if r.get('ok') else '**NO**'} |")
-            if 'error' in r: lines.append(f"\n```\n{r['error']}\n```\n")
+             *check_lines(results, ('correctness', 'capture'))]
     lines += ['', '## Step time (median of CUDA events) and memory; fraction = byte bound / time\n',
               '| set | dtype | implementation | eager ms | graph ms | one-pass bound ms (frac of graph) | its work\'s bound ms (frac of eager; of graph) | state B/param | step peak beyond state, B/param |',
               '|---|---|---|---|---|---|---|---|---|']

@@ -10,7 +10,7 @@ Run on the GPU machine from the repository root (wheels: ../shared/gpu/wheels.sh
 prodigyopt==1.1.2 adv_optm==2.5.16):
     python3 bench/adaptive_gpu.py --out $OUT
 """
-import argparse, contextlib, datetime, io, json, math, os, sys, traceback
+import argparse, contextlib, datetime, io, json, os, sys, traceback
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 assert os.environ.get('TRITON_INTERPRET', '0') != '1', 'unset TRITON_INTERPRET to run the kernels on the GPU'
 
@@ -20,7 +20,7 @@ import fastoptim.all  # noqa: F401  (registers every backend and algorithm)
 from fastoptim.core import algorithms
 from fastoptim.testing import drive, rel_diff
 from shapes import llm_shapes, resnet50_shapes
-from timing import capture, copy_bandwidth, median_ms, write_report
+from timing import capture, check_lines, copy_bandwidth, median_ms, run_checks, write_report
 from catalogue_gpu import make_params
 
 dev = torch.device('cuda')
@@ -156,20 +156,13 @@ def main():
     head = (f"# Number states on the GPU: Prodigy, DAdaptAdam, Kourkoutas-β\n\n{datetime.date.today()}, {torch.cuda.get_device_name()}, "
             f"torch {torch.__version__}, triton {triton.__version__}; command: `python3 bench/adaptive_gpu.py --out $OUT`\n")
     results = {}
-    for part, fn in (('correctness', correctness), ('capture', capture_replay)):
-        try: results[part] = fn()
-        except Exception: results[part] = [dict(check=f'{part} crashed', backend='', value=math.nan, ok=False, error=traceback.format_exc()[-2000:])]
-        json.dump(results, open(os.path.join(args.out, 'results.json'), 'w'), indent=1, default=str)
+    run_checks((('correctness', correctness), ('capture', capture_replay)), results, os.path.join(args.out, 'results.json'))
     bandwidth = copy_bandwidth(dev)
     try: results['timing'] = timing(bandwidth, args.reps)
     except Exception: results['timing'] = [dict(error=traceback.format_exc()[-2000:])]
     json.dump(results, open(os.path.join(args.out, 'results.json'), 'w'), indent=1, default=str)
     lines = [head, f"Copy bandwidth measured in this run: {bandwidth:.0f} GB/s.\n", '## Checks (every backend against the for-loop one, 24 steps)\n',
-             '| check | backend | value | ok |', '|---|---|---|---|']
-    for part in ('correctness', 'capture'):
-        for r in results[part]:
-            lines.append(f"| {r['check']} | {r['backend']} | {r['value']:.3g} | {'yes' if r.get('ok') else '**NO**'} |")
-            if 'error' in r: lines.append(f"\n```\n{r['error']}\n```\n")
+             *check_lines(results, ('correctness', 'capture'))]
     lines += ['', '## Triton step, eager and replayed from a CUDA graph (median of CUDA events); fraction = byte bound / time\n',
               '| set | dtype | algorithm | passes | eager ms | graph ms | one-pass bound ms (frac of eager) | its passes\' bound ms (frac of eager; of graph) | peer | peer ms |',
               '|---|---|---|---|---|---|---|---|---|---|']

@@ -1,6 +1,6 @@
 """Timing helpers the benchmark scripts share: the copy bandwidth that every fraction is measured against, the median of
 a call by CUDA events, and writing a report."""
-import gc, os, time
+import gc, json, math, os, time, traceback
 import numpy as np
 import torch
 
@@ -49,3 +49,21 @@ def write_report(text, path):
     if path:
         os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
         with open(path, 'w') as f: f.write(text + '\n')
+
+
+def run_checks(parts, results, path):
+    "Run each (name, fn) of `parts` into `results[name]` (a crash becomes one failed check with its traceback), saving `results` as JSON at `path` after each"
+    for part, fn in parts:
+        try: results[part] = fn()
+        except Exception: results[part] = [dict(check=f'{part} crashed', backend='', value=math.nan, ok=False, error=traceback.format_exc()[-2000:])]
+        json.dump(results, open(path, 'w'), indent=1, default=str)
+
+
+def check_lines(results, parts):
+    "The report's table of checks (`| check | backend | value | ok |`) for the named parts of `results`, tracebacks after their rows"
+    lines = ['| check | backend | value | ok |', '|---|---|---|---|']
+    for part in parts:
+        for r in results[part]:
+            lines.append(f"| {r['check']} | {r['backend']} | {r['value']:.3g} | {'yes' if r.get('ok') else '**NO**'} |")
+            if 'error' in r: lines.append(f"\n```\n{r['error']}\n```\n")
+    return lines
