@@ -48,6 +48,19 @@ def correctness():
             ours.step(); theirs.step()
         d = rel_diff(ps, qs)
         rows.append(dict(check='fp32, against torch.optim.Adafactor (40 steps)', backend=b, value=d, ok=d < 1e-5))
+    # channels_last conv weights: with no backend flag the step takes foreach (the Triton kernels index factored states
+    # in contiguous layouts), and matches contiguous weights stepped by Triton
+    w = torch.randn(16, 8, 3, 3, device=dev).to(memory_format=torch.channels_last).requires_grad_()
+    v = w.detach().contiguous().requires_grad_()
+    default, contiguous = Adafactor([w]), Adafactor([v], triton=True)
+    for i in range(3):
+        w.grad = torch.randn(w.shape, device=dev, generator=torch.Generator(device=dev).manual_seed(i)).to(memory_format=torch.channels_last)
+        v.grad = w.grad.contiguous()
+        default.step(); contiguous.step()
+    d = rel_diff([w.detach()], [v.detach()])
+    used = sorted(set(default.backends_used.values()))
+    rows.append(dict(check=f'channels_last weights, no backend flag (took {used}), against contiguous ones on Triton', backend='default',
+                     value=d, ok=d < 1e-6 and used == ['foreach']))
     return rows
 
 

@@ -380,7 +380,8 @@ class Plan:
         mapping = {}
         for k in names:
             v, old = stores.pop(k, None), getattr(s, k)
-            if v is None or v.op != 'lerp' or v.args[0] is not old or v.args[1].op != 'mul' or any(a is not g for a in v.args[1].args):
+            if (v is None or v.op != 'lerp' or v.args[0] is not old or v.args[1].op != 'mul' or any(a is not g for a in v.args[1].args)
+                or v.args[2].tensor or v.args[2].device):
                 raise NotImplementedError(f"{algorithm.name}: factored state `{k}` must be a moving average of the squared gradient, "
                                           f"`lerp(s.{k}, g * g, weight)` with a weight of the hypers: the engine keeps its row and "
                                           "column means and the update reads the estimate they give.")
@@ -859,6 +860,10 @@ def modified(algorithm, cautious:bool=False, grams:bool=False, lookahead:bool=Fa
     if kourkoutas and not reads_hyper(algorithm, 'sqr_mom'):
         raise ValueError(f"kourkoutas=True adapts a second moment's decay (`sqr_mom`) per tensor, in the update; {algorithm.name}'s "
                          "update reads none (its per-step formulas may: they are worked out before the gradient is seen).")
+    factored_states = [k for k, spec in algorithm.states.items() if spec.factored]
+    if orthograd and factored_states: raise NotImplementedError(
+        f"orthograd=True cannot be applied to {algorithm.name}: it steps on a projected gradient, and the engine keeps "
+        f"{factored_states} as moving averages of the plain gradient's square.")
     if key not in algorithm._variants:
         variant = _orthograd(algorithm) if orthograd else algorithm
         if kourkoutas: variant = _kourkoutas(variant)

@@ -385,6 +385,10 @@ class Stepper:
         "Why this backend cannot step `bucket` with `plan` (its tensors, not only their device and dtype), or None"
         return None
 
+    def check_replay(self, plan, bucket, leaves, cache):
+        "Why a CUDA graph this backend captured cannot replay its step with the hypers `leaves`, or None"
+        return None
+
     def factor(self, plan, bucket, leaves):
         "Update the plan's factored states (`update_factors`) with host numbers, uploaded: the first thing `reduce` does"
         if not plan.factored: return
@@ -437,9 +441,10 @@ def backend_from_flags(**flags):
     if len(named) > 1: raise ValueError(f"Choose one backend, got {' and '.join(f'{k}=True' for k in named)}.")
     return named[0] if named else None
 
-def auto_backend(device, dtype):
-    "Triton on CUDA where it can run, else foreach (never Triton's slow CPU interpreter)"
-    if device.type == 'cuda' and 'triton' in backends and backends['triton'].check(device, dtype) is None: return 'triton'
+def auto_backend(device, dtype, bucket=None):
+    "Triton on CUDA where it can run (and step `bucket`: not a factored state on weights that are not contiguous), else foreach (never Triton's slow CPU interpreter)"
+    if (device.type == 'cuda' and 'triton' in backends and backends['triton'].check(device, dtype) is None
+        and (bucket is None or backends['triton'].check_bucket(bucket.algorithm.plan('step'), bucket) is None)): return 'triton'
     if 'foreach' not in backends: raise ImportError("No fast backend is loaded: import fastoptim.all.")
     return 'foreach'
 
@@ -782,9 +787,11 @@ class Preparation:
         for p, g in zip(b.params, b.grads):
             err = _param_error(p) or _grad_error(p, g)
             if err: raise RuntimeError(f"{b.algorithm.name} cannot step a parameter of shape {tuple(p.shape)}: {err}.")
-        name = opt.backend or auto_backend(b.device, b.dtype)
-        reason = backends[name].check(b.device, b.dtype) or backends[name].check_bucket(b.algorithm.plan('step'), b)
+        name = opt.backend or auto_backend(b.device, b.dtype, b)
+        reason = backends[name].check(b.device, b.dtype)
         if reason: raise RuntimeError(f"The {name} backend cannot run on {b.device} with {b.dtype}: {reason}")
+        reason = backends[name].check_bucket(b.algorithm.plan('step'), b)
+        if reason: raise RuntimeError(f"The {name} backend cannot step these parameters of {b.algorithm.name}: {reason}")
         workspace = b.algorithm.plan('step').workspace
         factored = [k for k, spec in b.algorithm.states.items() if spec.factored]
         if factored and any(b.shard_groups): raise RuntimeError(
@@ -1168,6 +1175,10 @@ class FastOptimizer(Optimizer):
         for algorithm in dict.fromkeys(b.algorithm for b in self.layout.buckets.values()):  # a graph's shared numbers too
             plan, mine = algorithm.plan('step'), [b for b in self.layout.buckets.values() if b.algorithm is algorithm]
             if plan.numbers: check_shared_numbers(plan, [plan.host_values(self.numbers.leaves(b, groups)[0], len(b)) for b in mine])
+        for key, b in self.layout.buckets.items():  # before any upload
+            if backends[b.backend].capturable and self.layout.caches.get(key):
+                reason = backends[b.backend].check_replay(b.algorithm.plan('step'), b, self.numbers.leaves(b, groups)[0], self.layout.caches[key])
+                if reason: raise RuntimeError(reason)
         with torch.no_grad():
             for key, b in self.layout.buckets.items():
                 backend, cache = backends[b.backend], self.layout.caches.get(key)

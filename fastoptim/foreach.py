@@ -197,10 +197,11 @@ class ForeachBackend(Stepper):
         for lo, hi in cache['bounds']:
             self._chunk(foreach_functions(plan)[-1], plan, bucket, cache, cut, lo, hi, values, reds, True, made)
 
-    def estimates(self, plan, bucket, cache, lo, hi, made):
-        "Pieces `lo` to `hi` of each factored state's estimate, row ⊗ scaled column, cut like the parameters' pieces; `made`: this pass's last estimate of each state, so that a tensor's is made once however many pieces and chunks it spans"
+    def estimates(self, plan, bucket, cache, lo, hi, made, read):
+        "Pieces `lo` to `hi` of the estimate of each factored state the pass reads (`read`), row ⊗ scaled column, cut like the parameters' pieces; `made`: this pass's last estimate of each state, so that a tensor's is made once however many pieces and chunks it spans"
         out = {}
         for k in plan.factored:
+            if k not in read: continue
             out[k] = []
             for j in range(lo, hi):
                 i = int(cache['owner'][j])
@@ -213,7 +214,7 @@ class ForeachBackend(Stepper):
 
     def _chunk(self, fn, plan, bucket, cache, cut, lo, hi, values, sums, last, made):
         idx = cache['owner'][lo:hi]
-        originals = {**{k: ts[lo:hi] for k, ts in cut.items()}, **self.estimates(plan, bucket, cache, lo, hi, made)}
+        originals = {**{k: ts[lo:hi] for k, ts in cut.items()}, **self.estimates(plan, bucket, cache, lo, hi, made, fn.touches)}
         staged = {k: stage(ts) if k in fn.touches else ts for k, ts in originals.items()}  # the others are not read
         kwargs = {f'{t}_list': staged[t] for t in plan.tensors}
         kwargs.update({k: v[idx].tolist() for k, v in values.items()})

@@ -402,9 +402,9 @@ class TritonBackend(Stepper):
                                      SEED=bucket.seed_bases is not None, BLOCK=128, num_warps=4)
         if plan.factored:  # with this step's numbers as the derive kernel left them on the device: a CUDA graph replays them
             columns = {k: j for j, k in enumerate(plan.frontier)}
-            l2 = cache['scalars'][:, columns['l2']]  # where the host's l2 is 0 (a capture keeps that), none
-            update_factors(plan, bucket, lambda k: cache['scalars'][:, columns[k]],
-                           [l2[i] if x != 0 else 0. for i, x in enumerate(plan.host_values(leaves, n)['l2'])])
+            l2, with_l2 = cache['scalars'][:, columns['l2']], plan.host_values(leaves, n)['l2'] != 0
+            if bucket.capturing: cache['factor_l2'] = tuple(with_l2)  # where the host's l2 is 0, a capture adds none (`check_replay`)
+            update_factors(plan, bucket, lambda k: cache['scalars'][:, columns[k]], [l2[i] if x else 0. for i, x in enumerate(with_l2)])
         if len(code.phases) == 1 or cache['n_blocks'] == 0: return None
         inputs = cache['sums'] if inputs is None else inputs  # a pass that reads none is given any address
         if not plan.reduction_kinds:  # the pass writes a matrix function's input
@@ -445,6 +445,13 @@ class TritonBackend(Stepper):
                                     MOMENTS=len(moments), SQUARED=sum(1 << j for j, (_, power) in enumerate(moments) if power == 2),
                                     DTYPE=getattr(tl, tl_dtypes[bucket.dtype]), BLOCK=block, ALIGN=align,
                                     num_warps=warps)
+
+    def check_replay(self, plan, bucket, leaves, cache):
+        captured = cache.get('factor_l2')
+        now = tuple(plan.host_values(leaves, len(bucket))['l2'] != 0)
+        if captured is None or now == captured: return None
+        return (f"{plan.algorithm.name}'s factor update was captured adding L2 weight decay to the gradients of {sum(captured)} "
+                f"of its {len(bucket)} tensors, and the hypers now add it to {sum(now)}: capture the step again.")
 
     def upload(self, plan, bucket, leaves, cache):
         "Copy the per-tensor hypers (and seed bases) into the device table if they changed"
