@@ -28,8 +28,7 @@ adafactor_algorithm = factored(Algorithm(
     'Adafactor', dict(decay_rate=Hyper(-0.8, -math.inf, 0., hi_open=False), eps=Hyper(1.1920928955078125e-07, lo_open=True),
                       scale_eps=Hyper(1e-3), clip_threshold=Hyper(1., lo_open=True), wd=Hyper(0.)),
     dict(sqr_avg=State(shape='factored', floor='eps')), adafactor_update, scalars=adafactor_scalars,
-    accumulation="its second moment is factored: micro-batches' squared gradients cannot be folded into row and column "
-                 "means as they come (the mean of the squares of a sum is not the sum of the means)"))
+    accumulation="its second moment is factored, and optimizer accumulation folds micro-batches into whole states only"))
 Adafactor = make_optimizer(adafactor_algorithm, "Adafactor (Shazeer & Stern 2018): a factored second moment, relative step sizes, update clipping",
                            lr=1e-2)
 
