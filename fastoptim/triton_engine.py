@@ -448,8 +448,9 @@ class TritonBackend(Stepper):
 
     def check_replay(self, plan, bucket, leaves, cache):
         captured = cache.get('factor_l2')
+        if captured is None: return None
         now = tuple(plan.host_values(leaves, len(bucket))['l2'] != 0)
-        if captured is None or now == captured: return None
+        if now == captured: return None
         return (f"{plan.algorithm.name}'s factor update was captured adding L2 weight decay to the gradients of {sum(captured)} "
                 f"of its {len(bucket)} tensors, and the hypers now add it to {sum(now)}: capture the step again.")
 
