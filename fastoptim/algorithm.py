@@ -243,7 +243,7 @@ class Algorithm:
         if set(numbers) & set(self.moments): raise ValueError(f"{self.name}: a number state cannot be a moment.")
         if numbers and self.modes is not None: raise NotImplementedError(
             f"{self.name}: evaluation weights beside number states {numbers} are not supported.")
-        factored = [k for k, spec in self.states.items() if spec.factored]
+        factored = self.factored_states
         wrong = [k for k in factored if self.states[k].floor not in self.hypers]
         if wrong: raise ValueError(f"{self.name}: factored states {wrong} must name one of its hypers as their `floor`.")
         if set(factored) & set(self.moments): raise ValueError(f"{self.name}: a factored state cannot be a moment.")
@@ -251,6 +251,8 @@ class Algorithm:
             f"{self.name}: evaluation weights beside factored states {factored} are not supported.")
         self.__dict__['_plans'], self.__dict__['_variants'] = {}, {}
     def __repr__(self): return f"Algorithm({self.name})"
+    @property
+    def factored_states(self): return [k for k, spec in self.states.items() if spec.factored]
     # pickled (a Learner exported with its opt_func) without its plans and variants: their compiled code
     # (TorchScript functions, Triton kernels) cannot be pickled, and is made again on first use
     def __getstate__(self): return {k: v for k, v in self.__dict__.items() if k not in ('_plans', '_variants')}
@@ -373,7 +375,7 @@ class Plan:
     def _factor(self, algorithm, variant, g, s, h, stores, update):
         "Each factored state's new value, `lerp(old, g·g, w)`, is the engine's to compute (it updates the row and column means of g² before the first pass); the update reads the estimate they give in its place"
         self.factored = {}  # factored state -> (the weight of g² in its moving average, the hyper flooring the row factor's mean)
-        names = [k for k, spec in algorithm.states.items() if spec.factored]
+        names = algorithm.factored_states
         if not names: return stores, update
         if variant != 'step': raise NotImplementedError(
             f"{algorithm.name}: micro-batches cannot be folded into factored states {names}.")
@@ -764,8 +766,7 @@ def factored_or_whole(p, group:int) -> str:
 
 def factored(algorithm:Algorithm) -> Hybrid:
     "`algorithm` with its factored states factored for tensors of two or more dimensions and kept whole (fp32, shaped like the parameter) for the others: one description, two forms"
-    names = [k for k, spec in algorithm.states.items() if spec.factored]
-    if not names: raise ValueError(f"{algorithm.name} has no factored states.")
+    if not algorithm.factored_states: raise ValueError(f"{algorithm.name} has no factored states.")
     whole = replace(algorithm, states={k: State(dtype='fp32') if spec.factored else spec for k, spec in algorithm.states.items()})
     return Hybrid(algorithm.name, dict(factored=algorithm, whole=whole), factored_or_whole)
 
@@ -860,10 +861,9 @@ def modified(algorithm, cautious:bool=False, grams:bool=False, lookahead:bool=Fa
     if kourkoutas and not reads_hyper(algorithm, 'sqr_mom'):
         raise ValueError(f"kourkoutas=True adapts a second moment's decay (`sqr_mom`) per tensor, in the update; {algorithm.name}'s "
                          "update reads none (its per-step formulas may: they are worked out before the gradient is seen).")
-    factored_states = [k for k, spec in algorithm.states.items() if spec.factored]
-    if orthograd and factored_states: raise NotImplementedError(
+    if orthograd and algorithm.factored_states: raise NotImplementedError(
         f"orthograd=True cannot be applied to {algorithm.name}: it steps on a projected gradient, and the engine keeps "
-        f"{factored_states} as moving averages of the plain gradient's square.")
+        f"{algorithm.factored_states} as moving averages of the plain gradient's square.")
     if key not in algorithm._variants:
         variant = _orthograd(algorithm) if orthograd else algorithm
         if kourkoutas: variant = _kourkoutas(variant)

@@ -793,7 +793,7 @@ class Preparation:
         reason = backends[name].check_bucket(b.algorithm.plan('step'), b)
         if reason: raise RuntimeError(f"The {name} backend cannot step these parameters of {b.algorithm.name}: {reason}")
         workspace = b.algorithm.plan('step').workspace
-        factored = [k for k, spec in b.algorithm.states.items() if spec.factored]
+        factored = b.algorithm.factored_states
         if factored and any(b.shard_groups): raise RuntimeError(
             f"{b.algorithm.name} keeps {factored} as means over the rows and columns of whole matrices, and this process holds "
             "shards of them (FSDP2): do not shard these parameters, or step them with an algorithm without factored states.")
@@ -836,8 +836,8 @@ class Preparation:
                     engine_write(s, n, torch.empty_like(p, dtype=dtype, memory_format=torch.preserve_format).copy_(t))
         # a factored state: its row and column factors, fp32 and contiguous (the Triton kernels index them), and the scaled
         # column factors each step makes (kept with the layout: the Triton tables hold their addresses)
-        factored = [k for k, spec in b.algorithm.states.items() if spec.factored]
-        b.factors, b.factor_layout = {}, FactorLayout(b.params, b.device) if factored else None
+        factored = b.algorithm.factored_states
+        b.factor_layout = FactorLayout(b.params, b.device) if factored else None
         for p, s in zip(b.params, b.states):
             for k in factored:
                 for n, shape in zip((f'{k}_row', f'{k}_col'), factor_shapes(p.shape)):

@@ -379,7 +379,8 @@ class TritonBackend(Stepper):
                                                     "take a step outside the graph first.")
             names = plan.tensors + (['kahan_comp'] if bucket.rounding == 'kahan' else [])
             # a factored state's column holds the parameters (a stand-in, never read): its estimate is read from four
-            # columns after the number states': its factors' addresses, the last dimension and the last two's size
+            # columns after the number states': its factors' addresses, the last dimension, and the one before it for a
+            # batch of matrices (else 0: see `load_factored`)
             tensors = [bucket.params if t in plan.factored else bucket.tensors(t) for t in names]
             aligned = len(tensors)
             if plan.numbers or plan.factored:  # the number states the last phase stores, after the compensation's column (the parameters stand in for it)
@@ -402,7 +403,7 @@ class TritonBackend(Stepper):
                                      SEED=bucket.seed_bases is not None, BLOCK=128, num_warps=4)
         if plan.factored:  # with this step's numbers as the derive kernel left them on the device: a CUDA graph replays them
             columns = {k: j for j, k in enumerate(plan.frontier)}
-            l2, with_l2 = cache['scalars'][:, columns['l2']], plan.host_values(leaves, n)['l2'] != 0
+            l2, with_l2 = cache['scalars'][:, columns['l2']], np.broadcast_to(leaves['l2'], (n,)) != 0
             if bucket.capturing: cache['factor_l2'] = tuple(with_l2)  # where the host's l2 is 0, a capture adds none (`check_replay`)
             update_factors(plan, bucket, lambda k: cache['scalars'][:, columns[k]], [l2[i] if x else 0. for i, x in enumerate(with_l2)])
         if len(code.phases) == 1 or cache['n_blocks'] == 0: return None
@@ -449,7 +450,7 @@ class TritonBackend(Stepper):
     def check_replay(self, plan, bucket, leaves, cache):
         captured = cache.get('factor_l2')
         if captured is None: return None
-        now = tuple(plan.host_values(leaves, len(bucket))['l2'] != 0)
+        now = tuple(np.broadcast_to(leaves['l2'], (len(bucket),)) != 0)
         if now == captured: return None
         return (f"{plan.algorithm.name}'s factor update was captured adding L2 weight decay to the gradients of {sum(captured)} "
                 f"of its {len(bucket)} tensors, and the hypers now add it to {sum(now)}: capture the step again.")
