@@ -73,8 +73,8 @@ INTERPRETER_MAX_PARAMS = 1e6  # larger sets would keep the interpreter busy for 
 
 
 def fastoptim_impl(flag, kahan_sum):
-    "fastoptim with one backend flag; SGD with L2 weight decay (`decouple_wd=False`), as torch's SGD does"
-    kw = {flag: True, 'kahan_sum': kahan_sum}
+    "fastoptim with one backend flag (None: the default, no flag); SGD with L2 weight decay (`decouple_wd=False`), as torch's SGD does"
+    kw = {'kahan_sum': kahan_sum, **({flag: True} if flag else {})}
     return {'sgd': lambda ps: SGD(ps, HP['lr'], mom=HP['mom'], wd=HP['wd'], decouple_wd=False, **kw),
             'adamw': lambda ps: Adam(ps, HP['lr'], mom=HP['mom'], sqr_mom=HP['sqr_mom'], eps=HP['eps'], wd=HP['wd'], **kw),
             'lamb': lambda ps: Lamb(ps, HP['lr'], mom=HP['mom'], sqr_mom=HP['sqr_mom'], eps=HP['eps'], wd=HP['wd'], **kw)}
@@ -113,6 +113,9 @@ def implementations(args):
     for b in ('foreach', 'jit', 'triton'):  # fastoptim's bf16 default is Kahan: time both ways
         impls[f'fastoptim-{b}'] = (fastoptim_impl(b, kahan_sum=False), both, 0, None)
         impls[f'fastoptim-{b}-kahan'] = (fastoptim_impl(b, kahan_sum=True), ('bf16',), KAHAN_BYTES, None)
+    # no flag and no kahan_sum: what `adam()` does (Kahan in bf16), against the flagged backend it picks
+    impls['fastoptim-default'] = (fastoptim_impl(None, kahan_sum=None), ('fp32',), 0, None)
+    impls['fastoptim-default-kahan'] = (fastoptim_impl(None, kahan_sum=None), ('bf16',), KAHAN_BYTES, None)
     impls['fastoptim-triton-graph'] = (graphed(fastoptim_impl('triton', kahan_sum=False)), both, 0, GRAPH_SKIP)
     impls['fastoptim-triton-kahan-graph'] = (graphed(fastoptim_impl('triton', kahan_sum=True)), ('bf16',), KAHAN_BYTES,
                                              GRAPH_SKIP)

@@ -707,14 +707,14 @@ def torch_source(plan, name, phase=None):
     lines, operand = emit(plan, phase, dialect, set(phase.stores))
     if phase.final is not None:
         scale, d, q = final_args(phase, operand, lines, dialect)
-        lines.append(f'update_param(p, p_math, {d}, {scale}, decay, {q}, comp, seed)')
+        lines.append(f'update_param(p, p_math, {d}, {scale}, decay, {q}, comp, seed, start)')
     lines += [f'write_back({k}, {v})' for k, v in ordered_stores(phase.stores, operand, dialect)]
     if phase.reductions: lines.append(f"return torch.stack([{', '.join(operand(r) for r in phase.reductions)}])")
     else: lines.append('return p')  # TorchScript wants one return type; the parameter, as written
     args = [f'{t}: Tensor' for t in plan.arguments] + [f'{k}: float' for k in plan.frontier]
     prologue = [f'{t}_math = {t}_rows.unsqueeze(-1) * {t}_cols.unsqueeze(-2)' if t in plan.factored else f'{t}_math = as_math({t})'
                 for t in plan.tensors]
-    return (f"def {name}({', '.join(args)}, reds: Tensor, comp: Optional[Tensor], seed: int) -> Tensor:\n"
+    return (f"def {name}({', '.join(args)}, reds: Tensor, comp: Optional[Tensor], seed: int, start: int) -> Tensor:\n"
             + ''.join(f'    {l}\n' for l in prologue + lines))
 
 # %% ../nbs/00_algorithm.ipynb #ed597f3e

@@ -6,15 +6,15 @@ Docs: https://fastoptim.github.io/fastoptim/core.html.md"""
 
 # %% auto #0
 __all__ = ['fp32_max', 'fold_numel', 'backends', 'number_ops', 'no_reductions', 'backend_flags', 'engine_state', 'engine_counts',
-           'engine_write', 'algorithms', 'check_hyper', 'check_hypers', 'as_math', 'write_back', 'flat', 'fold_moments',
-           'hash32', 'stochastic_round', 'update_param', 'to_device', 'Bucket', 'compile_source',
-           'per_tensor_functions', 'reduction_columns', 'combine_totals', 'evaluate_numbers', 'host_names',
-           'upload_hosts', 'shared_hosts', 'check_shared_numbers', 'new_numbers', 'number_inputs', 'factor_shapes',
-           'expanded', 'FactorLayout', 'update_factors', 'refuse_partial_steps', 'apply_matrices', 'Stepper',
-           'ForLoopBackend', 'backend_from_flags', 'auto_backend', 'check_state', 'is_sharded', 'local_tensor',
-           'sharding', 'shard_salt', 'state_of_shards', 'local_state', 'complete_shards', 'ParamState', 'StateTable',
-           'Layout', 'Numbers', 'Preparation', 'GroupView', 'FastOptimizer', 'make_partial', 'OptFunc', 'partial_maker',
-           'make_optimizer']
+           'engine_write', 'algorithms', 'check_hyper', 'check_hypers', 'as_math', 'write_back', 'flat', 'pieces_of',
+           'pieces', 'combine_pieces', 'fold_moments', 'hash32', 'stochastic_round', 'update_param', 'to_device',
+           'Bucket', 'compile_source', 'per_tensor_functions', 'reduction_columns', 'combine_totals',
+           'evaluate_numbers', 'host_names', 'upload_hosts', 'shared_hosts', 'check_shared_numbers', 'new_numbers',
+           'number_inputs', 'factor_shapes', 'expanded', 'FactorLayout', 'update_factors', 'refuse_partial_steps',
+           'apply_matrices', 'Stepper', 'ForLoopBackend', 'backend_from_flags', 'auto_backend', 'check_state',
+           'is_sharded', 'local_tensor', 'sharding', 'shard_salt', 'state_of_shards', 'local_state', 'complete_shards',
+           'ParamState', 'StateTable', 'Layout', 'Numbers', 'Preparation', 'GroupView', 'FastOptimizer', 'make_partial',
+           'OptFunc', 'partial_maker', 'make_optimizer']
 
 # %% ../nbs/00_core.ipynb #ce3ff5c0
 import inspect, linecache, math, operator, warnings
@@ -67,7 +67,27 @@ def flat(t: Tensor) -> Tensor:
     "A 1-d view of dense `t` in memory order"
     return t.as_strided((t.numel(),), (1,))
 
-# %% ../nbs/00_core.ipynb #721d0d3c
+# %% ../nbs/00_core.ipynb #ecaa0157
+def pieces_of(t, limit, flatten=False):
+    "Dense `t` as flat pieces of at most `limit` elements; whole if it fits, unless `flatten`"
+    return (t,) if t.numel() <= limit and not flatten else flat(t).split(limit)
+
+def pieces(tensor_lists, limit, flatten=False):
+    "Cut tensors of more than `limit` elements into flat pieces of at most `limit` (others stay whole, unless `flatten`): the owner of each piece, its start, and the pieces of each list"
+    counts = [max(1, -(-t.numel() // limit)) for t in tensor_lists[0]]
+    owner = np.repeat(np.arange(len(counts)), counts)
+    starts = (np.arange(len(owner)) - np.searchsorted(owner, owner)) * limit
+    return owner, starts, [[q for t in ts for q in pieces_of(t, limit, flatten)] for ts in tensor_lists]
+
+def combine_pieces(plan, partials, owner, n):
+    "Partial reductions of `plan`, a row per piece, as a row per tensor (`owner`: each piece's tensor, on the device; `n` tensors)"
+    reds = torch.zeros(n, partials.shape[1], device=partials.device, dtype=partials.dtype)  # fp64 for fp64 tensors
+    for j, kind in enumerate(plan.reduction_kinds):
+        if reduction_ops[kind] == 'sum': reds[:, j].index_add_(0, owner, partials[:, j])
+        else: reds[:, j].fill_(-math.inf).index_reduce_(0, owner, partials[:, j], 'amax')
+    return reds
+
+# %% ../nbs/00_core.ipynb #751b6f7e
 fold_numel = 2**22  # elements folded at a time: bounds the fp32 copies of 16-bit gradients and moments
 
 def fold_moments(bucket, moments, l2, decays, weights):
@@ -85,7 +105,7 @@ def fold_moments(bucket, moments, l2, decays, weights):
                 else: t.addcmul_(gp, gp, value=weight[i])
                 if t is not dst: write_back(dst, t)
 
-# %% ../nbs/00_core.ipynb #1acd4b1e
+# %% ../nbs/00_core.ipynb #c9c1a364
 def _mul32(x, c: int):
     "x·c modulo 2³², for 0 ≤ x < 2³² held in int64, without overflowing"
     return (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & 0xFFFFFFFF
@@ -109,8 +129,8 @@ def stochastic_round(x: Tensor, seed: int, start: int = 0) -> Tensor:
     return rounded.to(torch.int32).view(torch.float32).to(torch.bfloat16)
 
 def update_param(p: Tensor, p_math: Tensor, direction: Tensor, scale: float, decay: float,
-                 denom: Optional[Tensor], comp: Optional[Tensor], seed: int):
-    "p ← p(1-decay) + scale·direction[/denom]: rounded to nearest, through Kahan compensation `comp`, or stochastically if seed ≥ 0"
+                 denom: Optional[Tensor], comp: Optional[Tensor], seed: int, start: int = 0):
+    "p ← p(1-decay) + scale·direction[/denom]: rounded to nearest, through Kahan compensation `comp`, or stochastically if seed ≥ 0 (`p` a piece of its tensor from element `start`)"
     if comp is None and seed < 0:
         if decay != 0: p_math.mul_(1 - decay)
         if denom is None: p_math.add_(direction, alpha=scale)
@@ -124,9 +144,9 @@ def update_param(p: Tensor, p_math: Tensor, direction: Tensor, scale: float, dec
         s = (p_math + u).to(p.dtype)
         write_back(comp, u.sub_(as_math(s) - p_math))
         p.copy_(s)
-    else: p.copy_(stochastic_round(p_math.add_(u), seed, 0))
+    else: p.copy_(stochastic_round(p_math.add_(u), seed, start))
 
-# %% ../nbs/00_core.ipynb #d5cc69d7
+# %% ../nbs/00_core.ipynb #48d8450f
 def to_device(a, device, out=None):
     "numpy array `a` as a tensor on `device` (or copied into `out`), through pinned memory on CUDA without waiting"
     t = torch.from_numpy(np.ascontiguousarray(a))
@@ -134,7 +154,7 @@ def to_device(a, device, out=None):
     if out is not None: return out.copy_(t, non_blocking=True)
     return t.to(device, non_blocking=True) if device.type == 'cuda' else t
 
-# %% ../nbs/00_core.ipynb #90a2af08
+# %% ../nbs/00_core.ipynb #50efafcf
 class Bucket:
     "The parameters of one (device, dtype) that have a gradient this step, across all param groups"
     def __init__(self, device, dtype, algorithm=None):
@@ -173,7 +193,7 @@ class Bucket:
     def __len__(self): return len(self.params)
     def __repr__(self): return f"Bucket({self.device}, {self.dtype}, {len(self)} tensors{', ' + self.algorithm.name if self.algorithm else ''})"
 
-# %% ../nbs/00_core.ipynb #cf644788
+# %% ../nbs/00_core.ipynb #f3809025
 backends = {}
 
 def compile_source(source, name, namespace):
@@ -396,14 +416,10 @@ class Stepper:
         update_factors(plan, bucket, lambda k: to_device(values[k].astype(np.float32), bucket.device), values['l2'].tolist())
 
 class ForLoopBackend(Stepper):
-    "Call the plan's per-tensor functions on each tensor of the bucket"
+    "Call the plan's per-tensor functions on each tensor of the bucket (or on pieces of at most `piece_numel[device type]` elements)"
     name, capturable = 'forloop', False
+    def __init__(self, piece_numel=None): self.piece_numel = piece_numel or {}  # the reference: whole tensors
     def check(self, device, dtype): return None
-    def rounding_args(self, bucket):
-        "Per tensor, the last two arguments of a per-tensor function: its Kahan compensation (or None) and its seed (or -1)"
-        return (bucket.comps or [None] * len(bucket),
-                bucket.seeds.tolist() if bucket.seeds is not None else [-1] * len(bucket))
-
     fold = staticmethod(fold_moments)
 
     def rows(self, plan, bucket, leaves):
@@ -411,28 +427,53 @@ class ForLoopBackend(Stepper):
         values = plan.host_values(leaves, len(bucket))
         return np.stack([values[k] for k in plan.frontier], 1).tolist()
 
-    def call(self, fn, plan, bucket, leaves, reds):
-        "`fn` on each tensor with its tensors, numbers, reductions and rounding; what each call returned"
-        rows, tensors = self.rows(plan, bucket, leaves), bucket.arguments(plan)
-        comps, seeds = self.rounding_args(bucket)
+    def calls(self, plan, bucket, leaves, reds, cache):
+        "The arguments of every call of a per-tensor function, as lists: the tensor lists, number rows, reductions, Kahan compensations (or None), seeds (or -1) and starts; with the tensor of each call (None when a call is a tensor)"
+        rows, seeds = self.rows(plan, bucket, leaves), bucket.seeds.tolist() if bucket.seeds is not None else [-1] * len(bucket)
         reds = list(reds) if reds is not None else [no_reductions] * len(bucket)
-        return [fn(*[ts[i] for ts in tensors], *rows[i], reds[i], comps[i], seeds[i]) for i in range(len(bucket))]
+        if not self.cuts(plan, bucket):
+            return bucket.arguments(plan), rows, reds, bucket.comps or [None] * len(bucket), seeds, [0] * len(bucket), None
+        limit = self.piece_numel[bucket.device.type]
+        if cache.get('pieces key') != (bucket.generation, plan.name):  # views cut once per layout; the gradients' every step
+            names = [t for t in plan.tensors if t != 'g'] + (['kahan_comp'] if bucket.rounding == 'kahan' else [])
+            owner, starts, parts = pieces([bucket.tensors(t) for t in names], limit)
+            cache.update({'pieces key': (bucket.generation, plan.name), 'owner': owner, 'starts': starts.tolist(),
+                          'parts': dict(zip(names, parts)), 'owner on device': to_device(owner, bucket.device)})
+        parts, owner = dict(cache['parts']), cache['owner'].tolist()
+        if 'g' in plan.tensors: parts['g'] = pieces([bucket.grads], limit)[2][0]
+        return ([parts[t] for t in plan.tensors], [rows[i] for i in owner], [reds[i] for i in owner],
+                parts.get('kahan_comp', [None] * len(owner)), [seeds[i] for i in owner], cache['starts'], cache['owner on device'])
+
+    def call(self, fn, plan, bucket, leaves, reds, cache):
+        "`fn` on each tensor (or piece) with its tensors, numbers, reductions and rounding; what each call returned, and each call's tensor"
+        tensors, rows, reds, comps, seeds, starts, owner = self.calls(plan, bucket, leaves, reds, cache)
+        return [fn(*[ts[i] for ts in tensors], *rows[i], reds[i], comps[i], seeds[i], starts[i]) for i in range(len(rows))], owner
 
     def reduce(self, plan, bucket, leaves, cache, inputs=None):
         self.factor(plan, bucket, leaves)
-        fns = per_tensor_functions(plan, bool(bucket.sharded))  # a shard's sums are completed between the phases
+        fns = self.functions(plan, bucket)
         if len(fns) == 1: return None
-        out = self.call(fns[0], plan, bucket, leaves, inputs)
-        return torch.stack(out) if plan.reduction_kinds else None  # else the pass wrote a matrix function's input
+        out, owner = self.call(fns[0], plan, bucket, leaves, inputs, cache)
+        if not plan.reduction_kinds: return None  # the pass wrote a matrix function's input
+        return torch.stack(out) if owner is None else combine_pieces(plan, torch.stack(out), owner, len(bucket))
 
     def finish(self, plan, bucket, leaves, cache, reds):
-        self.call(per_tensor_functions(plan, bool(bucket.sharded))[-1], plan, bucket, leaves, reds)
+        self.call(self.functions(plan, bucket)[-1], plan, bucket, leaves, reds, cache)
+
+    def cuts(self, plan, bucket):
+        "Whether `bucket` is stepped in pieces: it has a tensor larger than `piece_numel`, and no factored state (whose estimate is made by shape)"
+        limit = self.piece_numel.get(bucket.device.type)
+        return limit is not None and not plan.factored and max(p.numel() for p in bucket.params) > limit
+
+    def functions(self, plan, bucket):
+        "The per-tensor functions: in phases where a sum must be complete before it is used (over shards or pieces)"
+        return per_tensor_functions(plan, bool(bucket.sharded) or self.cuts(plan, bucket))
 
 no_reductions = torch.empty(0)  # the `reds` argument of a per-tensor function that reads none
 
 backends['forloop'] = ForLoopBackend()
 
-# %% ../nbs/00_core.ipynb #193007d2
+# %% ../nbs/00_core.ipynb #b2886776
 backend_flags = ('forloop', 'foreach', 'jit', 'triton')
 
 def backend_from_flags(**flags):
@@ -448,7 +489,7 @@ def auto_backend(device, dtype, bucket=None):
     if 'foreach' not in backends: raise ImportError("No fast backend is loaded: import fastoptim.all.")
     return 'foreach'
 
-# %% ../nbs/00_core.ipynb #3542b632
+# %% ../nbs/00_core.ipynb #73066a97
 def _param_error(p):
     if p.is_complex(): return f"complex parameters ({p.dtype}) are not supported"
     if not p.is_floating_point(): return f"parameters must be floating point, got {p.dtype}"
@@ -513,7 +554,7 @@ def _dense(t):
     return t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)) \
         or (t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d))
 
-# %% ../nbs/00_core.ipynb #0538910a
+# %% ../nbs/00_core.ipynb #6f3b7e2d
 try: from torch.distributed.tensor import DTensor
 except ImportError: DTensor = None  # torch built without distributed support: no parameter can be sharded
 
@@ -588,7 +629,7 @@ def complete_shards(plan, buckets, reds):
                 at += n
     return reds
 
-# %% ../nbs/00_core.ipynb #372cb73e
+# %% ../nbs/00_core.ipynb #cb4246a2
 engine_write = dict.__setitem__  # the engine's writes into a `ParamState` (step counts, created state): not an edit
 
 class ParamState(dict):
@@ -625,7 +666,7 @@ class StateTable(dict):
     def __delitem__(self, p): self.layout.stale(); super().__delitem__(p)
     def __reduce__(self): return dict, (dict(self),)
 
-# %% ../nbs/00_core.ipynb #2cf17dae
+# %% ../nbs/00_core.ipynb #765d7610
 class Layout:
     "The buckets of a step: parameters with gradients by (device, dtype), kept while no address changes"
     def __init__(self, opt):
@@ -718,7 +759,7 @@ class Layout:
                 for s, n in zip(b.states, steps): engine_write(s, 'step', n)
                 b.step_counts = np.array(steps, dtype=np.int64)
 
-# %% ../nbs/00_core.ipynb #7e2a1d13
+# %% ../nbs/00_core.ipynb #9ddbaa60
 class Numbers:
     "The per-tensor numbers an update reads (the plan's inputs), from the hypers of each tensor's group"
     def __init__(self, opt): self.opt = opt
@@ -750,7 +791,7 @@ class Numbers:
         if b.algorithm.carries: leaves.update(carry_values(b.algorithm, leaves, b.carries))  # from the last step's values
         return leaves, step
 
-# %% ../nbs/00_core.ipynb #ee5291c4
+# %% ../nbs/00_core.ipynb #ff9532b6
 class Preparation:
     "Check buckets and choose their backends, then give them their state: whatever can raise does so before any write"
     def __init__(self, opt): self.opt, self.workspaces = opt, {}  # the step's workspace stacks, kept while the layout is rebuilt
@@ -900,7 +941,7 @@ class Preparation:
                 stacks.append(stack)
             b.workspace[name], b.stacks[name] = kept[key] = views, stacks
 
-# %% ../nbs/00_core.ipynb #05a5e676
+# %% ../nbs/00_core.ipynb #d8fcc93a
 class GroupView(MutableMapping):
     "Param group `i` of `opt` as torch code sees it: `params` and the group's hypers, a write checked and stored in the hypers"
     def __init__(self, opt, i): self.opt, self.i = opt, i
@@ -918,7 +959,7 @@ class GroupView(MutableMapping):
     def __len__(self): return 1 + len(self.opt.hypers[self.i])
     def __repr__(self): return f"GroupView({dict(self)})"
 
-# %% ../nbs/00_core.ipynb #d63b81e9
+# %% ../nbs/00_core.ipynb #e1ab13e8
 class FastOptimizer(Optimizer):
     "A fastai `Optimizer` running `algorithm` over (device, dtype) buckets with one backend call per bucket"
     def __init__(self,
@@ -1290,7 +1331,7 @@ class FastOptimizer(Optimizer):
                 f"{len(self.param_lists)} param groups; {h}; decouple_wd={self.decouple_wd}"
                 f"{', decouple_lr=True' if self.decouple_lr else ''})")
 
-# %% ../nbs/00_core.ipynb #971f4467
+# %% ../nbs/00_core.ipynb #2137de0d
 def make_partial(constructor, **kwargs):
     "A partial of `constructor` for `Learner(opt_func=...)`, its arguments checked now"
     allowed = set(inspect.signature(constructor).parameters) - {'params'}

@@ -12,7 +12,7 @@ import warnings
 import torch
 from torch import Tensor
 from typing import List, Optional
-from .core import ForLoopBackend, backends, per_tensor_functions, compile_source, no_reductions
+from .core import ForLoopBackend, backends, per_tensor_functions, compile_source
 
 # %% ../nbs/02_torchscript.ipynb #0d9d8036
 def script(fn):
@@ -24,9 +24,10 @@ def script(fn):
 def bucket_loop(fn, tensors, n_scalars):
     "A scriptable function calling per-tensor `fn` on each tensor of a bucket (lists named `tensors`) with its row of scalars"
     name = f'{fn.__name__}_loop'
-    args = ', '.join([*[f'{t}[i]' for t in tensors], *[f'row[{j}]' for j in range(n_scalars)], 'reds[i]', 'comps[i]', 'seeds[i]'])
+    args = ', '.join([*[f'{t}[i]' for t in tensors], *[f'row[{j}]' for j in range(n_scalars)], 'reds[i]', 'comps[i]', 'seeds[i]', 'starts[i]'])
     source = (f"def {name}({''.join(f'{t}: List[Tensor], ' for t in tensors)}"
-              "rows: List[List[float]], reds: List[Tensor], comps: List[Optional[Tensor]], seeds: List[int]) -> List[Tensor]:\n"
+              "rows: List[List[float]], reds: List[Tensor], comps: List[Optional[Tensor]], seeds: List[int], starts: List[int]"
+              ") -> List[Tensor]:\n"
               "    out: List[Tensor] = []\n"
               f"    for i in range(len(rows)):\n        row = rows[i]\n        out.append({fn.__name__}({args}))\n    return out\n")
     return compile_source(source, name, {'__name__': __name__, fn.__name__: fn, 'List': List, 'Optional': Optional,
@@ -40,18 +41,13 @@ def scripted_loops(plan, phased=False):
     return plan.code[key]
 
 class TorchScriptBackend(ForLoopBackend):
-    "The plan's per-tensor functions and their loops over a bucket, scripted"
+    "The plan's per-tensor functions and their loops over a bucket, scripted; tensors of more than `piece_numel` elements are stepped in pieces"
     name = 'jit'
-    def call(self, loop, plan, bucket, leaves, reds):
-        reds = list(reds) if reds is not None else [no_reductions] * len(bucket)
-        return loop(*bucket.arguments(plan), self.rows(plan, bucket, leaves), reds, *self.rounding_args(bucket))
-    def reduce(self, plan, bucket, leaves, cache, inputs=None):
-        self.factor(plan, bucket, leaves)
-        loops = scripted_loops(plan, bool(bucket.sharded))
-        if len(loops) == 1: return None
-        out = self.call(loops[0], plan, bucket, leaves, inputs)
-        return torch.stack(out) if plan.reduction_kinds else None  # else the pass wrote a matrix function's input
-    def finish(self, plan, bucket, leaves, cache, reds):
-        self.call(scripted_loops(plan, bool(bucket.sharded))[-1], plan, bucket, leaves, reds)
+    def __init__(self, piece_numel=None): super().__init__(piece_numel or {'cuda': 2**22, 'cpu': 2**20})
+    def functions(self, plan, bucket): return scripted_loops(plan, bool(bucket.sharded) or self.cuts(plan, bucket))
+    def call(self, loop, plan, bucket, leaves, reds, cache):
+        *args, owner = self.calls(plan, bucket, leaves, reds, cache)
+        tensors, *rest = args
+        return loop(*tensors, *rest), owner
 
 backends['jit'] = TorchScriptBackend()
