@@ -166,6 +166,7 @@ class Bucket:
         self.sharded = {}  # process groups -> rows of the tensors sharded over them: set by `Preparation`
         self.rounding, self.seeds, self.seed_bases = 'nearest', None, None  # set by the optimizer: see `FastOptimizer.rounding`
         self.generation = 0  # changes whenever the tensors of the bucket may have changed
+        self.grad_generation = 0  # changes whenever only the gradients moved (same kinds): backends re-read their addresses
         self.step_counts = None  # steps taken before this one
         self.carries = {}  # the algorithm's carries before this step, an array per name (see `Carry`)
         self.numbers = {}  # number states (see `State`): per tensor, a vector the states hold views of; a shared one, its one tensor
@@ -671,6 +672,7 @@ class Layout:
     "The buckets of a step: parameters with gradients by (device, dtype), kept while no address changes"
     def __init__(self, opt):
         self.opt, self.sig, self.buckets, self.generation, self.caches = opt, None, {}, 0, {}
+        self.present = ()  # which parameters had a gradient when the buckets were built
         self.one_off = {}  # `step_params`' buckets and backend caches, by the parameters they step: see `one_off_buckets`
         self.edits = 0  # how many times the state was edited by hand: who checked it can tell whether to check again
 
@@ -707,7 +709,7 @@ class Layout:
             by_index = dict(zip(indices, local_grads))
             for b in hit[2].values():
                 b.grads = [by_index[i] for i in b.indices]
-                if hit[1] != addresses: b.generation -= 1  # the backends rebuild what holds the gradients' addresses
+                if hit[1] != addresses: b.grad_generation += 1  # the backends re-read the gradients' addresses
             self.one_off[key] = (kinds, addresses, hit[2], hit[3])
             return hit[2], hit[3]
         buckets = self.group(params, grads, indices)
@@ -716,22 +718,34 @@ class Layout:
         return buckets, self.one_off[key][3]
 
     def current(self, capturing=False):
-        "This step's buckets: rebuilt, checked and given their state only when the signature changed"
+        "This step's buckets: rebuilt, checked and given their state only when the signature changed (kept, with new gradients, when only gradients moved)"
         grads, sig = self.signature()
         if sig != self.sig:
             if capturing: raise RuntimeError(
                 "opt.step() is being captured in a CUDA graph, but no step was taken outside the graph with these "
                 "parameters and gradients (or they moved since): take one first, with the gradients at the addresses "
                 "the graph will use, so that the device tables exist before the capture.")
+            if self.rebind(grads, sig): return self.buckets
             self.sync_steps()
             buckets = self.group(self.opt.flat_params, grads, range(len(grads)))
             self.generation += 1
             self.opt.preparation(buckets, self.generation)
-            self.buckets, self.sig = buckets, sig
+            self.buckets, self.sig, self.present = buckets, sig, tuple(g is not None for g in grads)
         else:
             for b in self.buckets.values():
                 b.grads = [local_tensor(grads[i]) for i in b.indices] if self.opt.sharded else [grads[i] for i in b.indices]
         return self.buckets
+
+    def rebind(self, grads, sig):
+        "Whether only the gradients moved (the same parameters, each with a gradient or not as before, of their parameter's kind): if so, the buckets take them, and a new `grad_generation`"
+        n = len(grads)
+        if (self.sig is None or self.opt.sharded or sig[:n] != self.sig[:n]
+            or tuple(g is not None for g in grads) != self.present): return False
+        moved = {key: [grads[i] for i in b.indices] for key, b in self.buckets.items()}
+        if any(_grad_error(p, g) for key, b in self.buckets.items() for p, g in zip(b.params, moved[key])): return False
+        for key, b in self.buckets.items(): b.grads, b.grad_generation = moved[key], b.grad_generation + 1
+        self.sig = sig
+        return True
 
     def forget_step(self):
         "Make the next `step()` rebuild its buckets (and the backends their caches) from the state as it is"

@@ -374,6 +374,7 @@ class TritonBackend(Stepper):
         code = triton_code(plan)
         block, warps = self.launch(plan, bucket.params[0].element_size())
         key = (bucket.generation, plan.name, block)
+        if cache.get('key') == key and cache['grads'] != bucket.grad_generation: self.move_grads(bucket, cache)
         if cache.get('key') != key:
             if bucket.capturing: raise RuntimeError("The Triton tables must be built before a CUDA graph capture: "
                                                     "take a step outside the graph first.")
@@ -395,7 +396,8 @@ class TritonBackend(Stepper):
             cache['steps'] = to_device(bucket.step_counts.astype(np.int32), bucket.device)  # the derive kernel adds this step
             cache['sums'] = torch.empty(len(bucket) * max(code.reductions, 1) * sum_slots, device=bucket.device)  # set before use
             cache['reds'] = torch.empty(len(bucket), max(code.reductions, 1), device=bucket.device)
-            cache.update(key=key, width=len(tensors) + 2, captured=False, block=block, warps=warps, params=tuple(bucket.params))
+            cache.update(key=key, width=len(tensors) + 2, captured=False, block=block, warps=warps, params=tuple(bucket.params),
+                         grads=bucket.grad_generation, grad_column=2 + names.index('g') if 'g' in names else None)
         self.upload(plan, bucket, leaves, cache)  # raises, before anything changes, if a capture cannot
         cache['captured'] |= bucket.capturing
         n = len(bucket)
@@ -427,6 +429,14 @@ class TritonBackend(Stepper):
         # as torch's in-place ops do, so that autograd refuses a graph that saved the old weights; the parameters only
         # (10 µs for 161 of them on the CPU this was measured on): a state tensor is not in a graph unless a user puts it there
         increment_version(cache['params'])
+
+    def move_grads(self, bucket, cache):
+        "Point the table's gradient column at the bucket's new gradients (one upload), or make the tables be rebuilt if one breaks the alignment they promise"
+        cache['grads'] = bucket.grad_generation
+        if cache['grad_column'] is None: return
+        addresses = np.array([g.data_ptr() for g in bucket.grads], dtype=np.int64)
+        if cache['align'] == 16 and (addresses % 16).any(): cache['key'] = None
+        else: to_device(addresses, bucket.device, out=cache['table'][:, cache['grad_column']])
 
     def launch_phase(self, kernel, bucket, cache, inputs, sums):
         kernel[(cache['n_blocks'],)](cache['table'], cache['block_tensors'], cache['scalars'], inputs, sums, WIDTH=cache['width'],
