@@ -165,7 +165,7 @@ class Bucket:
         self.logical_rows = []  # per tensor, the whole tensor's first dimension (1 for a 0-d tensor)
         self.sharded = {}  # process groups -> rows of the tensors sharded over them: set by `Preparation`
         self.rounding, self.seeds, self.seed_bases = 'nearest', None, None  # set by the optimizer: see `FastOptimizer.rounding`
-        self.generation = 0  # changes whenever the tensors of the bucket may have changed
+        self.generation = 0  # changes whenever the tensors of the bucket may have changed (but for gradients alone: below)
         self.grad_generation = 0  # changes whenever only the gradients moved (same kinds): backends re-read their addresses
         self.step_counts = None  # steps taken before this one
         self.carries = {}  # the algorithm's carries before this step, an array per name (see `Carry`)
@@ -669,7 +669,7 @@ class StateTable(dict):
 
 # %% ../nbs/00_core.ipynb #765d7610
 class Layout:
-    "The buckets of a step: parameters with gradients by (device, dtype), kept while no address changes"
+    "The buckets of a step: parameters with gradients by (device, dtype), kept while no address changes but gradients'"
     def __init__(self, opt):
         self.opt, self.sig, self.buckets, self.generation, self.caches = opt, None, {}, 0, {}
         self.present = ()  # which parameters had a gradient when the buckets were built
@@ -698,7 +698,7 @@ class Layout:
         return buckets
 
     def one_off_buckets(self, params, grads, indices):
-        "`step_params`' buckets and caches: the last call's for these parameters while their gradients' kinds (device, dtype, shape, strides) and their step counts are unchanged (new tables if a gradient moved), else new ones, checked and given their state"
+        "`step_params`' buckets and caches: the last call's for these parameters while their gradients' kinds (device, dtype, shape, strides) and their step counts are unchanged (the backends re-read the addresses of moved gradients), else new ones, checked and given their state"
         local_grads = [local_tensor(g) for g in grads] if self.opt.sharded else grads
         kinds = tuple(None if g is None else (g.device, g.dtype, g.shape, g.stride()) for g in local_grads)
         addresses = tuple(0 if g is None else g.data_ptr() for g in local_grads)
@@ -1052,7 +1052,9 @@ class FastOptimizer(Optimizer):
         "Parameter → its state (`ParamState`): edits are seen by the next step"
         return self._state
     @state.setter
-    def state(self, states): self._state = StateTable(self.layout, states)  # fastai assigns it in __init__ and load_state_dict
+    def state(self, states):  # fastai assigns it in __init__ and load_state_dict
+        self.layout.stale()
+        self._state = StateTable(self.layout, states)
 
     @property
     def param_groups(self):

@@ -42,7 +42,7 @@ def add_scaled(tensors, others, scale):
 
 @dataclass
 class Rounding:
-    "How a chunk's parameters are written: `mode` 'nearest', 'kahan' (with fp32 `comps`) or 'stochastic' (`seeds`, `starts`); for staged 16-bit parameters, `weights` and `comp_store` are the tensors the rounded weights and the new compensations go to (the staged copies are left behind)"
+    "How a chunk's parameters are written: `mode` 'nearest', 'kahan' (with `comps` in the maths' precision) or 'stochastic' (`seeds`, `starts`); for staged 16-bit parameters, `weights` and `comp_store` are the tensors the rounded weights and the new compensations go to (the staged copies are left behind)"
     mode: str
     comps: list = None
     seeds: list = None
@@ -62,7 +62,7 @@ def update_params(params, direction, scale, decay, denom=None, scratch=False, ro
         else: direction = torch._foreach_mul(direction, scale)
         return torch._foreach_add_(params, direction)
     kahan, device_scale = rounding.mode == 'kahan', isinstance(scale[0], torch.Tensor)
-    if kahan and not device_scale:  # the change accumulates into the compensation (a working copy), which it replaces
+    if kahan and not device_scale:  # the change accumulates into the compensation (its staged copy, or itself), which it replaces
         u = rounding.comps
         if denom is not None: torch._foreach_addcdiv_(u, direction, denom, scale)
         else: add_scaled(u, direction, scale)
@@ -153,7 +153,7 @@ def foreach_functions(plan):
 
 # %% ../nbs/01_foreach.ipynb #b0a8f708
 def stage(tensors):
-    "fp32 copies of 16-bit flat pieces, in one buffer filled by one foreach copy; wider tensors are used in place"
+    "fp32 copies of 16-bit flat pieces (a chunk with 16-bit lists is cut flat), in one buffer filled by one foreach copy; wider tensors are used in place"
     if not tensors or tensors[0].element_size() >= 4: return tensors
     sizes = [t.numel() for t in tensors]
     staged = list(torch.empty(sum(sizes), dtype=torch.float32, device=tensors[0].device).split(sizes))
@@ -172,7 +172,9 @@ class ForeachBackend(Stepper):
         # the gradients are cut at every step, and a factored state's estimate made at every pass (`estimates`)
         names = [t for t in plan.tensors if t != 'g' and t not in plan.factored] + (['kahan_comp'] if bucket.rounding == 'kahan' else [])
         if cache.get('key') != (bucket.generation, plan.name):
-            narrow = bucket.dtype.itemsize < 4  # staged: every tensor cut flat
+            # 16-bit lists (the weights, or a 16-bit workspace beside fp32 weights) are staged through flat fp32 buffers:
+            # then every list is cut flat, so that the staged pieces match the others
+            narrow = any(bucket.tensors(t)[0].element_size() < 4 for t in names) or bucket.dtype.itemsize < 4
             limit = max(1, self.chunk_numel.get(bucket.device.type, 2**24) // (4 if narrow else 1))
             owner, starts, parts = pieces([bucket.tensors(t) for t in names], limit, narrow)
             cache.update(key=(bucket.generation, plan.name), limit=limit, flatten=narrow, owner=owner, cut=dict(zip(names, parts)),
