@@ -7,8 +7,8 @@ Docs: https://fastoptim.github.io/fastoptim/core.html.md"""
 # %% auto #0
 __all__ = ['fp32_max', 'fold_numel', 'backends', 'number_ops', 'no_reductions', 'backend_flags', 'engine_state', 'engine_counts',
            'engine_write', 'algorithms', 'check_hyper', 'check_hypers', 'as_math', 'write_back', 'flat', 'pieces_of',
-           'pieces', 'combine_pieces', 'fold_moments', 'hash32', 'stochastic_round', 'update_param', 'to_device',
-           'Bucket', 'compile_source', 'per_tensor_functions', 'reduction_columns', 'combine_totals',
+           'cut_list', 'pieces', 'combine_pieces', 'fold_moments', 'hash32', 'stochastic_round', 'update_param',
+           'to_device', 'Bucket', 'compile_source', 'per_tensor_functions', 'reduction_columns', 'combine_totals',
            'evaluate_numbers', 'host_names', 'upload_hosts', 'shared_hosts', 'check_shared_numbers', 'new_numbers',
            'number_inputs', 'factor_shapes', 'expanded', 'FactorLayout', 'update_factors', 'refuse_partial_steps',
            'apply_matrices', 'Stepper', 'ForLoopBackend', 'backend_from_flags', 'auto_backend', 'check_state',
@@ -69,15 +69,21 @@ def flat(t: Tensor) -> Tensor:
 
 # %% ../nbs/00_core.ipynb #ecaa0157
 def pieces_of(t, limit, flatten=False):
-    "Dense `t` as flat pieces of at most `limit` elements; whole if it fits, unless `flatten`"
-    return (t,) if t.numel() <= limit and not flatten else flat(t).split(limit)
+    "Dense `t` as flat pieces of at most `limit` elements; whole if it fits (viewed flat if `flatten`)"
+    if t.numel() > limit: return flat(t).split(limit)  # `split` costs ten times a view: only where it cuts
+    return (flat(t),) if flatten else (t,)
+
+def cut_list(tensors, limit, flatten=False, whole=False):
+    "The pieces of `tensors` as `pieces` cuts them; `whole`: none has more than `limit` elements (known from the layout), so that each is used as it is (viewed flat if `flatten`)"
+    if whole: return [flat(t) for t in tensors] if flatten else list(tensors)
+    return [q for t in tensors for q in pieces_of(t, limit, flatten)]
 
 def pieces(tensor_lists, limit, flatten=False):
     "Cut tensors of more than `limit` elements into flat pieces of at most `limit` (others stay whole, unless `flatten`): the owner of each piece, its start, and the pieces of each list"
     counts = [max(1, -(-t.numel() // limit)) for t in tensor_lists[0]]
     owner = np.repeat(np.arange(len(counts)), counts)
     starts = (np.arange(len(owner)) - np.searchsorted(owner, owner)) * limit
-    return owner, starts, [[q for t in ts for q in pieces_of(t, limit, flatten)] for ts in tensor_lists]
+    return owner, starts, [cut_list(ts, limit, flatten, whole=len(owner) == len(counts)) for ts in tensor_lists]
 
 def combine_pieces(plan, partials, owner, n):
     "Partial reductions of `plan`, a row per piece, as a row per tensor (`owner`: each piece's tensor, on the device; `n` tensors)"
@@ -441,7 +447,7 @@ class ForLoopBackend(Stepper):
             cache.update({'pieces key': (bucket.generation, plan.name), 'owner': owner, 'starts': starts.tolist(),
                           'parts': dict(zip(names, parts)), 'owner on device': to_device(owner, bucket.device)})
         parts, owner = dict(cache['parts']), cache['owner'].tolist()
-        if 'g' in plan.tensors: parts['g'] = pieces([bucket.grads], limit)[2][0]
+        if 'g' in plan.tensors: parts['g'] = cut_list(bucket.grads, limit)
         return ([parts[t] for t in plan.tensors], [rows[i] for i in owner], [reds[i] for i in owner],
                 parts.get('kahan_comp', [None] * len(owner)), [seeds[i] for i in owner], cache['starts'], cache['owner on device'])
 

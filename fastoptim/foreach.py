@@ -12,7 +12,7 @@ __all__ = ['chunks', 'with_l2', 'add_scaled', 'Rounding', 'update_params', 'Fore
 import numpy as np
 import torch
 from dataclasses import dataclass
-from .core import backends, to_device, stochastic_round, fold_moments, compile_source, Stepper, pieces, pieces_of, combine_pieces
+from .core import backends, to_device, stochastic_round, fold_moments, compile_source, Stepper, pieces, pieces_of, cut_list, combine_pieces
 from .algorithm import TorchDialect, emit, ordered_stores, final_args
 
 # %% ../nbs/01_foreach.ipynb #3718159d
@@ -178,9 +178,9 @@ class ForeachBackend(Stepper):
             limit = max(1, self.chunk_numel.get(bucket.device.type, 2**24) // (4 if narrow else 1))
             owner, starts, parts = pieces([bucket.tensors(t) for t in names], limit, narrow)
             cache.update(key=(bucket.generation, plan.name), limit=limit, flatten=narrow, owner=owner, cut=dict(zip(names, parts)),
-                         starts=starts, bounds=chunks([q.numel() for q in parts[0]], limit))
+                         starts=starts, bounds=chunks([q.numel() for q in parts[0]], limit), whole=len(owner) == len(bucket))
         parts = dict(cache['cut'])
-        if 'g' in plan.tensors: _, _, (parts['g'],) = pieces([bucket.grads], cache['limit'], cache['flatten'])
+        if 'g' in plan.tensors: parts['g'] = cut_list(bucket.grads, cache['limit'], cache['flatten'], cache['whole'])
         return parts, plan.host_values(leaves, len(bucket))
 
     def reduce(self, plan, bucket, leaves, cache, inputs=None):
