@@ -178,6 +178,7 @@ class Bucket:
         self.numbers = {}  # number states (see `State`): per tensor, a vector the states hold views of; a shared one, its one tensor
         self.capturing = False  # whether this step is being captured in a CUDA graph
         self.factors = {}  # factored states (see `State`): per tensor, the column factor divided by the row factor's mean
+        self.hyper_leaves = None, None  # `Numbers.leaves`' arrays that depend on the hypers alone, and the groups they were made from
 
     @property
     def comps(self): return self.state('kahan_comp') if self.rounding == 'kahan' else None
@@ -468,9 +469,10 @@ class ForLoopBackend(Stepper):
         self.call(self.functions(plan, bucket)[-1], plan, bucket, leaves, reds, cache)
 
     def cuts(self, plan, bucket):
-        "Whether `bucket` is stepped in pieces: it has a tensor larger than `piece_numel`, and no factored state (whose estimate is made by shape)"
+        "Whether `bucket` is stepped in pieces: it has a tensor larger than `piece_numel`, no factored state (whose estimate is made by shape), and no sum over each tensor that its update would otherwise take in one pass"
         limit = self.piece_numel.get(bucket.device.type)
-        return limit is not None and not plan.factored and max(p.numel() for p in bucket.params) > limit
+        one_pass_sums = plan.reduction_kinds and not (plan.needs_phases or bucket.sharded)
+        return limit is not None and not plan.factored and not one_pass_sums and max(p.numel() for p in bucket.params) > limit
 
     def functions(self, plan, bucket):
         "The per-tensor functions: in phases where a sum must be complete before it is used (over shards or pieces)"
@@ -781,33 +783,47 @@ class Layout:
 
 # %% ../nbs/00_core.ipynb #9ddbaa60
 class Numbers:
-    "The per-tensor numbers an update reads (the plan's inputs), from the hypers of each tensor's group"
-    def __init__(self, opt): self.opt = opt
+    "The per-tensor numbers an update reads (the plan's inputs), from the hypers of each tensor's group; what depends on the hypers alone is redone only when one of them changed"
+    def __init__(self, opt): self.opt, self.checked, self.arrays = opt, None, (None, None)
+
+    def key(self):
+        "Every group's value (and its type) of every hyper a step reads, or None if one is missing: while it is unchanged, so are the checks and arrays"
+        opt = self.opt
+        names = dict.fromkeys(('lr', 'wd', *(('max_lr',) if opt.decouple_lr else ()), *opt.algorithm.hypers))
+        try: return tuple((v, type(v)) for h in opt.hypers for v in [h[k] for k in names])
+        except KeyError: return None
 
     def check(self):
         "Raise a clear error, before anything changes, on any group's hyper that is missing or out of its range"
-        opt = self.opt
+        opt, key = self.opt, self.key()
+        if key is not None and key == self.checked: return
         for i, h in enumerate(opt.hypers):
             for name in ('lr', 'max_lr', *opt.algorithm.hypers):  # a hybrid's: every algorithm's
                 if name == 'max_lr' and not opt.decouple_lr: continue
                 if name not in h: raise KeyError(f"Param group {i} has no value for hyperparameter `{name}`.")
                 check_hyper(name, h[name], opt.algorithm.hypers.get(name, engine_hypers.get(name)))
+        self.checked = key
 
     def groups(self):
-        "Each hyper as a float64 array over the param groups"
-        opt = self.opt
-        names = ('lr', 'wd', *(('max_lr',) if opt.decouple_lr else ()), *opt.algorithm.hypers)
-        return {k: np.array([float(h[k]) for h in opt.hypers], dtype=np.float64) for k in dict.fromkeys(names)}
+        "Each hyper as a float64 array over the param groups (the same dict while no hyper changed)"
+        opt, key = self.opt, self.key()
+        if key is None or key != self.arrays[0]:
+            names = ('lr', 'wd', *(('max_lr',) if opt.decouple_lr else ()), *opt.algorithm.hypers)
+            self.arrays = key, {k: np.array([float(h[k]) for h in opt.hypers], dtype=np.float64) for k in dict.fromkeys(names)}
+        return self.arrays[1]
 
     def leaves(self, b, groups):
-        "Per-tensor float64 arrays of bucket `b`: the group's hypers, `step` (after this one), `l2` and `decay`"
-        opt, hp = self.opt, {k: v[b.group_index] for k, v in groups.items()}
+        "Per-tensor float64 arrays of bucket `b`: the group's hypers, `step` (after this one), `l2` and `decay`; all but `step` and carries kept with the bucket for the same `groups`"
+        opt = self.opt
+        if b.hyper_leaves[0] is not groups:
+            hp = {k: v[b.group_index] for k, v in groups.items()}
+            wd = hp['wd'] * b.do_wd
+            if not opt.decouple_wd: l2, decay = wd, np.zeros_like(wd)
+            elif opt.decouple_lr: l2, decay = np.zeros_like(wd), hp['lr'] / hp['max_lr'] * wd
+            else: l2, decay = np.zeros_like(wd), hp['lr'] * wd
+            b.hyper_leaves = groups, {**hp, 'l2': l2, 'decay': decay, 'numel': b.numels, 'rows': b.rows, 'cols': b.cols}
         step = b.step_counts + 1
-        wd = hp['wd'] * b.do_wd
-        if not opt.decouple_wd: l2, decay = wd, np.zeros_like(wd)
-        elif opt.decouple_lr: l2, decay = np.zeros_like(wd), hp['lr'] / hp['max_lr'] * wd
-        else: l2, decay = np.zeros_like(wd), hp['lr'] * wd
-        leaves = {**hp, 'step': step.astype(np.float64), 'l2': l2, 'decay': decay, 'numel': b.numels, 'rows': b.rows, 'cols': b.cols}
+        leaves = {**b.hyper_leaves[1], 'step': step.astype(np.float64)}
         if b.algorithm.carries: leaves.update(carry_values(b.algorithm, leaves, b.carries))  # from the last step's values
         return leaves, step
 
