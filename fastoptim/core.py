@@ -178,7 +178,7 @@ class Bucket:
         self.numbers = {}  # number states (see `State`): per tensor, a vector the states hold views of; a shared one, its one tensor
         self.capturing = False  # whether this step is being captured in a CUDA graph
         self.factors = {}  # factored states (see `State`): per tensor, the column factor divided by the row factor's mean
-        self.hyper_leaves = None, None  # `Numbers.leaves`' arrays that depend on the hypers alone, and the groups they were made from
+        self.hyper_leaves = None, None  # the groups `Numbers.leaves` last read, and the arrays it made from them alone
 
     @property
     def comps(self): return self.state('kahan_comp') if self.rounding == 'kahan' else None
@@ -783,14 +783,14 @@ class Layout:
 
 # %% ../nbs/00_core.ipynb #9ddbaa60
 class Numbers:
-    "The per-tensor numbers an update reads (the plan's inputs), from the hypers of each tensor's group; what depends on the hypers alone is redone only when one of them changed"
+    "The per-tensor numbers an update reads (the plan's inputs), from the hypers of each tensor's group; what depends on the hypers and the weight-decay flags alone is redone only when one of them changed"
     def __init__(self, opt): self.opt, self.checked, self.arrays = opt, None, (None, None)
 
     def key(self):
-        "Every group's value (and its type) of every hyper a step reads, or None if one is missing: while it is unchanged, so are the checks and arrays"
+        "The weight-decay flags and every group's value (and its type) of every hyper a step reads, or None if one is missing: while it is unchanged, so are the checks and arrays"
         opt = self.opt
         names = dict.fromkeys(('lr', 'wd', *(('max_lr',) if opt.decouple_lr else ()), *opt.algorithm.hypers))
-        try: return tuple((v, type(v)) for h in opt.hypers for v in [h[k] for k in names])
+        try: return (opt.decouple_wd, opt.decouple_lr, *((v, type(v)) for h in opt.hypers for v in [h[k] for k in names]))
         except KeyError: return None
 
     def check(self):

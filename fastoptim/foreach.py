@@ -153,7 +153,7 @@ def foreach_functions(plan):
 
 # %% ../nbs/01_foreach.ipynb #b0a8f708
 def stage(tensors):
-    "fp32 copies of 16-bit flat pieces (a chunk with 16-bit lists is cut flat), in one buffer filled by one foreach copy (by a copy each when there are few, large pieces); wider tensors are used in place"
+    "fp32 copies of 16-bit flat pieces (a chunk with 16-bit lists is cut flat), in one buffer filled by one foreach copy (by a copy each when there are at most `few_pieces`); wider tensors are used in place"
     if not tensors or tensors[0].element_size() >= 4: return tensors
     sizes = [t.numel() for t in tensors]
     staged = list(torch.empty(sum(sizes), dtype=torch.float32, device=tensors[0].device).split(sizes))
@@ -163,15 +163,18 @@ def stage(tensors):
     return staged
 
 # torch's foreach kernels give each 65 536 elements one block: a chunk of one piece of 2**22 elements ran its
-# conversion on 64 blocks of the H200's 132 SMs, 1.45 TB/s, where an elementwise copy ran at 2.1
+# conversion on 64 blocks of the H200's 132 SMs, 1.45 TB/s, where an elementwise copy ran at 2.1; a chunk of a few
+# pieces is staged by those copies
 few_pieces = 4
 
 class ForeachBackend(Stepper):
-    "Run a plan's foreach functions over chunks of at most `chunk_numel[device type]` elements of a bucket"
+    "Run a plan's foreach functions over chunks of at most `chunk_numel[device type]` elements of a bucket (`narrow_chunk_numel` for 16-bit ones)"
     name, capturable = 'foreach', False
     def __init__(self, chunk_numel=None, narrow_chunk_numel=None):
         self.chunk_numel = chunk_numel or {'cuda': 2**24, 'cpu': 2**20}
-        self.narrow_chunk_numel = narrow_chunk_numel or {'cuda': 2**24, 'cpu': 2**18}  # 16-bit buckets (see above)
+        # 16-bit buckets (see above); a quarter of `chunk_numel` when only that is given
+        self.narrow_chunk_numel = narrow_chunk_numel or ({'cuda': 2**24, 'cpu': 2**18} if chunk_numel is None else
+                                                         {k: max(1, v // 4) for k, v in chunk_numel.items()})
     def check(self, device, dtype): return None
     fold = staticmethod(fold_moments)
 

@@ -41,7 +41,7 @@ def scripted_loops(plan, phased=False):
     return plan.code[key]
 
 class TorchScriptBackend(ForLoopBackend):
-    "The plan's per-tensor functions and their loops over a bucket, scripted; tensors of more than `piece_numel` elements are stepped in pieces"
+    "The plan's per-tensor functions and their loops over a bucket, scripted; tensors of more than `piece_numel` elements are stepped in pieces where that adds no pass (see `ForLoopBackend.cuts`)"
     name = 'jit'
     def __init__(self, piece_numel=None): super().__init__(piece_numel or {'cuda': 2**22, 'cpu': 2**20})
     def functions(self, plan, bucket): return scripted_loops(plan, bool(bucket.sharded) or self.cuts(plan, bucket))
