@@ -188,6 +188,7 @@ class ForeachBackend(Stepper):
             narrow = any(bucket.tensors(t)[0].element_size() < 4 for t in names) or bucket.dtype.itemsize < 4
             limit = max(1, (self.narrow_chunk_numel if narrow else self.chunk_numel).get(bucket.device.type, 2**24))
             owner, starts, parts = pieces([bucket.tensors(t) for t in names], limit, narrow)
+            cache.clear()  # what was kept for the last layout (its owners on the device)
             cache.update(key=(bucket.generation, plan.name), limit=limit, flatten=narrow, owner=owner, cut=dict(zip(names, parts)),
                          starts=starts, bounds=chunks([q.numel() for q in parts[0]], limit), whole=len(owner) == len(bucket))
         parts = dict(cache['cut'])
@@ -207,7 +208,7 @@ class ForeachBackend(Stepper):
         made = {}
         partials = torch.cat([self._chunk(functions[0], plan, bucket, cache, parts, lo, hi, values, inputs, False, made)
                               for lo, hi in cache['bounds']])
-        return combine_pieces(plan, partials, to_device(cache['owner'], bucket.device), len(bucket))
+        return combine_pieces(plan, partials, self.owners(bucket, cache, 0, len(cache['owner'])), len(bucket))
 
     def finish(self, plan, bucket, leaves, cache, reds):
         "The last phase, reading the reductions of each piece's tensor"
@@ -231,13 +232,19 @@ class ForeachBackend(Stepper):
                 out[k].append(made[k][1][cache['starts'][j] // cache['limit']])
         return out
 
+    def owners(self, bucket, cache, lo, hi):
+        "The tensor of each of pieces `lo` to `hi`, on the device: uploaded once per layout"
+        key = ('owners', lo, hi)
+        if key not in cache: cache[key] = to_device(cache['owner'][lo:hi], bucket.device)
+        return cache[key]
+
     def _chunk(self, fn, plan, bucket, cache, parts, lo, hi, values, sums, last, made):
         idx = cache['owner'][lo:hi]
         originals = {**{k: ts[lo:hi] for k, ts in parts.items()}, **self.estimates(plan, bucket, cache, lo, hi, made, fn.touches)}
         staged = {k: stage(ts) if k in fn.touches else ts for k, ts in originals.items()}  # the others are not read
         kwargs = {f'{t}_list': staged[t] for t in plan.tensors}
         kwargs.update({k: v[idx].tolist() for k, v in values.items()})
-        if sums is not None: kwargs['sums'] = sums[to_device(idx, sums.device)]
+        if sums is not None: kwargs['sums'] = sums[self.owners(bucket, cache, lo, hi)]
         rounded = set()  # what `update_params` writes to the 16-bit tensors itself
         if last:
             narrow = staged['p'] is not originals['p']
