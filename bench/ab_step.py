@@ -58,8 +58,7 @@ def load_old(root):
 
 def factory(lib, algo, flag, kahan):
     "A maker of `lib`'s optimizer `algo` on one backend, with step_bench's hypers (SGD with L2 decay, as torch's)"
-    kw = {flag: True, 'kahan_sum': kahan}
-    h = HP
+    kw, h = {flag: True, 'kahan_sum': kahan}, HP
     return {'sgd': lambda ps: lib.SGD(ps, h['lr'], mom=h['mom'], wd=h['wd'], decouple_wd=False, **kw),
             'adamw': lambda ps: lib.Adam(ps, h['lr'], mom=h['mom'], sqr_mom=h['sqr_mom'], eps=h['eps'], wd=h['wd'], **kw),
             'lamb': lambda ps: lib.Lamb(ps, h['lr'], mom=h['mom'], sqr_mom=h['sqr_mom'], eps=h['eps'], wd=h['wd'], **kw)}[algo]

@@ -677,7 +677,7 @@ class StateTable(dict):
 
 # %% ../nbs/00_core.ipynb #765d7610
 class Layout:
-    "The buckets of a step: parameters with gradients by (device, dtype), kept while no address changes but gradients'"
+    "The buckets of a step: parameters with gradients by (device, dtype), kept while no parameter moves and each gradient keeps its kind"
     def __init__(self, opt):
         self.opt, self.sig, self.buckets, self.generation, self.caches = opt, None, {}, 0, {}
         self.present = ()  # which parameters had a gradient when the buckets were built
@@ -786,10 +786,14 @@ class Numbers:
     "The per-tensor numbers an update reads (the plan's inputs), from the hypers of each tensor's group; what depends on the hypers and the weight-decay flags alone is redone only when one of them changed"
     def __init__(self, opt): self.opt, self.checked, self.arrays = opt, None, (None, None)
 
+    def names(self):
+        "The hypers a step reads, each once"
+        opt = self.opt
+        return tuple(dict.fromkeys(('lr', 'wd', *(('max_lr',) if opt.decouple_lr else ()), *opt.algorithm.hypers)))
+
     def key(self):
         "The weight-decay flags and every group's value (and its type) of every hyper a step reads, or None if one is missing: while it is unchanged, so are the checks and arrays"
-        opt = self.opt
-        names = dict.fromkeys(('lr', 'wd', *(('max_lr',) if opt.decouple_lr else ()), *opt.algorithm.hypers))
+        opt, names = self.opt, self.names()
         try: return (opt.decouple_wd, opt.decouple_lr, *((v, type(v)) for h in opt.hypers for v in [h[k] for k in names]))
         except KeyError: return None
 
@@ -808,8 +812,7 @@ class Numbers:
         "Each hyper as a float64 array over the param groups (the same dict while no hyper changed)"
         opt, key = self.opt, self.key()
         if key is None or key != self.arrays[0]:
-            names = ('lr', 'wd', *(('max_lr',) if opt.decouple_lr else ()), *opt.algorithm.hypers)
-            self.arrays = key, {k: np.array([float(h[k]) for h in opt.hypers], dtype=np.float64) for k in dict.fromkeys(names)}
+            self.arrays = key, {k: np.array([float(h[k]) for h in opt.hypers], dtype=np.float64) for k in self.names()}
         return self.arrays[1]
 
     def leaves(self, b, groups):

@@ -46,8 +46,7 @@ class TorchScriptBackend(ForLoopBackend):
     def __init__(self, piece_numel=None): super().__init__(piece_numel or {'cuda': 2**22, 'cpu': 2**20})
     def functions(self, plan, bucket): return scripted_loops(plan, bool(bucket.sharded) or self.cuts(plan, bucket))
     def call(self, loop, plan, bucket, leaves, reds, cache):
-        *args, owner = self.calls(plan, bucket, leaves, reds, cache)
-        tensors, *rest = args
+        tensors, *rest, owner = self.calls(plan, bucket, leaves, reds, cache)
         return loop(*tensors, *rest), owner
 
 backends['jit'] = TorchScriptBackend()
