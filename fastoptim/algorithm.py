@@ -700,7 +700,7 @@ def final_args(phase, operand, lines, dialect):
     if scale.op == 'const' and dialect.lists: return f'[{scale.value!r}] * len(p_list)', d, q
     return operand(scale), d, q
 
-# %% ../nbs/00_algorithm.ipynb #80839885
+# %% ../nbs/00_algorithm.ipynb #c2be490a
 def torch_source(plan, name, phase=None):
     "A per-tensor PyTorch function (scriptable) computing `phase` of `plan` (by default, the whole update at once)"
     phase, dialect = phase or plan.whole, TorchDialect()
@@ -712,8 +712,8 @@ def torch_source(plan, name, phase=None):
     if phase.reductions: lines.append(f"return torch.stack([{', '.join(operand(r) for r in phase.reductions)}])")
     else: lines.append('return p')  # TorchScript wants one return type; the parameter, as written
     args = [f'{t}: Tensor' for t in plan.arguments] + [f'{k}: float' for k in plan.frontier]
-    prologue = [f'{t}_math = {t}_rows.unsqueeze(-1) * {t}_cols.unsqueeze(-2)' if t in plan.factored else f'{t}_math = as_math({t})'
-                for t in plan.tensors]
+    prologue = [f'{t}_math = {t}_rows.unsqueeze(-1) * {t}_cols.unsqueeze(-2)' if t in plan.factored else
+                'p_math = param_math(p, comp)' if t == 'p' else f'{t}_math = as_math({t})' for t in plan.tensors]
     return (f"def {name}({', '.join(args)}, reds: Tensor, comp: Optional[Tensor], seed: int, start: int) -> Tensor:\n"
             + ''.join(f'    {l}\n' for l in prologue + lines))
 

@@ -6,13 +6,14 @@ Docs: https://fastoptim.github.io/fastoptim/foreach.html.md"""
 
 # %% auto #0
 __all__ = ['few_pieces', 'chunks', 'with_l2', 'add_scaled', 'Rounding', 'update_params', 'ForeachDialect', 'as_tensor',
-           'foreach_source', 'phase_tensors', 'foreach_functions', 'stage', 'ForeachBackend']
+           'foreach_source', 'phase_tensors', 'foreach_functions', 'stage', 'join_staged', 'split_staged',
+           'ForeachBackend']
 
-# %% ../nbs/01_foreach.ipynb #39014edd
+# %% ../nbs/01_foreach.ipynb #d49c2455
 import numpy as np
 import torch
 from dataclasses import dataclass
-from .core import backends, to_device, stochastic_round, fold_moments, compile_source, Stepper, pieces, pieces_of, cut_list, combine_pieces
+from .core import backends, to_device, stochastic_round, split_master, residual_dtypes, fold_moments, compile_source, Stepper, pieces, pieces_of, cut_list, combine_pieces
 from .algorithm import TorchDialect, emit, ordered_stores, final_args
 
 # %% ../nbs/01_foreach.ipynb #3718159d
@@ -151,16 +152,30 @@ def foreach_functions(plan):
             plan.code['foreach'].append(fn)
     return plan.code['foreach']
 
-# %% ../nbs/01_foreach.ipynb #b0a8f708
+# %% ../nbs/01_foreach.ipynb #ba2c3251
 def stage(tensors):
-    "fp32 copies of 16-bit flat pieces (a chunk with 16-bit lists is cut flat), in one buffer filled by one foreach copy (by a copy each when there are at most `few_pieces`); wider tensors are used in place"
-    if not tensors or tensors[0].element_size() >= 4: return tensors
+    "fp32 copies of 16-bit flat pieces (a chunk with 16-bit lists is cut flat), in one buffer filled by one foreach copy (by a copy each when there are at most `few_pieces`), and that buffer; wider tensors are used in place (and no buffer)"
+    if not tensors or tensors[0].element_size() >= 4: return tensors, None
     sizes = [t.numel() for t in tensors]
-    staged = list(torch.empty(sum(sizes), dtype=torch.float32, device=tensors[0].device).split(sizes))
+    buffer = torch.empty(sum(sizes), dtype=torch.float32, device=tensors[0].device)
+    staged = list(buffer.split(sizes))
     if len(tensors) > few_pieces: torch._foreach_copy_(staged, tensors)
     else:
         for s, t in zip(staged, tensors): s.copy_(t)
-    return staged
+    return staged, buffer
+
+def join_staged(buffer, residuals):
+    "The staged bf16 weights (`buffer`, their pieces in order) made the master weights by adding their `residuals`' pieces to the bits, as `join_master` does: one copy of the residuals and one add for the whole chunk"
+    residual = torch.cat(residuals)
+    buffer.view(torch.int32).add_(residual, alpha=256 if residual.dtype == torch.int8 else 1)
+
+def split_staged(buffer, weights, residuals):
+    "Write the updated master weights (`buffer`) back as bf16 `weights` and integer `residuals` (pieces in order), as `split_master` does"
+    sizes = [t.numel() for t in weights]
+    w, r = torch.empty_like(buffer, dtype=torch.bfloat16), torch.empty_like(buffer, dtype=residuals[0].dtype)
+    split_master(buffer, w, r)
+    torch._foreach_copy_(weights, list(w.split(sizes)))
+    torch._foreach_copy_(residuals, list(r.split(sizes)))
 
 # torch's foreach kernels give each 65 536 elements one block: a chunk of one piece of 2**22 elements ran its
 # conversion on 64 blocks of the H200's 132 SMs, 1.45 TB/s, where an elementwise copy ran at 2.1; a chunk of a few
@@ -181,7 +196,7 @@ class ForeachBackend(Stepper):
     def prepare(self, plan, bucket, leaves, cache):
         "The pieces of every tensor the plan reads (views cut once per layout; the gradients' every step), and its numbers"
         # the gradients are cut at every step, and a factored state's estimate made at every pass (`estimates`)
-        names = [t for t in plan.tensors if t != 'g' and t not in plan.factored] + (['kahan_comp'] if bucket.rounding == 'kahan' else [])
+        names = [t for t in plan.tensors if t != 'g' and t not in plan.factored] + ([bucket.rounding_state] if bucket.rounding_state else [])
         if cache.get('key') != (bucket.generation, plan.name):
             # 16-bit lists (the weights, or a 16-bit workspace beside fp32 weights) are staged through flat fp32 buffers:
             # then every list is cut flat, so that the staged pieces match the others
@@ -241,18 +256,23 @@ class ForeachBackend(Stepper):
     def _chunk(self, fn, plan, bucket, cache, parts, lo, hi, values, sums, last, made):
         idx = cache['owner'][lo:hi]
         originals = {**{k: ts[lo:hi] for k, ts in parts.items()}, **self.estimates(plan, bucket, cache, lo, hi, made, fn.touches)}
-        staged = {k: stage(ts) if k in fn.touches else ts for k, ts in originals.items()}  # the others are not read
+        staged, buffers = {}, {}
+        for k, ts in originals.items(): staged[k], buffers[k] = stage(ts) if k in fn.touches else (ts, None)  # the others are not read
+        master = bucket.rounding in residual_dtypes  # the staged weights become the master weights, written back split
+        if master and 'p' in fn.touches: join_staged(buffers['p'], originals['master_residual'])
         kwargs = {f'{t}_list': staged[t] for t in plan.tensors}
         kwargs.update({k: v[idx].tolist() for k, v in values.items()})
         if sums is not None: kwargs['sums'] = sums[self.owners(bucket, cache, lo, hi)]
         rounded = set()  # what `update_params` writes to the 16-bit tensors itself
-        if last:
+        if last and master: rounded = {'p'}
+        elif last:
             narrow = staged['p'] is not originals['p']
             if narrow and bucket.rounding != 'nearest': rounded = {'p', 'kahan_comp'}
             kwargs['rounding'] = Rounding(bucket.rounding, staged.get('kahan_comp'),
                 bucket.seeds[idx].tolist() if bucket.seeds is not None else None, cache['starts'][lo:hi].tolist(),
                 weights=originals['p'] if rounded else None, comp_store=originals.get('kahan_comp') if rounded else None)
         out = fn(**kwargs)
+        if last and master: split_staged(buffers['p'], originals['p'], originals['master_residual'])
         for k, o in originals.items():
             if k in fn.writes and k not in rounded and staged[k] is not o: torch._foreach_copy_(o, staged[k])
         return out

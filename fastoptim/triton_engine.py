@@ -6,17 +6,17 @@ Docs: https://fastoptim.github.io/fastoptim/triton.html.md"""
 
 # %% auto #0
 __all__ = ['triton_ops', 'tl_dtypes', 'sum_slots', 'SUM_SLOTS', 'roundings', 'locate_block', 'tensor_ptr', 'load_factored',
-           'scalar', 'load_math', 'round_to', 'store', 'hash32', 'stochastic_round', 'store_param', 'power', 'atan2',
-           'triton_expressions', 'derive_source', 'numbers_phase', 'phase_source', 'triton_code', 'build_tables',
-           'fold_gradients', 'add_to_sum', 'max_to_slot', 'interpreting', 'TritonBackend']
+           'scalar', 'load_math', 'round_to', 'store', 'hash32', 'stochastic_round', 'load_param', 'store_param',
+           'power', 'atan2', 'triton_expressions', 'derive_source', 'numbers_phase', 'phase_source', 'triton_code',
+           'build_tables', 'fold_gradients', 'add_to_sum', 'max_to_slot', 'interpreting', 'TritonBackend']
 
-# %% ../nbs/03_triton.ipynb #e5df9e03
+# %% ../nbs/03_triton.ipynb #0d72a8de
 import math
 import numpy as np
 import torch
 from types import SimpleNamespace
 from torch.autograd.graph import increment_version
-from .core import backends, to_device, compile_source, Stepper, update_factors
+from .core import backends, to_device, compile_source, Stepper, update_factors, residual_dtypes
 from .algorithm import Phase, nodes_of, substitute
 
 try:
@@ -28,7 +28,7 @@ except ImportError:
     triton, tl = None, SimpleNamespace(constexpr=None)
     def triton_jit(fn): return fn
 
-# %% ../nbs/03_triton.ipynb #7e62e0fb
+# %% ../nbs/03_triton.ipynb #0fcfec29
 @triton_jit
 def locate_block(table, block_tensors, WIDTH: tl.constexpr, BLOCK: tl.constexpr):
     "This program's tensor row, tensor index, element offsets and mask"
@@ -107,12 +107,34 @@ def stochastic_round(x, key):
     return bits.to(tl.float32, bitcast=True).to(tl.bfloat16)
 
 @triton_jit
+def load_param(row, offsets, mask, COMP: tl.constexpr, DTYPE: tl.constexpr, ROUNDING: tl.constexpr, ALIGN: tl.constexpr):
+    "The weights the maths reads, in fp32: the master weights when the row's tensor `COMP` is their residual (ROUNDING 3: int8, 4: int16)"
+    p = load_math(tensor_ptr(row, 0, DTYPE, ALIGN), offsets, mask)
+    if ROUNDING == 3:
+        r = tl.load(tensor_ptr(row, COMP, tl.int8, ALIGN) + offsets, mask=mask, other=0).to(tl.int32)
+        p = (p.to(tl.int32, bitcast=True) + r * 256).to(tl.float32, bitcast=True)
+    elif ROUNDING == 4:
+        r = tl.load(tensor_ptr(row, COMP, tl.int16, ALIGN) + offsets, mask=mask, other=0).to(tl.int32)
+        p = (p.to(tl.int32, bitcast=True) + r).to(tl.float32, bitcast=True)
+    return p
+
+@triton_jit
 def store_param(row, t, offsets, mask, p, direction, scale, decay, scalars, K: tl.constexpr, COMP: tl.constexpr,
                 DTYPE: tl.constexpr, ROUNDING: tl.constexpr, ALIGN: tl.constexpr):
-    "Write p·(1-decay) + scale·direction: rounded to nearest (ROUNDING 0), with Kahan compensation (1) or stochastically (2)"
+    "Write p·(1-decay) + scale·direction: rounded to nearest (ROUNDING 0), with Kahan compensation (1), stochastically (2), or split into bf16 weights and a master residual (3: int8, 4: int16)"
     ptr = tensor_ptr(row, 0, DTYPE, ALIGN)
     if ROUNDING == 0:
         store(ptr, offsets, p * (1 - decay) + scale * direction, mask, DTYPE)
+    elif ROUNDING >= 3:  # `split_master`'s integer arithmetic (arithmetic shifts of int32)
+        bits = (p * (1 - decay) + scale * direction).to(tl.int32, bitcast=True)
+        if ROUNDING == 3:
+            bits = (bits + 0x80) >> 8
+            high = (bits + 0x80) >> 8
+            tl.store(tensor_ptr(row, COMP, tl.int8, ALIGN) + offsets, (bits - high * 256).to(tl.int8), mask=mask)
+        else:
+            high = (bits + 0x8000) >> 16
+            tl.store(tensor_ptr(row, COMP, tl.int16, ALIGN) + offsets, (bits - high * 65536).to(tl.int16), mask=mask)
+        tl.store(ptr + offsets, (high * 65536).to(tl.float32, bitcast=True).to(tl.bfloat16), mask=mask)  # exact
     else:
         u = scale * direction - decay * p
         if ROUNDING == 1:
@@ -125,7 +147,7 @@ def store_param(row, t, offsets, mask, p, direction, scale, decay, scalars, K: t
             seed = tl.load(scalars + t * K + K - 1).to(tl.uint32, bitcast=True)
             tl.store(ptr + offsets, stochastic_round(p + u, offsets.to(tl.uint32) ^ seed), mask=mask)
 
-# %% ../nbs/03_triton.ipynb #b543f648
+# %% ../nbs/03_triton.ipynb #562d91a2
 @triton_jit
 def power(x, n):
     "x**n for float64 `x` and positive int32 `n`, by binary powering"
@@ -221,7 +243,7 @@ def numbers_phase(plan):
 def phase_source(plan, phase, kernel, n_reductions):
     "The kernel of one phase: load, compute, reduce, store the states, write the parameter if last"
     columns = {t: k for k, t in enumerate(plan.tensors)}
-    comp = len(plan.tensors)  # the Kahan compensation: the column after the plan's tensors
+    comp = len(plan.tensors)  # the Kahan compensation or the master residual: the column after the plan's tensors
     frontier = {id(v): k for k, v in plan.frontier.items()}
     roots = [r.args[0] if any(r is x for x in phase.reductions) else r for r in phase.roots()]  # a reduction is added up, below
     used, read = nodes_of(roots), phase.reads()
@@ -237,6 +259,7 @@ def phase_source(plan, phase, kernel, n_reductions):
     # a factored state's four columns follow the number states' (see `TritonBackend.reduce`)
     factored = {t: comp + 1 + len(plan.numbers) + 4 * j for j, t in enumerate(plan.factored)}
     body += [f'{t} = load_factored(row, {factored[t]}, offsets, mask, BLOCK)' if t in factored else
+             f'p = load_param(row, offsets, mask, {comp}, DTYPE, ROUNDING, ALIGN)' if t == 'p' else
              f'{t} = load_math(tensor_ptr(row, {columns[t]}, {dtype(t)}, ALIGN), offsets, mask)' for t in reads if t != 'g']
     if 'g' in reads: body.append(f'g = load_math(tensor_ptr(row, {columns["g"]}, DTYPE, ALIGN), offsets, mask) + l2 * p')
     def known(a):
@@ -277,7 +300,7 @@ def triton_code(plan):
         # named apart from the per-tensor functions of the same phases (`{plan.name}_phase{i}`): source is found by name
         sources += [phase_source(plan, ph, f'{plan.name}_triton{i}', max(n_reductions, 1)) for i, ph in enumerate(phases)]
         namespace = dict(triton=triton, tl=tl, locate_block=locate_block, tensor_ptr=tensor_ptr, scalar=scalar, load_factored=load_factored,
-                         load_math=load_math, store=store, store_param=store_param, add_to_sum=add_to_sum, max_to_slot=max_to_slot,
+                         load_math=load_math, load_param=load_param, store=store, store_param=store_param, add_to_sum=add_to_sum, max_to_slot=max_to_slot,
                          power=power, hash32=hash32, atan2=atan2)
         kernels = [compile_source(src, src.split('def ')[1].split('(')[0], namespace) for src in sources]
         plan.code['triton'] = SimpleNamespace(derive=kernels[0], phases=kernels[1:], hypers=hypers, K=len(plan.frontier) + 1,
@@ -296,15 +319,15 @@ def build_tables(tensor_lists, device, block, aligned=None, min_blocks=0):
     align = 16 if not (table[:, 2:2 + (aligned or len(tensor_lists))] % 16).any() else 1
     return to_device(table, device), to_device(block_tensors, device), int(blocks.sum()), align
 
-# %% ../nbs/03_triton.ipynb #41729450
+# %% ../nbs/03_triton.ipynb #a87dbc62
 @triton_jit
 def fold_gradients(table, block_tensors, scalars, WIDTH: tl.constexpr, K: tl.constexpr, MOMENTS: tl.constexpr,
-                   SQUARED: tl.constexpr, DTYPE: tl.constexpr, BLOCK: tl.constexpr, ALIGN: tl.constexpr):
-    "Each moment j becomes moment·decay_j + weight_j·(g + l2·p)**(2 if bit j of SQUARED else 1)"
+                   SQUARED: tl.constexpr, DTYPE: tl.constexpr, BLOCK: tl.constexpr, ALIGN: tl.constexpr, ROUNDING: tl.constexpr):
+    "Each moment j becomes moment·decay_j + weight_j·(g + l2·p)**(2 if bit j of SQUARED else 1); p the master weights when a residual follows the moments"
     row, t, offsets, mask = locate_block(table, block_tensors, WIDTH, BLOCK)
     g = load_math(tensor_ptr(row, 1, DTYPE, ALIGN), offsets, mask)
     l2 = scalar(scalars, t, 0, K)
-    if l2 != 0: g += l2 * load_math(tensor_ptr(row, 0, DTYPE, ALIGN), offsets, mask)
+    if l2 != 0: g += l2 * load_param(row, offsets, mask, 2 + MOMENTS, DTYPE, ROUNDING, ALIGN)
     for j in tl.static_range(MOMENTS):
         ptr = tensor_ptr(row, 2 + j, DTYPE, ALIGN)
         if (SQUARED >> j) & 1: term = g * g
@@ -312,7 +335,7 @@ def fold_gradients(table, block_tensors, scalars, WIDTH: tl.constexpr, K: tl.con
         moment = load_math(ptr, offsets, mask) * scalar(scalars, t, 1 + 2 * j, K)
         store(ptr, offsets, moment + scalar(scalars, t, 2 + 2 * j, K) * term, mask, DTYPE)
 
-# %% ../nbs/03_triton.ipynb #800b8418
+# %% ../nbs/03_triton.ipynb #43386bf0
 tl_dtypes = {torch.float32: 'float32', torch.bfloat16: 'bfloat16', torch.float16: 'float16'}
 # each tensor's partial sums go to this many slots (by program), added up after the pass: with 32, a pass that reads
 # little (LARS's norms of p and g) waited on contended atomics; 256 took LARS's replayed step on the LLM-like set from
@@ -329,7 +352,7 @@ def add_to_sum(sums, t, j, value, REDUCTIONS: tl.constexpr):
 def max_to_slot(sums, t, j, value, REDUCTIONS: tl.constexpr):
     "Raise maximum `j` of tensor `t` (in this program's slot) to `value`"
     tl.atomic_max(sums + (t * REDUCTIONS + j) * SUM_SLOTS + tl.program_id(0) % SUM_SLOTS, value, sem='relaxed')
-roundings = {'nearest': 0, 'kahan': 1, 'stochastic': 2}
+roundings = {'nearest': 0, 'kahan': 1, 'stochastic': 2, 'master24': 3, 'master32': 4}
 
 def interpreting():
     "Whether Triton kernels run in the interpreter (TRITON_INTERPRET=1 when triton was imported)"
@@ -378,14 +401,14 @@ class TritonBackend(Stepper):
         if cache.get('key') != key:
             if bucket.capturing: raise RuntimeError("The Triton tables must be built before a CUDA graph capture: "
                                                     "take a step outside the graph first.")
-            names = plan.tensors + (['kahan_comp'] if bucket.rounding == 'kahan' else [])
+            names = plan.tensors + ([bucket.rounding_state] if bucket.rounding_state else [])
             # a factored state's column holds the parameters (a stand-in, never read): its estimate is read from four
             # columns after the number states': its factors' addresses, the last dimension, and the one before it for a
             # batch of matrices (else 0: see `load_factored`)
             tensors = [bucket.params if t in plan.factored else bucket.tensors(t) for t in names]
             aligned = len(tensors)
             if plan.numbers or plan.factored:  # the number states the last phase stores, after the compensation's column (the parameters stand in for it)
-                tensors += [bucket.params] * (bucket.rounding != 'kahan') + [bucket.tensors(k) for k in plan.numbers]
+                tensors += [bucket.params] * (bucket.rounding_state is None) + [bucket.tensors(k) for k in plan.numbers]
             for k in plan.factored:
                 tensors += [bucket.state(f'{k}_row'), bucket.factors[k], np.array([p.shape[-1] for p in bucket.params], dtype=np.int64),
                             np.array([p.shape[-2] if p.dim() > 2 else 0 for p in bucket.params], dtype=np.int64)]
@@ -448,6 +471,7 @@ class TritonBackend(Stepper):
         if len(bucket) == 0: return
         block, warps = 512, 8 if bucket.params[0].element_size() == 4 else 4
         tensors = [bucket.params, bucket.grads, *[bucket.state(name) for name, _ in moments]]
+        if bucket.rounding in residual_dtypes: tensors.append(bucket.comps)
         table, block_tensors, n_blocks, align = build_tables(tensors, bucket.device, block)
         if n_blocks == 0: return
         columns = [l2, *[c for pair in zip(decays, weights) for c in pair]]
@@ -455,7 +479,7 @@ class TritonBackend(Stepper):
         fold_gradients[(n_blocks,)](table, block_tensors, scalars, WIDTH=len(tensors) + 2, K=len(columns),
                                     MOMENTS=len(moments), SQUARED=sum(1 << j for j, (_, power) in enumerate(moments) if power == 2),
                                     DTYPE=getattr(tl, tl_dtypes[bucket.dtype]), BLOCK=block, ALIGN=align,
-                                    num_warps=warps)
+                                    ROUNDING=roundings[bucket.rounding], num_warps=warps)
 
     def check_replay(self, plan, bucket, leaves, cache):
         captured = cache.get('factor_l2')
