@@ -66,7 +66,7 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt
 import fastai
 import fastoptim
-from fastoptim.all import Adam, to_bf16, seed_kahan_comp
+from fastoptim.all import Adam, to_bf16, seed_master_weights
 
 VOCAB, SEP = 256, b'\x00'
 CONFIGS = {  # name: (label, pure bf16?, rounding arguments of the optimizer)
@@ -149,7 +149,7 @@ def build(name, init, args, device):
     opt = Adam(params, lr=args.lr, mom=0.9, sqr_mom=0.95, eps=1e-8, wd=args.wd, **{args.backend: True}, **rounding)
     for p in params:
         if p.ndim < 2: opt.state[p]['do_wd'] = False  # fastai's flag: no weight decay on biases and LayerNorm gains
-    if pure_bf16: seed_kahan_comp(opt, [init[n] for n, _ in model.named_parameters()])  # no-op unless Kahan
+    if pure_bf16: seed_master_weights(opt, [init[n] for n, _ in model.named_parameters()])  # no-op unless Kahan
     return model, opt
 
 

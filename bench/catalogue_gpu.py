@@ -17,7 +17,7 @@ import torch
 import triton
 import fastoptim.all  # noqa: F401  (registers every backend and algorithm)
 from fastoptim.core import algorithms
-from fastoptim.low_precision import seed_kahan_comp
+from fastoptim.low_precision import seed_master_weights
 from fastoptim.testing import drive, rel_diff
 from shapes import llm_shapes, resnet50_shapes
 from timing import capture, copy_bandwidth, median_ms, write_report
@@ -108,10 +108,10 @@ def reliability_checks():
             if i == 2:  # on the live optimizer, and on a fresh one that loads the state first: the same result
                 if o is opts[1]:
                     sd = o.state_dict(); opts[1] = o = algorithms['Adam'](qs, lr=1e-3, triton=True); o.load_state_dict(sd)
-                seed_kahan_comp(o, [p.detach().float() + 1e-3 for p in x])
+                seed_master_weights(o, [p.detach().float() + 1e-3 for p in x])
             o.step()
     d = rel_diff(ps, qs)
-    rows.append(dict(check='seed_kahan_comp after two steps, live vs reloaded', backend='triton', value=d, ok=d == 0.))
+    rows.append(dict(check='seed_master_weights after two steps, live vs reloaded', backend='triton', value=d, ok=d == 0.))
     return rows
 
 

@@ -28,7 +28,7 @@ import matplotlib.pyplot as plt
 import bf16_gpt as g
 from fastoptim.all import (Adam, Lamb, RAdam, Ranger, Lion, RMSProp, QHAdam, Adamax, Adan, ADOPT, AdEMAMix, AdamAtan2, SGD, NAdam,
                            Muon, mark_roles, ScheduleFreeAdamW, ScheduleFreeSGD, StableAdamW, Larc, Lars, SimplifiedAdEMAMix, Prodigy,
-                           DAdaptAdam, DAdaptLion, Adafactor, to_bf16, seed_kahan_comp)
+                           DAdaptAdam, DAdaptLion, Adafactor, to_bf16, seed_master_weights)
 
 # label: (constructor, peak lr, hypers), the hypers those of the paper or the authors' code for language models
 def catalogue(steps):
@@ -119,7 +119,7 @@ def main():
         opt.train()  # a schedule-free optimizer starts with its evaluation weights in place (the others have one set)
         for p in params:
             if p.ndim < 2: opt.state[p]['do_wd'] = False
-        seed_kahan_comp(opt, [init[n] for n, _ in model.named_parameters()])
+        seed_master_weights(opt, [init[n] for n, _ in model.named_parameters()])
         every = max(1, steps // ARGS.evals)
         curve, watch, skip = [(0, g.evaluate(model, val, val_starts, args.ctx, False))], g.Stopwatch(device), min(10, steps // 4)
         opt_watch = g.Stopwatch(device)

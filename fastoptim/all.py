@@ -12,11 +12,11 @@ __all__ = ['FastOptimizer', 'Algorithm', 'Hybrid', 'Hyper', 'State', 'Moment', '
            'simplified_ademamix', 'StableAdamW', 'stable_adamw', 'Larc', 'larc', 'Lars', 'lars', 'Muon', 'muon',
            'mark_roles', 'ScheduleFreeAdamW', 'schedule_free_adamw', 'ScheduleFreeSGD', 'schedule_free_sgd',
            'EvalWeights', 'Prodigy', 'prodigy', 'DAdaptAdam', 'dadapt_adam', 'DAdaptLion', 'dadapt_lion', 'Adafactor',
-           'adafactor', 'seed_kahan_comp', 'kahan_residual', 'BF16', 'to_bf16', 'to_fp32', 'GradientRelease',
-           'OptimizerAccumulation', 'prepare_for_gradient_release', 'remove_gradient_release', 'shard_model',
-           'ShardedTrainer', 'save_checkpoint', 'load_checkpoint']
+           'adafactor', 'seed_master_weights', 'master_weights', 'kahan_residual', 'BF16', 'to_bf16', 'to_fp32',
+           'GradientRelease', 'OptimizerAccumulation', 'prepare_for_gradient_release', 'remove_gradient_release',
+           'shard_model', 'ShardedTrainer', 'save_checkpoint', 'load_checkpoint']
 
-# %% ../nbs/99_all.ipynb #f701e169
+# %% ../nbs/99_all.ipynb #a5430255
 from .core import FastOptimizer, algorithms
 from .algorithm import Algorithm, Hybrid, Hyper, State, Moment, Carry
 from .foreach import ForeachBackend
@@ -42,13 +42,13 @@ from .muon import Muon, muon, mark_roles
 from .schedule_free import ScheduleFreeAdamW, schedule_free_adamw, ScheduleFreeSGD, schedule_free_sgd, EvalWeights
 from .prodigy import Prodigy, prodigy, DAdaptAdam, dadapt_adam, DAdaptLion, dadapt_lion
 from .adafactor import Adafactor, adafactor
-from .low_precision import seed_kahan_comp, kahan_residual
+from .low_precision import seed_master_weights, master_weights, kahan_residual
 from .bf16 import BF16, to_bf16, to_fp32
 from .gradient_release import GradientRelease, OptimizerAccumulation, prepare_for_gradient_release, remove_gradient_release
 from .distributed import shard_model, ShardedTrainer, save_checkpoint, load_checkpoint
 
 _all_ = ['FastOptimizer', 'Algorithm', 'Hybrid', 'Hyper', 'State', 'Moment', 'Carry', 'ForeachBackend', 'TorchScriptBackend', 'TritonBackend',
          'SGD', 'sgd', 'Adam', 'adam', 'Lamb', 'lamb', 'RAdam', 'radam', 'Ranger', 'ranger', 'Lion', 'lion', 'RMSProp', 'rmsprop', 'QHAdam', 'qhadam',
-         'Adamax', 'adamax', 'Adan', 'adan', 'ADOPT', 'adopt', 'AdEMAMix', 'ademamix', 'AdamAtan2', 'adam_atan2', 'NAdam', 'nadam', 'SimplifiedAdEMAMix', 'simplified_ademamix', 'StableAdamW', 'stable_adamw', 'Larc', 'larc', 'Lars', 'lars', 'Muon', 'muon', 'mark_roles', 'ScheduleFreeAdamW', 'schedule_free_adamw', 'ScheduleFreeSGD', 'schedule_free_sgd', 'EvalWeights', 'Prodigy', 'prodigy', 'DAdaptAdam', 'dadapt_adam', 'DAdaptLion', 'dadapt_lion', 'Adafactor', 'adafactor', 'seed_kahan_comp', 'kahan_residual', 'BF16', 'to_bf16', 'to_fp32',
+         'Adamax', 'adamax', 'Adan', 'adan', 'ADOPT', 'adopt', 'AdEMAMix', 'ademamix', 'AdamAtan2', 'adam_atan2', 'NAdam', 'nadam', 'SimplifiedAdEMAMix', 'simplified_ademamix', 'StableAdamW', 'stable_adamw', 'Larc', 'larc', 'Lars', 'lars', 'Muon', 'muon', 'mark_roles', 'ScheduleFreeAdamW', 'schedule_free_adamw', 'ScheduleFreeSGD', 'schedule_free_sgd', 'EvalWeights', 'Prodigy', 'prodigy', 'DAdaptAdam', 'dadapt_adam', 'DAdaptLion', 'dadapt_lion', 'Adafactor', 'adafactor', 'seed_master_weights', 'master_weights', 'kahan_residual', 'BF16', 'to_bf16', 'to_fp32',
          'GradientRelease', 'OptimizerAccumulation', 'prepare_for_gradient_release', 'remove_gradient_release',
          'shard_model', 'ShardedTrainer', 'save_checkpoint', 'load_checkpoint']

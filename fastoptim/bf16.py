@@ -8,7 +8,7 @@ Docs: https://fastoptim.github.io/fastoptim/bf16.html.md"""
 __all__ = ['batch_norms', 'cast_floats', 'CastInputs', 'CastOutputs', 'cast_module', 'remove_fp32_hooks', 'to_bf16', 'to_fp32',
            'check_no_mixed_precision', 'rounding_warning', 'BF16']
 
-# %% ../nbs/20_bf16.ipynb #3b15a4e7
+# %% ../nbs/20_bf16.ipynb #11b3013a
 import torch
 from torch import nn, Tensor
 from fastcore.basics import store_attr, patch
@@ -16,8 +16,8 @@ from fastai.torch_core import apply
 from fastai.callback.core import Callback
 from fastai.learner import Learner
 from fastai.callback.fp16 import MixedPrecision, NonNativeMixedPrecision, ModelToHalf
-from .core import FastOptimizer, is_sharded
-from .low_precision import kahan_residual
+from .core import FastOptimizer, is_sharded, rounding_states
+from .low_precision import master_parts
 
 # %% ../nbs/20_bf16.ipynb #f65a557c
 def cast_floats(x, dtype):
@@ -91,7 +91,7 @@ def to_fp32(model:nn.Module) -> nn.Module:
     remove_fp32_hooks(model)
     return model.float()
 
-# %% ../nbs/20_bf16.ipynb #2f94a063
+# %% ../nbs/20_bf16.ipynb #f7273fe2
 import warnings
 
 def check_no_mixed_precision(cbs):
@@ -126,7 +126,7 @@ class BF16(Callback):
         self.cast()
 
     def cast(self):
-        "Cast the model; a fastoptim optimizer with Kahan summation keeps what the cast rounds off fp32 weights"
+        "Cast the model; a fastoptim optimizer that keeps master weights (Kahan summation, compressed master weights) keeps what the cast rounds off fp32 weights"
         if any(map(is_sharded, self.learn.model.parameters())):
             if self.learn.model is self.cast_model: return  # cast before it was sharded (`Learner.to_sharded` does so)
             raise RuntimeError("BF16 casts the model's parameters, which FSDP2 has sharded already: add BF16 (or call "
@@ -136,12 +136,17 @@ class BF16(Callback):
         if message and not self.warned:
             warnings.warn(message)
             self.warned = True
-        kahan = isinstance(opt, FastOptimizer) and opt.rounding(torch.bfloat16) == 'kahan'
-        residuals = {p: kahan_residual(p) for p in self.learn.model.parameters() if p.dtype == torch.float32} if kahan else {}
+        rounding = opt.rounding(torch.bfloat16) if isinstance(opt, FastOptimizer) else None
+        name = rounding_states.get(rounding)  # split before the cast: 2 or 3 bytes per parameter, not a copy in fp32
+        held = {p: master_parts(p, rounding) for p in self.learn.model.parameters()
+                if p.dtype == torch.float32} if name else {}
         to_bf16(self.learn.model, self.keep_fp32)
         self.cast_model = self.learn.model
-        for p, r in residuals.items():
-            if p.dtype == torch.bfloat16 and 'kahan_comp' not in opt.state[p]: opt.state[p]['kahan_comp'] = r
+        for p, (weights, state) in held.items():
+            if p.dtype != torch.bfloat16 or name in opt.state[p]: continue  # kept in fp32, or resumed from a state
+            if weights is not None:
+                with torch.no_grad(): p.copy_(weights)
+            opt.state[p][name] = state
     def before_batch(self): self.learn.xb = cast_floats(self.xb, torch.bfloat16)
     def after_pred(self): self.learn.pred = cast_floats(self.pred, torch.float32)
 

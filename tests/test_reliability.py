@@ -16,7 +16,7 @@ import fastoptim.all  # registers every backend
 from fastoptim.all import Adam, Lamb
 from fastoptim.core import algorithms
 from fastoptim.gradient_release import prepare_for_gradient_release, remove_gradient_release
-from fastoptim.low_precision import seed_kahan_comp
+from fastoptim.low_precision import seed_master_weights
 from fastoptim.testing import rel_diff
 
 ALL_BACKENDS = ('forloop', 'foreach', 'jit', 'triton')
@@ -66,7 +66,7 @@ def replace_moment(opt, ps): opt.state[ps[0]]['grad_avg'] = torch.full((6, 5), 0
 def no_decay(opt, ps): opt.state[ps[0]]['do_wd'] = False
 def restart_count(opt, ps): opt.state[ps[1]]['step'] = 0
 def new_state(opt, ps): opt.state[ps[0]] = {}
-def kahan_from_fp32(opt, ps): seed_kahan_comp(opt, [p.detach().float() + 1e-3 for p in ps])
+def kahan_from_fp32(opt, ps): seed_master_weights(opt, [p.detach().float() + 1e-3 for p in ps])
 EDITS = dict(replace_moment=replace_moment, no_decay=no_decay, restart_count=restart_count, new_state=new_state,
              kahan_from_fp32=kahan_from_fp32)
 
@@ -74,7 +74,7 @@ EDITS = dict(replace_moment=replace_moment, no_decay=no_decay, restart_count=res
 @pytest.mark.parametrize('backend', ALL_BACKENDS)
 @pytest.mark.parametrize('edit', list(EDITS))
 def test_state_edits_are_seen(edit, backend):
-    "An edit between steps acts as it does on a freshly loaded state (seed_kahan_comp after steps once gave Triton garbage)"
+    "An edit between steps acts as it does on a freshly loaded state (seed_master_weights after steps once gave Triton garbage)"
     dtype = torch.bfloat16 if edit == 'kahan_from_fp32' else torch.float32
     expected_opt, expected = edited_run(backend, EDITS[edit], dtype, reload=True)
     opt, ps = edited_run(backend, EDITS[edit], dtype)
