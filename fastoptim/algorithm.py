@@ -700,7 +700,7 @@ def final_args(phase, operand, lines, dialect):
     if scale.op == 'const' and dialect.lists: return f'[{scale.value!r}] * len(p_list)', d, q
     return operand(scale), d, q
 
-# %% ../nbs/00_algorithm.ipynb #fb0f0853
+# %% ../nbs/00_algorithm.ipynb #66bd68e2
 def torch_source(plan, name, phase=None):
     "A per-tensor PyTorch function (scriptable) computing `phase` of `plan` (by default, the whole update at once)"
     phase, dialect = phase or plan.whole, TorchDialect()

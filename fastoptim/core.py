@@ -94,7 +94,7 @@ def combine_pieces(plan, partials, owner, n):
         else: reds[:, j].fill_(-math.inf).index_reduce_(0, owner, partials[:, j], 'amax')
     return reds
 
-# %% ../nbs/00_core.ipynb #d3271f49
+# %% ../nbs/00_core.ipynb #8dabc052
 fold_numel = 2**22  # elements folded at a time: bounds the fp32 copies of 16-bit gradients and moments
 
 def fold_moments(bucket, moments, l2, decays, weights):
@@ -114,7 +114,7 @@ def fold_moments(bucket, moments, l2, decays, weights):
                 else: t.addcmul_(gp, gp, value=weight[i])
                 if t is not dst: write_back(dst, t)
 
-# %% ../nbs/00_core.ipynb #7f880e9d
+# %% ../nbs/00_core.ipynb #4c3a48dc
 def _mul32(x, c: int):
     "x·c modulo 2³², for 0 ≤ x < 2³² held in int64, without overflowing"
     return (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & 0xFFFFFFFF
@@ -198,7 +198,7 @@ def to_device(a, device, out=None):
     if out is not None: return out.copy_(t, non_blocking=True)
     return t.to(device, non_blocking=True) if device.type == 'cuda' else t
 
-# %% ../nbs/00_core.ipynb #dc5c9909
+# %% ../nbs/00_core.ipynb #a98aa516
 class Bucket:
     "The parameters of one (device, dtype) that have a gradient this step, across all param groups"
     def __init__(self, device, dtype, algorithm=None):
@@ -243,7 +243,7 @@ class Bucket:
     def __len__(self): return len(self.params)
     def __repr__(self): return f"Bucket({self.device}, {self.dtype}, {len(self)} tensors{', ' + self.algorithm.name if self.algorithm else ''})"
 
-# %% ../nbs/00_core.ipynb #9b2d7ba3
+# %% ../nbs/00_core.ipynb #4cd35bdb
 backends = {}
 
 def compile_source(source, name, namespace):
@@ -540,7 +540,7 @@ def auto_backend(device, dtype, bucket=None):
     if 'foreach' not in backends: raise ImportError("No fast backend is loaded: import fastoptim.all.")
     return 'foreach'
 
-# %% ../nbs/00_core.ipynb #1b0c8aa2
+# %% ../nbs/00_core.ipynb #2b5e52ec
 def _param_error(p):
     if p.is_complex(): return f"complex parameters ({p.dtype}) are not supported"
     if not p.is_floating_point(): return f"parameters must be floating point, got {p.dtype}"
@@ -876,7 +876,7 @@ class Numbers:
         if b.algorithm.carries: leaves.update(carry_values(b.algorithm, leaves, b.carries))  # from the last step's values
         return leaves, step
 
-# %% ../nbs/00_core.ipynb #af226b8f
+# %% ../nbs/00_core.ipynb #a89e97e0
 class Preparation:
     "Check buckets and choose their backends, then give them their state: whatever can raise does so before any write"
     def __init__(self, opt): self.opt, self.workspaces = opt, {}  # the step's workspace stacks, kept while the layout is rebuilt
@@ -1069,7 +1069,7 @@ class GroupView(MutableMapping):
     def __len__(self): return 1 + len(self.opt.hypers[self.i])
     def __repr__(self): return f"GroupView({dict(self)})"
 
-# %% ../nbs/00_core.ipynb #ffaaed7d
+# %% ../nbs/00_core.ipynb #8115cef7
 class FastOptimizer(Optimizer):
     "A fastai `Optimizer` running `algorithm` over (device, dtype) buckets with one backend call per bucket"
     def __init__(self,

@@ -10,7 +10,7 @@ __all__ = ['triton_ops', 'tl_dtypes', 'sum_slots', 'SUM_SLOTS', 'roundings', 'lo
            'power', 'atan2', 'triton_expressions', 'derive_source', 'numbers_phase', 'phase_source', 'triton_code',
            'build_tables', 'fold_gradients', 'add_to_sum', 'max_to_slot', 'interpreting', 'TritonBackend']
 
-# %% ../nbs/03_triton.ipynb #d56a2f32
+# %% ../nbs/03_triton.ipynb #1cd17350
 import math
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ except ImportError:
     triton, tl = None, SimpleNamespace(constexpr=None)
     def triton_jit(fn): return fn
 
-# %% ../nbs/03_triton.ipynb #bff81e4c
+# %% ../nbs/03_triton.ipynb #26dac29b
 @triton_jit
 def locate_block(table, block_tensors, WIDTH: tl.constexpr, BLOCK: tl.constexpr):
     "This program's tensor row, tensor index, element offsets and mask"
@@ -147,7 +147,7 @@ def store_param(row, t, offsets, mask, p, direction, scale, decay, scalars, K: t
             seed = tl.load(scalars + t * K + K - 1).to(tl.uint32, bitcast=True)
             tl.store(ptr + offsets, stochastic_round(p + u, offsets.to(tl.uint32) ^ seed), mask=mask)
 
-# %% ../nbs/03_triton.ipynb #74e9d6e4
+# %% ../nbs/03_triton.ipynb #ed30bc38
 @triton_jit
 def power(x, n):
     "x**n for float64 `x` and positive int32 `n`, by binary powering"
@@ -319,7 +319,7 @@ def build_tables(tensor_lists, device, block, aligned=None, min_blocks=0):
     align = 16 if not (table[:, 2:2 + (aligned or len(tensor_lists))] % 16).any() else 1
     return to_device(table, device), to_device(block_tensors, device), int(blocks.sum()), align
 
-# %% ../nbs/03_triton.ipynb #dc74af69
+# %% ../nbs/03_triton.ipynb #6b73741f
 @triton_jit
 def fold_gradients(table, block_tensors, scalars, WIDTH: tl.constexpr, K: tl.constexpr, MOMENTS: tl.constexpr,
                    SQUARED: tl.constexpr, DTYPE: tl.constexpr, BLOCK: tl.constexpr, ALIGN: tl.constexpr, ROUNDING: tl.constexpr):
@@ -335,7 +335,7 @@ def fold_gradients(table, block_tensors, scalars, WIDTH: tl.constexpr, K: tl.con
         moment = load_math(ptr, offsets, mask) * scalar(scalars, t, 1 + 2 * j, K)
         store(ptr, offsets, moment + scalar(scalars, t, 2 + 2 * j, K) * term, mask, DTYPE)
 
-# %% ../nbs/03_triton.ipynb #b3ec8cc9
+# %% ../nbs/03_triton.ipynb #b78a0bd2
 tl_dtypes = {torch.float32: 'float32', torch.bfloat16: 'bfloat16', torch.float16: 'float16'}
 # each tensor's partial sums go to this many slots (by program), added up after the pass: with 32, a pass that reads
 # little (LARS's norms of p and g) waited on contended atomics; 256 took LARS's replayed step on the LLM-like set from

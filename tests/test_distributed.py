@@ -69,6 +69,8 @@ LOOPS += [Loop('Adam', 'dp', release=True, micro=2), Loop('Adam', 'dp', release=
 LOOPS += [Loop('Adam', m, micro=2) for m in ('ddp', 'fsdp')] + [Loop('Adam', 'ddp_view', release=True, micro=2)]
 LOOPS += [Loop('Adam', m, b, dtype='bfloat16') for m in ('ddp', 'fsdp') for b in ('foreach', 'triton')]
 LOOPS += [Loop('Adam', 'fsdp', 'triton', dtype='bfloat16', options=(('stochastic_rounding', True),))]
+LOOPS += [Loop('Adam', 'fsdp', b, dtype='bfloat16', options=(('master_weight_bits', 24),)) for b in ('foreach', 'triton')]
+LOOPS += [Loop('Lamb', 'ddp', 'triton', release=True, dtype='bfloat16', options=(('master_weight_bits', 32),))]
 FITS = [Fit(m, cbs) for m in ('ddp', 'fsdp') for cbs in ((), ('release',), ('accumulate',), ('bf16',), ('release', 'accumulate'))]
 FITS += [Fit('ddp', (), 'muon')]
 CASES = {c.name(): c for c in LOOPS + FITS}

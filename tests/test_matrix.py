@@ -21,6 +21,7 @@ from fastoptim.algorithm import modified
 from fastoptim.triton_engine import interpreting
 from functools import partial
 from fastoptim.testing import drive as full_drive, rel_diff, param_groups, accumulation_runs
+from fastoptim.low_precision import master_weights
 # The matrix runs a shorter `drive` than the notebooks (12 steps, a group frozen for steps 4-7): it still
 # changes gradients, slices and schedules lr and mom, freezes and unfreezes, and keeps CI's Triton interpreter
 # runs short as the catalogue grows; each algorithm notebook runs the full 60 steps against its oracle.
@@ -150,24 +151,38 @@ def test_modifiers_match_forloop(algo, backend, modifier):
     assert d < TOL['fp32'], f"{algo}/{modifier}/{backend}: rel_diff {d:.3g} vs forloop"
 
 
-ROUNDINGS = {'nearest': dict(kahan_sum=False), 'stochastic': dict(stochastic_rounding=True, seed=3)}
+ROUNDINGS = {'nearest': dict(kahan_sum=False), 'stochastic': dict(stochastic_rounding=True, seed=3),
+             'master32': dict(master_weight_bits=32), 'master24': dict(master_weight_bits=24)}
+# compressed master weights are read where the engine reads p (the same code for every algorithm): the representative
+# algorithms cover them in every backend; the others run plain and stochastic rounding on Triton
+RESIDUALS = {'master32': torch.int16, 'master24': torch.int8}
+# the master weights the runs hold, compared: fp32 (int16) or a 24-bit float (int8). Backends differ by fp32's rounding,
+# which the 24-bit rounding may turn into one of its units, and an algorithm in two passes (Lamb in foreach and Triton)
+# re-reads the bf16 moments its first pass stored, where the one-pass reference uses them unrounded: 6.8e-5 for Lamb
+# after 12 steps. Master weights that ignored their residual would be off by bf16's rounding, 2e-3.
+MASTER_TOL = {'master32': 1e-4, 'master24': 2e-4}
 
 @lru_cache(maxsize=None)
 def bf16_reference(algo, rounding):
     ctor, extra = ALGOS[algo]
-    _, params = drive(lambda g: ctor(g, lr=slice(LR / 10, LR), wd=WD, **extra, forloop=True, **ROUNDINGS[rounding]),
-                      dtype=torch.bfloat16)
-    return tuple(params)
+    opt, params = drive(lambda g: ctor(g, lr=slice(LR / 10, LR), wd=WD, **extra, forloop=True, **ROUNDINGS[rounding]),
+                        dtype=torch.bfloat16)
+    return tuple(params), tuple(master_weights(opt).values())
 
-@pytest.mark.parametrize('algo,backend,rounding', cases(BACKENDS, ROUNDINGS, reduced=[('triton', r) for r in ROUNDINGS]))
+@pytest.mark.parametrize('algo,backend,rounding', cases(BACKENDS, ROUNDINGS, reduced=[('triton', r) for r in ('nearest', 'stochastic')]))
 def test_bf16_rounding_modes_match_forloop(algo, backend, rounding):
-    "Kahan summation (the bf16 default) is covered above; plain rounding and stochastic rounding here"
+    "Kahan summation (the bf16 default) is covered above; plain rounding, stochastic rounding and compressed master weights here"
     ctor, extra = ALGOS[algo]
     opt, actual = drive(lambda g: ctor(g, lr=slice(LR / 10, LR), wd=WD, **extra, **{backend: True}, **ROUNDINGS[rounding]),
                         dtype=torch.bfloat16)
     assert not any('kahan_comp' in s for s in opt.state.values())
-    d = rel_diff(actual, list(bf16_reference(algo, rounding)))
+    expected, expected_master = bf16_reference(algo, rounding)
+    d = rel_diff(actual, list(expected))
     assert d < TOL['bf16'], f"{algo}/{backend}/{rounding}: rel_diff {d:.3g} vs forloop"
+    if rounding in RESIDUALS:
+        assert all(s['master_residual'].dtype == RESIDUALS[rounding] for s in opt.state.values())
+        d = rel_diff(list(master_weights(opt).values()), list(expected_master))
+        assert d < MASTER_TOL[rounding], f"{algo}/{backend}/{rounding}: master weights rel_diff {d:.3g} vs forloop"
 
 
 @pytest.mark.parametrize('mode', list(WD_MODES))
@@ -417,6 +432,33 @@ def test_release_and_accumulation_match_plain_loop(algo, backend, group_bytes):
         if release: remove_gradient_release(model)
         return [p.detach().clone() for p in model.parameters()]
     if not whole_steps_only: assert rel_diff(run(True), run(False)) == 0.
+
+
+@pytest.mark.parametrize('algo,backend', [(a, b) for a in ('Adam', 'Lamb') for b in ALL_BACKENDS])
+def test_release_and_accumulation_with_master_weights(algo, backend):
+    "bf16 weights with an int8 master residual and L2 decay (accumulation's fold reads the master weights): release and accumulation step exactly as the plain loop does, and the residual is saved and loaded"
+    from fastoptim.gradient_release import prepare_for_gradient_release, remove_gradient_release
+    ctor, extra = ALGOS[algo]
+    def run(release, reload=False):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 2)).bfloat16()
+        make = lambda: ctor(model.parameters(), lr=LR, wd=WD, decouple_wd=False, master_weight_bits=24, **extra, **{backend: True})
+        opt = make()
+        if release: prepare_for_gradient_release(model, opt)
+        g = torch.Generator().manual_seed(1)
+        for i in range(8):
+            if reload and i == 4:  # a state saved halfway and loaded into a new optimizer
+                sd = copy.deepcopy(opt.state_dict())
+                opt = make(); opt.load_state_dict(sd)
+            opt.accumulate(0.5, i % 2 == 1)
+            model(torch.randn(4, 6, generator=g).bfloat16()).float().pow(2).mean().backward()
+            opt.step(); opt.zero_grad()
+        if release: remove_gradient_release(model)
+        assert all(s['master_residual'].dtype == torch.int8 for s in opt.state.values())
+        return list(master_weights(opt).values())
+    plain = run(False)
+    assert rel_diff(run(True), plain) == 0.
+    assert rel_diff(run(False, reload=True), plain) == 0.
 
 
 # an algorithm with states but no moments (SGD with Nesterov momentum, NAdam, schedule-free, ...): accumulation sums the
