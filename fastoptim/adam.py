@@ -8,7 +8,7 @@ Docs: https://fastoptim.github.io/fastoptim/adam.html.md"""
 __all__ = ['adam_hypers', 'adam_moment_forms', 'adam_algorithm', 'Adam', 'adam', 'adam_scalars', 'adam_moments', 'adam_update']
 
 # %% ../nbs/11_adam.ipynb #68fee945
-from .algorithm import Algorithm, Hyper, State, Moment, lerp, addcmul, sqrt
+from .algorithm import Algorithm, Hyper, State, signed_moment, positive_moment, Moment, lerp, addcmul, sqrt
 from .core import make_optimizer, partial_maker
 
 # %% ../nbs/11_adam.ipynb #b80684c6
@@ -26,7 +26,7 @@ def adam_update(p, g, s, h):
 adam_hypers = dict(mom=Hyper(0.9, 0, 1), sqr_mom=Hyper(0.99, 0, 1), eps=Hyper(1e-5, lo_open=True), wd=Hyper(0.01))
 adam_moment_forms = dict(grad_avg=Moment(lambda h: h.mom, lambda h: 1 - h.mom),
                          sqr_avg=Moment(lambda h: h.sqr_mom, lambda h: 1 - h.sqr_mom, power=2))
-adam_algorithm = Algorithm('Adam', adam_hypers, dict(grad_avg=State(), sqr_avg=State()), adam_update,
+adam_algorithm = Algorithm('Adam', adam_hypers, dict(grad_avg=signed_moment, sqr_avg=positive_moment), adam_update,
                            scalars=adam_scalars, moments=adam_moment_forms)
 
 # %% ../nbs/11_adam.ipynb #4d67d006

@@ -8,7 +8,7 @@ Docs: https://fastoptim.github.io/fastoptim/adam_atan2.html.md"""
 __all__ = ['adam_atan2_algorithm', 'AdamAtan2', 'adam_atan2', 'adam_atan2_update']
 
 # %% ../nbs/51_adam_atan2.ipynb #407d9222
-from .algorithm import Algorithm, Hyper, State, sqrt, atan2
+from .algorithm import Algorithm, Hyper, State, signed_moment, positive_moment, sqrt, atan2
 from .core import make_optimizer, partial_maker
 from .adam import adam_scalars, adam_moments, adam_moment_forms
 
@@ -18,7 +18,7 @@ def adam_atan2_update(p, g, s, h):
 
 adam_atan2_algorithm = Algorithm('AdamAtan2', dict(mom=Hyper(0.9, 0, 1), sqr_mom=Hyper(0.99, 0, 1), a=Hyper(1.27, lo_open=True),
                                                    b=Hyper(1., lo_open=True), wd=Hyper(0.)),
-                                 dict(grad_avg=State(), sqr_avg=State()), adam_atan2_update, scalars=adam_scalars,
+                                 dict(grad_avg=signed_moment, sqr_avg=positive_moment), adam_atan2_update, scalars=adam_scalars,
                                  moments=adam_moment_forms)
 AdamAtan2 = make_optimizer(adam_atan2_algorithm, "Adam-atan2: Adam with atan2 in place of the division by √v + ε", lr=1e-4)
 

@@ -7,13 +7,13 @@ Docs: https://fastoptim.github.io/fastoptim/foreach.html.md"""
 # %% auto #0
 __all__ = ['few_pieces', 'chunks', 'with_l2', 'add_scaled', 'Rounding', 'update_params', 'ForeachDialect', 'as_tensor',
            'foreach_source', 'phase_tensors', 'foreach_functions', 'stage', 'join_staged', 'split_staged',
-           'ForeachBackend']
+           'stage_codes', 'unstage_codes', 'ForeachBackend']
 
-# %% ../nbs/01_foreach.ipynb #31639bd1
+# %% ../nbs/01_foreach.ipynb #389f8e35
 import numpy as np
 import torch
 from dataclasses import dataclass
-from .core import backends, to_device, stochastic_round, split_master, residual_dtypes, fold_moments, compile_source, Stepper, pieces, pieces_of, cut_list, combine_pieces
+from .core import backends, to_device, stochastic_round, split_master, residual_dtypes, dequantize, quantize_into, group_size, scale_count, piece_limit, fold_moments, compile_source, Stepper, pieces, pieces_of, cut_list, combine_pieces
 from .algorithm import TorchDialect, emit, ordered_stores, final_args
 
 # %% ../nbs/01_foreach.ipynb #3718159d
@@ -152,7 +152,7 @@ def foreach_functions(plan):
             plan.code['foreach'].append(fn)
     return plan.code['foreach']
 
-# %% ../nbs/01_foreach.ipynb #8e62f1ca
+# %% ../nbs/01_foreach.ipynb #414e1cab
 def stage(tensors):
     "fp32 copies of 16-bit flat pieces (a chunk with 16-bit lists is cut flat), in one buffer filled by one foreach copy (by a copy each when there are at most `few_pieces`), and that buffer; wider tensors are used in place (and no buffer)"
     if not tensors or tensors[0].element_size() >= 4: return tensors, None
@@ -176,6 +176,25 @@ def split_staged(buffer, weights, residuals):
     split_master(buffer, w, r)
     torch._foreach_copy_(weights, list(w.split(sizes)))
     torch._foreach_copy_(residuals, list(r.split(sizes)))
+
+def stage_codes(codes, scales, form):
+    "fp32 values of 8-bit flat pieces, in one buffer where each piece is padded to whole groups (zeros, which stay zeros: the pieces are views): the staged pieces, and the buffer"
+    sizes = [c.numel() for c in codes]
+    padded = [scale_count(n) * group_size for n in sizes]
+    packed = torch.zeros(sum(padded), dtype=codes[0].dtype, device=codes[0].device)
+    torch._foreach_copy_([v[:n] for v, n in zip(packed.split(padded), sizes)], codes)
+    values = dequantize(packed, torch.cat(scales), form)
+    return [v[:n] for v, n in zip(values.split(padded), sizes)], values
+
+def unstage_codes(values, codes, scales, form):
+    "Write the staged buffer `values` back into the 8-bit pieces `codes` and their `scales`"
+    sizes = [c.numel() for c in codes]
+    padded = [scale_count(n) * group_size for n in sizes]
+    packed = torch.empty_like(values, dtype=codes[0].dtype)
+    new_scales = torch.empty(values.numel() // group_size, dtype=torch.bfloat16, device=values.device)
+    quantize_into(packed, new_scales, values, form)
+    torch._foreach_copy_(codes, [v[:n] for v, n in zip(packed.split(padded), sizes)])
+    torch._foreach_copy_(scales, list(new_scales.split([n // group_size for n in padded])))
 
 # torch's foreach kernels give each 65 536 elements one block: a chunk of one piece of 2**22 elements ran its
 # conversion on 64 blocks of the H200's 132 SMs, 1.45 TB/s, where an elementwise copy ran at 2.1; a chunk of a few
@@ -201,10 +220,12 @@ class ForeachBackend(Stepper):
             # 16-bit lists (the weights, or a 16-bit workspace beside fp32 weights) are staged through flat fp32 buffers:
             # then every list is cut flat, so that the staged pieces match the others
             narrow = any(bucket.tensors(t)[0].element_size() < 4 for t in names) or bucket.dtype.itemsize < 4
-            limit = max(1, (self.narrow_chunk_numel if narrow else self.chunk_numel).get(bucket.device.type, 2**24))
+            limit = piece_limit(max(1, (self.narrow_chunk_numel if narrow else self.chunk_numel).get(bucket.device.type, 2**24)), plan)
             owner, starts, parts = pieces([bucket.tensors(t) for t in names], limit, narrow)
+            cut = dict(zip(names, parts))
+            for t in plan.quantized: cut[f'{t}_scales'] = cut_list(bucket.state(f'{t}_scales'), limit // group_size, True)
             cache.clear()  # what was kept for the last layout (its owners on the device)
-            cache.update(key=(bucket.generation, plan.name), limit=limit, flatten=narrow, owner=owner, cut=dict(zip(names, parts)),
+            cache.update(key=(bucket.generation, plan.name), limit=limit, flatten=narrow, owner=owner, cut=cut,
                          starts=starts, bounds=chunks([q.numel() for q in parts[0]], limit), whole=len(owner) == len(bucket))
         parts = dict(cache['cut'])
         if 'g' in plan.tensors: parts['g'] = cut_list(bucket.grads, cache['limit'], cache['flatten'], cache['whole'])
@@ -257,7 +278,9 @@ class ForeachBackend(Stepper):
         idx = cache['owner'][lo:hi]
         originals = {**{k: ts[lo:hi] for k, ts in parts.items()}, **self.estimates(plan, bucket, cache, lo, hi, made, fn.touches)}
         staged, buffers = {}, {}
-        for k, ts in originals.items(): staged[k], buffers[k] = stage(ts) if k in fn.touches else (ts, None)  # the others are not read
+        for k, ts in originals.items():  # the tensors it does not read are not staged; 8-bit states are read with their scales
+            if k in plan.quantized and k in fn.touches: staged[k], buffers[k] = stage_codes(ts, originals[f'{k}_scales'], plan.quantized[k])
+            else: staged[k], buffers[k] = stage(ts) if k in fn.touches and not k.endswith('_scales') else (ts, None)
         master = bucket.rounding in residual_dtypes  # the staged weights become the master weights, written back split
         if master and 'p' in fn.touches: join_staged(buffers['p'], originals['master_residual'])
         kwargs = {f'{t}_list': staged[t] for t in plan.tensors}
@@ -274,7 +297,8 @@ class ForeachBackend(Stepper):
         out = fn(**kwargs)
         if last and master: split_staged(buffers['p'], originals['p'], originals['master_residual'])
         for k, o in originals.items():
-            if k in fn.writes and k not in rounded and staged[k] is not o: torch._foreach_copy_(o, staged[k])
+            if k in fn.writes and k in plan.quantized: unstage_codes(buffers[k], o, originals[f'{k}_scales'], plan.quantized[k])
+            elif k in fn.writes and k not in rounded and staged[k] is not o: torch._foreach_copy_(o, staged[k])
         return out
 
 backends['foreach'] = ForeachBackend()

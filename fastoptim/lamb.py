@@ -8,7 +8,7 @@ Docs: https://fastoptim.github.io/fastoptim/lamb.html.md"""
 __all__ = ['lamb_algorithm', 'Lamb', 'lamb', 'lamb_update']
 
 # %% ../nbs/12_lamb.ipynb #520d58cd
-from .algorithm import Algorithm, Hyper, State, sqrt, where, minimum, tensor_sum
+from .algorithm import Algorithm, Hyper, State, signed_moment, positive_moment, sqrt, where, minimum, tensor_sum
 from .core import make_optimizer, partial_maker
 from .adam import adam_hypers, adam_moments, adam_scalars, adam_moment_forms
 
@@ -21,7 +21,7 @@ def lamb_update(p, g, s, h):
     q = where((r1 == 0) | (r2 == 0), 1., minimum(r1 / r2, 10.))
     return dict(grad_avg=m, sqr_avg=v, update=-h.lr * q * u)
 
-lamb_algorithm = Algorithm('Lamb', {**adam_hypers, 'wd': Hyper(0.)}, dict(grad_avg=State(), sqr_avg=State()), lamb_update,
+lamb_algorithm = Algorithm('Lamb', {**adam_hypers, 'wd': Hyper(0.)}, dict(grad_avg=signed_moment, sqr_avg=positive_moment), lamb_update,
                            scalars=adam_scalars, moments=adam_moment_forms)
 Lamb = make_optimizer(lamb_algorithm, "LAMB with fastai's defaults")
 

@@ -8,14 +8,14 @@ Docs: https://fastoptim.github.io/fastoptim/lion.html.md"""
 __all__ = ['lion_algorithm', 'Lion', 'lion', 'lion_update']
 
 # %% ../nbs/14_lion.ipynb #a5b6d6d0
-from .algorithm import Algorithm, Hyper, State, Moment, lerp, sign
+from .algorithm import Algorithm, Hyper, State, signed_moment, positive_moment, Moment, lerp, sign
 from .core import make_optimizer, partial_maker
 
 def lion_update(p, g, s, h):
     return dict(grad_avg=lerp(s.grad_avg, g, 1 - h.beta2), update=-h.lr * sign(lerp(s.grad_avg, g, 1 - h.beta1)))
 
 lion_algorithm = Algorithm(
-    'Lion', dict(beta1=Hyper(0.9, 0, 1), beta2=Hyper(0.99, 0, 1), wd=Hyper(0.1)), dict(grad_avg=State()), lion_update,
+    'Lion', dict(beta1=Hyper(0.9, 0, 1), beta2=Hyper(0.99, 0, 1), wd=Hyper(0.1)), dict(grad_avg=signed_moment), lion_update,
     moments=dict(grad_avg=Moment(lambda h: h.beta2, lambda h: 1 - h.beta2)),
     accumulation="its step is the sign of an interpolation between the momentum's old value and the current gradient, "
                  "and after the micro-batches are folded into the momentum neither is left")

@@ -9,7 +9,7 @@ __all__ = ['series_terms', 'nadam_algorithm', 'NAdam', 'nadam', 'nadam_scalars',
 
 # %% ../nbs/52_nadam.ipynb #619816ad
 import math
-from .algorithm import Algorithm, Hyper, State, sqrt, exp, log
+from .algorithm import Algorithm, Hyper, State, signed_moment, positive_moment, sqrt, exp, log
 from .core import make_optimizer, partial_maker
 from .adam import adam_moments
 
@@ -32,7 +32,7 @@ def nadam_update(p, g, s, h):
 
 nadam_algorithm = Algorithm('NAdam', dict(mom=Hyper(0.9, 0, 1), sqr_mom=Hyper(0.999, 0, 1), eps=Hyper(1e-8, lo_open=True),
                                           momentum_decay=Hyper(4e-3, lo_open=True), wd=Hyper(0.)),
-                            dict(grad_avg=State(), sqr_avg=State()), nadam_update, scalars=nadam_scalars)
+                            dict(grad_avg=signed_moment, sqr_avg=positive_moment), nadam_update, scalars=nadam_scalars)
 NAdam = make_optimizer(nadam_algorithm, "NAdam (torch.optim's form, with its momentum schedule)", lr=2e-3)
 
 nadam = partial_maker(NAdam, 'nadam')

@@ -8,7 +8,7 @@ Docs: https://fastoptim.github.io/fastoptim/qhadam.html.md"""
 __all__ = ['qhadam_algorithm', 'QHAdam', 'qhadam', 'qhadam_update']
 
 # %% ../nbs/16_qhadam.ipynb #28fed783
-from .algorithm import Algorithm, Hyper, State, sqrt
+from .algorithm import Algorithm, Hyper, State, signed_moment, positive_moment, sqrt
 from .core import make_optimizer, partial_maker
 from .adam import adam_scalars, adam_moments
 
@@ -20,7 +20,7 @@ def qhadam_update(p, g, s, h):
 
 qhadam_algorithm = Algorithm('QHAdam', dict(mom=Hyper(0.999, 0, 1), sqr_mom=Hyper(0.999, 0, 1), nu_1=Hyper(0.7, 0, 1, hi_open=False),
                                             nu_2=Hyper(1.0, 0, 1, hi_open=False), eps=Hyper(1e-8, lo_open=True), wd=Hyper(0.)),
-                             dict(grad_avg=State(), sqr_avg=State()), qhadam_update, scalars=adam_scalars)
+                             dict(grad_avg=signed_moment, sqr_avg=positive_moment), qhadam_update, scalars=adam_scalars)
 QHAdam = make_optimizer(qhadam_algorithm, "QHAdam with fastai's defaults")
 
 qhadam = partial_maker(QHAdam, 'qhadam')

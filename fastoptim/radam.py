@@ -8,7 +8,7 @@ Docs: https://fastoptim.github.io/fastoptim/radam.html.md"""
 __all__ = ['radam_algorithm', 'RAdam', 'radam', 'ranger', 'radam_scalars', 'radam_update', 'Ranger']
 
 # %% ../nbs/13_radam.ipynb #f3b6811e
-from .algorithm import Algorithm, Hyper, State, sqrt, where
+from .algorithm import Algorithm, Hyper, State, signed_moment, positive_moment, sqrt, where
 from .core import make_optimizer, partial_maker
 from .adam import adam_hypers, adam_moments, adam_moment_forms
 
@@ -26,7 +26,7 @@ def radam_update(p, g, s, h):
     return dict(grad_avg=m, sqr_avg=v, update=-h.lr * h.rect / h.debias1 * (m / denom))
 
 radam_algorithm = Algorithm('RAdam', {**adam_hypers, 'wd': Hyper(0.)},
-                            dict(grad_avg=State(), sqr_avg=State()), radam_update, scalars=radam_scalars,
+                            dict(grad_avg=signed_moment, sqr_avg=positive_moment), radam_update, scalars=radam_scalars,
                             moments=adam_moment_forms)
 RAdam = make_optimizer(radam_algorithm, "RAdam with fastai's defaults")
 

@@ -10,7 +10,7 @@ __all__ = ['hypers', 'sgd_algorithm', 'momentum_algorithm', 'nesterov_algorithm'
 
 # %% ../nbs/10_sgd.ipynb #ce438398
 from fastcore.meta import delegates
-from .algorithm import Algorithm, Hyper, State, Moment
+from .algorithm import Algorithm, Hyper, State, signed_moment, positive_moment, Moment
 from .core import FastOptimizer, make_optimizer, partial_maker
 
 # %% ../nbs/10_sgd.ipynb #9c14c6b2
@@ -21,14 +21,14 @@ def momentum_update(p, g, s, h):
     m = s.grad_avg * h.mom + g
     return dict(grad_avg=m, update=-h.lr * m)
 
-momentum_algorithm = Algorithm('SGD', {**hypers, 'mom': Hyper(0.9, 0, 1)}, dict(grad_avg=State()), momentum_update,
+momentum_algorithm = Algorithm('SGD', {**hypers, 'mom': Hyper(0.9, 0, 1)}, dict(grad_avg=signed_moment), momentum_update,
                                moments=dict(grad_avg=Moment(lambda h: h.mom, lambda h: 1.)))
 
 def nesterov_update(p, g, s, h):
     m = s.grad_avg * h.mom + g
     return dict(grad_avg=m, update=-h.lr * (g + h.mom * m))
 
-nesterov_algorithm = Algorithm('SGD-Nesterov', {**hypers, 'mom': Hyper(0.9, 0, 1)}, dict(grad_avg=State()), nesterov_update)
+nesterov_algorithm = Algorithm('SGD-Nesterov', {**hypers, 'mom': Hyper(0.9, 0, 1)}, dict(grad_avg=signed_moment), nesterov_update)
 
 # %% ../nbs/10_sgd.ipynb #843fb33e
 make_optimizer(sgd_algorithm, "SGD without momentum", 'sgd')

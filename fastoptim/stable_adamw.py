@@ -8,7 +8,7 @@ Docs: https://fastoptim.github.io/fastoptim/stable_adamw.html.md"""
 __all__ = ['stable_adamw_algorithm', 'StableAdamW', 'stable_adamw', 'stable_adamw_update']
 
 # %% ../nbs/54_stable_adamw.ipynb #8769a2e1
-from .algorithm import Algorithm, Hyper, State, sqrt, maximum, tensor_sum
+from .algorithm import Algorithm, Hyper, State, signed_moment, positive_moment, sqrt, maximum, tensor_sum
 from .core import make_optimizer, partial_maker
 from .adam import adam_moments, adam_scalars, adam_moment_forms
 
@@ -22,7 +22,7 @@ def stable_adamw_update(p, g, s, h):
 
 stable_adamw_algorithm = Algorithm('StableAdamW', dict(mom=Hyper(0.9, 0, 1), sqr_mom=Hyper(0.99, 0, 1),
                                                        eps=Hyper(1e-6, lo_open=True), wd=Hyper(0.01)),
-                                   dict(grad_avg=State(), sqr_avg=State()), stable_adamw_update,
+                                   dict(grad_avg=signed_moment, sqr_avg=positive_moment), stable_adamw_update,
                                    scalars=adam_scalars, moments=adam_moment_forms)
 StableAdamW = make_optimizer(stable_adamw_algorithm, "StableAdamW (Wortsman et al. 2023): AdamW with a per-tensor RMS-clipped learning rate")
 

@@ -7,10 +7,11 @@ Docs: https://fastoptim.github.io/fastoptim/triton.html.md"""
 # %% auto #0
 __all__ = ['triton_ops', 'tl_dtypes', 'sum_slots', 'SUM_SLOTS', 'roundings', 'locate_block', 'tensor_ptr', 'load_factored',
            'scalar', 'load_math', 'round_to', 'store', 'hash32', 'stochastic_round', 'load_param', 'store_param',
-           'power', 'atan2', 'triton_expressions', 'derive_source', 'numbers_phase', 'phase_source', 'triton_code',
-           'build_tables', 'fold_gradients', 'add_to_sum', 'max_to_slot', 'interpreting', 'TritonBackend']
+           'load_q8', 'store_q8', 'power', 'atan2', 'triton_expressions', 'derive_source', 'numbers_phase',
+           'phase_source', 'triton_code', 'build_tables', 'fold_gradients', 'add_to_sum', 'max_to_slot', 'interpreting',
+           'TritonBackend']
 
-# %% ../nbs/03_triton.ipynb #1cd17350
+# %% ../nbs/03_triton.ipynb #aa0115b6
 import math
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ except ImportError:
     triton, tl = None, SimpleNamespace(constexpr=None)
     def triton_jit(fn): return fn
 
-# %% ../nbs/03_triton.ipynb #26dac29b
+# %% ../nbs/03_triton.ipynb #c1fe86a0
 @triton_jit
 def locate_block(table, block_tensors, WIDTH: tl.constexpr, BLOCK: tl.constexpr):
     "This program's tensor row, tensor index, element offsets and mask"
@@ -147,7 +148,39 @@ def store_param(row, t, offsets, mask, p, direction, scale, decay, scalars, K: t
             seed = tl.load(scalars + t * K + K - 1).to(tl.uint32, bitcast=True)
             tl.store(ptr + offsets, stochastic_round(p + u, offsets.to(tl.uint32) ^ seed), mask=mask)
 
-# %% ../nbs/03_triton.ipynb #ed30bc38
+# %% ../nbs/03_triton.ipynb #95b461d4
+@triton_jit
+def load_q8(codes, scales, offsets, mask, FORM: tl.constexpr):
+    "An 8-bit state's fp32 values (FORM 0: signed, 1: positive; see `fastoptim.core.dequantize`)"
+    s = tl.load(scales + offsets // 32, mask=mask, other=0.).to(tl.float32)
+    if FORM == 0:
+        y = tl.load(codes + offsets, mask=mask, other=0).to(tl.float32) / 127
+        return y / (2 - tl.abs(y)) * s
+    else:
+        y = tl.load(codes + offsets, mask=mask, other=0).to(tl.float32) / 255
+        y = y * y
+        return y * y * s
+
+@triton_jit
+def store_q8(codes, scales, offsets, x, mask, numel, BLOCK: tl.constexpr, FORM: tl.constexpr):
+    "Write fp32 `x` as 8-bit codes, with a new scale for each group of 32 (see `fastoptim.core.quantize_into`)"
+    groups = tl.reshape(tl.where(mask, x, 0.), (BLOCK // 32, 32))
+    if FORM == 0: top = tl.max(tl.abs(groups), axis=1)
+    else: top = tl.max(groups, axis=1)
+    scale = round_to(top * (1 + 2**-8), tl.bfloat16)
+    s = scale.to(tl.float32)[:, None]
+    t = tl.where(s > 0, groups / s, 0.)
+    if FORM == 0:
+        t = tl.minimum(tl.maximum(t, -1.), 1.)
+        q = tl.floor(t * 2 / (tl.abs(t) + 1) * 127 + 0.5).to(tl.int8)
+    else:
+        t = tl.minimum(tl.maximum(t, 0.), 1.)
+        q = tl.floor(tl.sqrt(tl.sqrt(t)) * 255 + 0.5).to(tl.uint8)
+    tl.store(codes + offsets, tl.reshape(q, (BLOCK,)), mask=mask)
+    group = tl.max(tl.reshape(offsets, (BLOCK // 32, 32)), axis=1) // 32
+    tl.store(scales + group, scale, mask=group * 32 < numel)
+
+# %% ../nbs/03_triton.ipynb #90208a75
 @triton_jit
 def power(x, n):
     "x**n for float64 `x` and positive int32 `n`, by binary powering"
@@ -249,6 +282,11 @@ def phase_source(plan, phase, kernel, n_reductions):
     used, read = nodes_of(roots), phase.reads()
     reads = [t for t in plan.tensors if t in read]  # the parameter first
     dtype = lambda t: dict(fp32='tl.float32', bf16='tl.bfloat16', param='DTYPE')[plan.dtype_of(t)]
+    # an 8-bit state: its codes' pointer and its scales' (their column after the factored states'), and its form
+    first_scales = comp + 1 + len(plan.numbers) + 4 * len(plan.factored)
+    code_types = {'signed': ('tl.int8', 0), 'positive': ('tl.uint8', 1)}
+    q8 = {t: (f'tensor_ptr(row, {columns[t]}, {code_types[form][0]}, ALIGN), tensor_ptr(row, {first_scales + j}, tl.bfloat16, 1)',
+              code_types[form][1]) for j, (t, form) in enumerate(plan.quantized.items())}
     needed = {k for n in used for a in n.args for k in [frontier.get(id(a))] if k} | {frontier.get(id(x)) for x in (phase.final or ())[:1] if x is not None} - {None}
     if phase.final is not None: needed.add('decay')
     if 'g' in reads: needed.add('l2')
@@ -259,6 +297,7 @@ def phase_source(plan, phase, kernel, n_reductions):
     # a factored state's four columns follow the number states' (see `TritonBackend.reduce`)
     factored = {t: comp + 1 + len(plan.numbers) + 4 * j for j, t in enumerate(plan.factored)}
     body += [f'{t} = load_factored(row, {factored[t]}, offsets, mask, BLOCK)' if t in factored else
+             f'{t} = load_q8({q8[t][0]}, offsets, mask, {q8[t][1]})' if t in q8 else
              f'p = load_param(row, offsets, mask, {comp}, DTYPE, ROUNDING, ALIGN)' if t == 'p' else
              f'{t} = load_math(tensor_ptr(row, {columns[t]}, {dtype(t)}, ALIGN), offsets, mask)' for t in reads if t != 'g']
     if 'g' in reads: body.append(f'g = load_math(tensor_ptr(row, {columns["g"]}, DTYPE, ALIGN), offsets, mask) + l2 * p')
@@ -269,7 +308,8 @@ def phase_source(plan, phase, kernel, n_reductions):
     lines, name = triton_expressions([*roots, *phase.numbers.values()], known)
     stores = {}  # each state is stored as soon as its new value is known, which frees its registers early
     for k, v in phase.stores.items():
-        stores.setdefault(name(v), []).append(f'store(tensor_ptr(row, {columns[k]}, {dtype(k)}, ALIGN), offsets, {name(v)}, mask, {dtype(k)})')
+        stores.setdefault(name(v), []).append(f'store_q8({q8[k][0]}, offsets, {name(v)}, mask, tl.load(row), BLOCK, {q8[k][1]})' if k in q8 else
+                                              f'store(tensor_ptr(row, {columns[k]}, {dtype(k)}, ALIGN), offsets, {name(v)}, mask, {dtype(k)})')
     body += stores.pop(None, [])
     for line in lines:
         body.append(line)
@@ -300,7 +340,7 @@ def triton_code(plan):
         # named apart from the per-tensor functions of the same phases (`{plan.name}_phase{i}`): source is found by name
         sources += [phase_source(plan, ph, f'{plan.name}_triton{i}', max(n_reductions, 1)) for i, ph in enumerate(phases)]
         namespace = dict(triton=triton, tl=tl, locate_block=locate_block, tensor_ptr=tensor_ptr, scalar=scalar, load_factored=load_factored,
-                         load_math=load_math, load_param=load_param, store=store, store_param=store_param, add_to_sum=add_to_sum, max_to_slot=max_to_slot,
+                         load_math=load_math, load_param=load_param, load_q8=load_q8, store_q8=store_q8, store=store, store_param=store_param, add_to_sum=add_to_sum, max_to_slot=max_to_slot,
                          power=power, hash32=hash32, atan2=atan2)
         kernels = [compile_source(src, src.split('def ')[1].split('(')[0], namespace) for src in sources]
         plan.code['triton'] = SimpleNamespace(derive=kernels[0], phases=kernels[1:], hypers=hypers, K=len(plan.frontier) + 1,
@@ -319,23 +359,34 @@ def build_tables(tensor_lists, device, block, aligned=None, min_blocks=0):
     align = 16 if not (table[:, 2:2 + (aligned or len(tensor_lists))] % 16).any() else 1
     return to_device(table, device), to_device(block_tensors, device), int(blocks.sum()), align
 
-# %% ../nbs/03_triton.ipynb #6b73741f
+# %% ../nbs/03_triton.ipynb #98bd34c9
 @triton_jit
 def fold_gradients(table, block_tensors, scalars, WIDTH: tl.constexpr, K: tl.constexpr, MOMENTS: tl.constexpr,
-                   SQUARED: tl.constexpr, DTYPE: tl.constexpr, BLOCK: tl.constexpr, ALIGN: tl.constexpr, ROUNDING: tl.constexpr):
-    "Each moment j becomes moment·decay_j + weight_j·(g + l2·p)**(2 if bit j of SQUARED else 1); p the master weights when a residual follows the moments"
+                   SQUARED: tl.constexpr, DTYPE: tl.constexpr, BLOCK: tl.constexpr, ALIGN: tl.constexpr, ROUNDING: tl.constexpr,
+                   SIGNED: tl.constexpr, POSITIVE: tl.constexpr):
+    "Each moment j becomes moment·decay_j + weight_j·(g + l2·p)**(2 if bit j of SQUARED else 1); p the master weights when a residual follows the moments; moment j in 8 bits if bit j of SIGNED or POSITIVE says so, its scales the j-th column after the moments and residual"
     row, t, offsets, mask = locate_block(table, block_tensors, WIDTH, BLOCK)
     g = load_math(tensor_ptr(row, 1, DTYPE, ALIGN), offsets, mask)
     l2 = scalar(scalars, t, 0, K)
     if l2 != 0: g += l2 * load_param(row, offsets, mask, 2 + MOMENTS, DTYPE, ROUNDING, ALIGN)
     for j in tl.static_range(MOMENTS):
-        ptr = tensor_ptr(row, 2 + j, DTYPE, ALIGN)
         if (SQUARED >> j) & 1: term = g * g
         else: term = g
-        moment = load_math(ptr, offsets, mask) * scalar(scalars, t, 1 + 2 * j, K)
-        store(ptr, offsets, moment + scalar(scalars, t, 2 + 2 * j, K) * term, mask, DTYPE)
+        scales = tensor_ptr(row, 2 + MOMENTS + (ROUNDING >= 3) + j, tl.bfloat16, 1)
+        if (SIGNED >> j) & 1:
+            codes = tensor_ptr(row, 2 + j, tl.int8, ALIGN)
+            moment = load_q8(codes, scales, offsets, mask, 0) * scalar(scalars, t, 1 + 2 * j, K)
+            store_q8(codes, scales, offsets, moment + scalar(scalars, t, 2 + 2 * j, K) * term, mask, tl.load(row), BLOCK, 0)
+        elif (POSITIVE >> j) & 1:
+            codes = tensor_ptr(row, 2 + j, tl.uint8, ALIGN)
+            moment = load_q8(codes, scales, offsets, mask, 1) * scalar(scalars, t, 1 + 2 * j, K)
+            store_q8(codes, scales, offsets, moment + scalar(scalars, t, 2 + 2 * j, K) * term, mask, tl.load(row), BLOCK, 1)
+        else:
+            ptr = tensor_ptr(row, 2 + j, DTYPE, ALIGN)
+            moment = load_math(ptr, offsets, mask) * scalar(scalars, t, 1 + 2 * j, K)
+            store(ptr, offsets, moment + scalar(scalars, t, 2 + 2 * j, K) * term, mask, DTYPE)
 
-# %% ../nbs/03_triton.ipynb #b78a0bd2
+# %% ../nbs/03_triton.ipynb #d5c40d79
 tl_dtypes = {torch.float32: 'float32', torch.bfloat16: 'bfloat16', torch.float16: 'float16'}
 # each tensor's partial sums go to this many slots (by program), added up after the pass: with 32, a pass that reads
 # little (LARS's norms of p and g) waited on contended atomics; 256 took LARS's replayed step on the LLM-like set from
@@ -407,11 +458,12 @@ class TritonBackend(Stepper):
             # batch of matrices (else 0: see `load_factored`)
             tensors = [bucket.params if t in plan.factored else bucket.tensors(t) for t in names]
             aligned = len(tensors)
-            if plan.numbers or plan.factored:  # the number states the last phase stores, after the compensation's column (the parameters stand in for it)
+            if plan.numbers or plan.factored or plan.quantized:  # the number states the last phase stores, after the compensation's column (the parameters stand in for it)
                 tensors += [bucket.params] * (bucket.rounding_state is None) + [bucket.tensors(k) for k in plan.numbers]
             for k in plan.factored:
                 tensors += [bucket.state(f'{k}_row'), bucket.factors[k], np.array([p.shape[-1] for p in bucket.params], dtype=np.int64),
                             np.array([p.shape[-2] if p.dim() > 2 else 0 for p in bucket.params], dtype=np.int64)]
+            tensors += [bucket.state(f'{k}_scales') for k in plan.quantized]  # the 8-bit states' scales (see `phase_source`)
             cache.clear()
             # a tensor with no elements still gets a program when its numbers are stored by one
             cache['table'], cache['block_tensors'], cache['n_blocks'], cache['align'] = build_tables(
@@ -472,14 +524,19 @@ class TritonBackend(Stepper):
         block, warps = 512, 8 if bucket.params[0].element_size() == 4 else 4
         tensors = [bucket.params, bucket.grads, *[bucket.state(name) for name, _ in moments]]
         if bucket.rounding in residual_dtypes: tensors.append(bucket.comps)
-        table, block_tensors, n_blocks, align = build_tables(tensors, bucket.device, block)
+        forms = {k: spec.quantize for k, spec in bucket.algorithm.states.items() if spec.dtype == 'q8'}
+        if forms:  # each moment's scales (the parameters stand in for a moment in full precision's)
+            tensors += [bucket.state(f'{name}_scales') if name in forms else bucket.params for name, _ in moments]
+        table, block_tensors, n_blocks, align = build_tables(tensors, bucket.device, block, aligned=2 + len(moments))
         if n_blocks == 0: return
         columns = [l2, *[c for pair in zip(decays, weights) for c in pair]]
         scalars = to_device(np.stack(columns, 1).astype(np.float32), bucket.device)
         fold_gradients[(n_blocks,)](table, block_tensors, scalars, WIDTH=len(tensors) + 2, K=len(columns),
                                     MOMENTS=len(moments), SQUARED=sum(1 << j for j, (_, power) in enumerate(moments) if power == 2),
                                     DTYPE=getattr(tl, tl_dtypes[bucket.dtype]), BLOCK=block, ALIGN=align,
-                                    ROUNDING=roundings[bucket.rounding], num_warps=warps)
+                                    ROUNDING=roundings[bucket.rounding], num_warps=warps,
+                                    SIGNED=sum(1 << j for j, (name, _) in enumerate(moments) if forms.get(name) == 'signed'),
+                                    POSITIVE=sum(1 << j for j, (name, _) in enumerate(moments) if forms.get(name) == 'positive'))
 
     def check_replay(self, plan, bucket, leaves, cache):
         captured = cache.get('factor_l2')
