@@ -18,7 +18,7 @@ __all__ = ['fp32_max', 'fold_numel', 'residual_dtypes', 'rounding_states', 'grou
            'ParamState', 'StateTable', 'Layout', 'Numbers', 'Preparation', 'GroupView', 'FastOptimizer', 'make_partial',
            'OptFunc', 'partial_maker', 'make_optimizer']
 
-# %% ../nbs/00_core.ipynb #b642c8f7
+# %% ../nbs/00_core.ipynb #ae505245
 import inspect, linecache, math, operator, warnings
 from collections.abc import MutableMapping
 from functools import partial
@@ -95,12 +95,12 @@ def combine_pieces(plan, partials, owner, n):
         else: reds[:, j].fill_(-math.inf).index_reduce_(0, owner, partials[:, j], 'amax')
     return reds
 
-# %% ../nbs/00_core.ipynb #f9a96117
+# %% ../nbs/00_core.ipynb #be1fe453
 fold_numel = 2**22  # elements folded at a time: bounds the fp32 copies of 16-bit gradients and moments
 
 def fold_moments(bucket, moments, l2, decays, weights):
     "Fold each tensor's gradient into its moments (`(state, power)` pairs): `state·decay + weight·(g + l2·p)**power`, rounded once"
-    comps, forms = bucket.comps, {k: spec.quantize for k, spec in bucket.algorithm.states.items() if spec.dtype == 'q8'}
+    comps, forms = bucket.comps, bucket.quantized
     for i, (p, g, s) in enumerate(zip(bucket.params, bucket.grads, bucket.states)):
         for lo in range(0, p.numel(), fold_numel):  # fp32 working copies of one bounded piece at a time
             piece = slice(lo, lo + fold_numel)
@@ -118,7 +118,7 @@ def fold_moments(bucket, moments, l2, decays, weights):
                 if name in forms: quantize_into(dst, scales, t, forms[name])
                 elif t is not dst: write_back(dst, t)
 
-# %% ../nbs/00_core.ipynb #0776f2e2
+# %% ../nbs/00_core.ipynb #59d36f6f
 def _mul32(x, c: int):
     "x·c modulo 2³², for 0 ≤ x < 2³² held in int64, without overflowing"
     return (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & 0xFFFFFFFF
@@ -194,7 +194,7 @@ def update_param(p: Tensor, p_math: Tensor, direction: Tensor, scale: float, dec
         p.copy_(s)
     else: p.copy_(stochastic_round(p_math.add_(u), seed, start))
 
-# %% ../nbs/00_core.ipynb #b6e1fa3d
+# %% ../nbs/00_core.ipynb #e8f2a940
 group_size = 32  # elements per scale of an 8-bit state
 code_dtypes = {'signed': torch.int8, 'positive': torch.uint8}
 
@@ -222,7 +222,7 @@ def quantize_into(codes: Tensor, scales: Tensor, x: Tensor, form: str):
     top = groups.abs().amax(1) if form == 'signed' else groups.amax(1)
     scale = (top * (1 + 2**-8)).to(torch.bfloat16)  # at least `top`: bf16 values are at most 2**-8 apart, relatively
     s = scale.float().unsqueeze(1)
-    t = torch.where(s > 0, groups / s, 0.).clamp_(-1 if form == 'signed' else 0, 1)
+    t = (groups / torch.where(s > 0, s, 1.)).clamp_(-1 if form == 'signed' else 0, 1)  # a group of zeros stays zeros
     y = t.mul(2).div_(t.abs().add_(1)).mul_(127) if form == 'signed' else t.sqrt_().sqrt_().mul_(255)
     flat(codes).copy_(y.add_(0.5).floor_().view(-1)[:n])
     scales.copy_(scale)
@@ -235,7 +235,7 @@ def to_device(a, device, out=None):
     if out is not None: return out.copy_(t, non_blocking=True)
     return t.to(device, non_blocking=True) if device.type == 'cuda' else t
 
-# %% ../nbs/00_core.ipynb #3a40e8a6
+# %% ../nbs/00_core.ipynb #bd397ac8
 class Bucket:
     "The parameters of one (device, dtype) that have a gradient this step, across all param groups"
     def __init__(self, device, dtype, algorithm=None):
@@ -261,6 +261,10 @@ class Bucket:
         return rounding_states.get(self.rounding)
     @property
     def comps(self): return self.state(self.rounding_state) if self.rounding_state else None
+    @property
+    def quantized(self):
+        "The bucket's 8-bit states and their forms (`state_bits=8`)"
+        return {k: spec.quantize for k, spec in self.algorithm.states.items() if spec.dtype == 'q8'} if self.algorithm else {}
 
     def add(self, p, grad, state, group, index=0, shard_groups=(), shape=None, salt=0):
         "Parameter `p` (a local shard, of a tensor of `shape` sharded over `shard_groups`), its gradient and state, from param group `group`; `index` is its position in the optimizer"
@@ -281,7 +285,7 @@ class Bucket:
     def __len__(self): return len(self.params)
     def __repr__(self): return f"Bucket({self.device}, {self.dtype}, {len(self)} tensors{', ' + self.algorithm.name if self.algorithm else ''})"
 
-# %% ../nbs/00_core.ipynb #c204800a
+# %% ../nbs/00_core.ipynb #c5474450
 backends = {}
 
 def compile_source(source, name, namespace):
@@ -585,7 +589,7 @@ def auto_backend(device, dtype, bucket=None):
     if 'foreach' not in backends: raise ImportError("No fast backend is loaded: import fastoptim.all.")
     return 'foreach'
 
-# %% ../nbs/00_core.ipynb #edb231b8
+# %% ../nbs/00_core.ipynb #31953b4c
 def _param_error(p):
     if p.is_complex(): return f"complex parameters ({p.dtype}) are not supported"
     if not p.is_floating_point(): return f"parameters must be floating point, got {p.dtype}"
@@ -932,7 +936,7 @@ class Numbers:
         if b.algorithm.carries: leaves.update(carry_values(b.algorithm, leaves, b.carries))  # from the last step's values
         return leaves, step
 
-# %% ../nbs/00_core.ipynb #e66bc383
+# %% ../nbs/00_core.ipynb #fb5d5129
 class Preparation:
     "Check buckets and choose their backends, then give them their state: whatever can raise does so before any write"
     def __init__(self, opt): self.opt, self.workspaces = opt, {}  # the step's workspace stacks, kept while the layout is rebuilt
@@ -1147,7 +1151,7 @@ class GroupView(MutableMapping):
     def __len__(self): return 1 + len(self.opt.hypers[self.i])
     def __repr__(self): return f"GroupView({dict(self)})"
 
-# %% ../nbs/00_core.ipynb #636e9bd1
+# %% ../nbs/00_core.ipynb #88798353
 class FastOptimizer(Optimizer):
     "A fastai `Optimizer` running `algorithm` over (device, dtype) buckets with one backend call per bucket"
     def __init__(self,

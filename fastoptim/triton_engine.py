@@ -11,7 +11,7 @@ __all__ = ['triton_ops', 'tl_dtypes', 'sum_slots', 'SUM_SLOTS', 'roundings', 'lo
            'phase_source', 'triton_code', 'build_tables', 'fold_gradients', 'add_to_sum', 'max_to_slot', 'interpreting',
            'TritonBackend']
 
-# %% ../nbs/03_triton.ipynb #aa0115b6
+# %% ../nbs/03_triton.ipynb #8c41a443
 import math
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ except ImportError:
     triton, tl = None, SimpleNamespace(constexpr=None)
     def triton_jit(fn): return fn
 
-# %% ../nbs/03_triton.ipynb #c1fe86a0
+# %% ../nbs/03_triton.ipynb #5a979057
 @triton_jit
 def locate_block(table, block_tensors, WIDTH: tl.constexpr, BLOCK: tl.constexpr):
     "This program's tensor row, tensor index, element offsets and mask"
@@ -148,7 +148,7 @@ def store_param(row, t, offsets, mask, p, direction, scale, decay, scalars, K: t
             seed = tl.load(scalars + t * K + K - 1).to(tl.uint32, bitcast=True)
             tl.store(ptr + offsets, stochastic_round(p + u, offsets.to(tl.uint32) ^ seed), mask=mask)
 
-# %% ../nbs/03_triton.ipynb #95b461d4
+# %% ../nbs/03_triton.ipynb #aae9adf6
 @triton_jit
 def load_q8(codes, scales, offsets, mask, FORM: tl.constexpr):
     "An 8-bit state's fp32 values (FORM 0: signed, 1: positive; see `fastoptim.core.dequantize`)"
@@ -169,7 +169,7 @@ def store_q8(codes, scales, offsets, x, mask, numel, BLOCK: tl.constexpr, FORM: 
     else: top = tl.max(groups, axis=1)
     scale = round_to(top * (1 + 2**-8), tl.bfloat16)
     s = scale.to(tl.float32)[:, None]
-    t = tl.where(s > 0, groups / s, 0.)
+    t = groups / tl.where(s > 0, s, 1.)  # a group of zeros stays zeros
     if FORM == 0:
         t = tl.minimum(tl.maximum(t, -1.), 1.)
         q = tl.floor(t * 2 / (tl.abs(t) + 1) * 127 + 0.5).to(tl.int8)
@@ -180,7 +180,7 @@ def store_q8(codes, scales, offsets, x, mask, numel, BLOCK: tl.constexpr, FORM: 
     group = tl.max(tl.reshape(offsets, (BLOCK // 32, 32)), axis=1) // 32
     tl.store(scales + group, scale, mask=group * 32 < numel)
 
-# %% ../nbs/03_triton.ipynb #90208a75
+# %% ../nbs/03_triton.ipynb #a8303a1b
 @triton_jit
 def power(x, n):
     "x**n for float64 `x` and positive int32 `n`, by binary powering"
@@ -359,7 +359,7 @@ def build_tables(tensor_lists, device, block, aligned=None, min_blocks=0):
     align = 16 if not (table[:, 2:2 + (aligned or len(tensor_lists))] % 16).any() else 1
     return to_device(table, device), to_device(block_tensors, device), int(blocks.sum()), align
 
-# %% ../nbs/03_triton.ipynb #98bd34c9
+# %% ../nbs/03_triton.ipynb #cda70627
 @triton_jit
 def fold_gradients(table, block_tensors, scalars, WIDTH: tl.constexpr, K: tl.constexpr, MOMENTS: tl.constexpr,
                    SQUARED: tl.constexpr, DTYPE: tl.constexpr, BLOCK: tl.constexpr, ALIGN: tl.constexpr, ROUNDING: tl.constexpr,
@@ -386,7 +386,7 @@ def fold_gradients(table, block_tensors, scalars, WIDTH: tl.constexpr, K: tl.con
             moment = load_math(ptr, offsets, mask) * scalar(scalars, t, 1 + 2 * j, K)
             store(ptr, offsets, moment + scalar(scalars, t, 2 + 2 * j, K) * term, mask, DTYPE)
 
-# %% ../nbs/03_triton.ipynb #d5c40d79
+# %% ../nbs/03_triton.ipynb #93786de8
 tl_dtypes = {torch.float32: 'float32', torch.bfloat16: 'bfloat16', torch.float16: 'float16'}
 # each tensor's partial sums go to this many slots (by program), added up after the pass: with 32, a pass that reads
 # little (LARS's norms of p and g) waited on contended atomics; 256 took LARS's replayed step on the LLM-like set from
@@ -524,7 +524,7 @@ class TritonBackend(Stepper):
         block, warps = 512, 8 if bucket.params[0].element_size() == 4 else 4
         tensors = [bucket.params, bucket.grads, *[bucket.state(name) for name, _ in moments]]
         if bucket.rounding in residual_dtypes: tensors.append(bucket.comps)
-        forms = {k: spec.quantize for k, spec in bucket.algorithm.states.items() if spec.dtype == 'q8'}
+        forms = bucket.quantized
         if forms:  # each moment's scales (the parameters stand in for a moment in full precision's)
             tensors += [bucket.state(f'{name}_scales') if name in forms else bucket.params for name, _ in moments]
         table, block_tensors, n_blocks, align = build_tables(tensors, bucket.device, block, aligned=2 + len(moments))

@@ -22,6 +22,7 @@ from fastoptim.triton_engine import interpreting
 from functools import partial
 from fastoptim.testing import drive as full_drive, rel_diff, param_groups, accumulation_runs
 from fastoptim.low_precision import master_weights
+from fastoptim.core import dequantize
 # The matrix runs a shorter `drive` than the notebooks (12 steps, a group frozen for steps 4-7): it still
 # changes gradients, slices and schedules lr and mom, freezes and unfreezes, and keeps CI's Triton interpreter
 # runs short as the catalogue grows; each algorithm notebook runs the full 60 steps against its oracle.
@@ -435,14 +436,15 @@ def test_release_and_accumulation_match_plain_loop(algo, backend, group_bytes):
 
 
 @pytest.mark.parametrize('algo,backend', [(a, b) for a in ('Adam', 'Lamb') for b in ALL_BACKENDS])
-def test_release_and_accumulation_with_master_weights(algo, backend):
-    "bf16 weights with an int8 master residual and L2 decay (accumulation's fold reads the master weights): release and accumulation step exactly as the plain loop does, and the residual is saved and loaded"
+def test_release_and_accumulation_with_compressed_state(algo, backend):
+    "bf16 weights with an int8 master residual, 8-bit moments and L2 decay (accumulation's fold reads the master weights and folds into the 8-bit moments): release and accumulation step exactly as the plain loop does, and the compressed state is saved and loaded"
     from fastoptim.gradient_release import prepare_for_gradient_release, remove_gradient_release
     ctor, extra = ALGOS[algo]
     def run(release, reload=False):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 2)).bfloat16()
-        make = lambda: ctor(model.parameters(), lr=LR, wd=WD, decouple_wd=False, master_weight_bits=24, **extra, **{backend: True})
+        make = lambda: ctor(model.parameters(), lr=LR, wd=WD, decouple_wd=False, master_weight_bits=24, state_bits=8, **extra,
+                            **{backend: True})
         opt = make()
         if release: prepare_for_gradient_release(model, opt)
         g = torch.Generator().manual_seed(1)
@@ -454,11 +456,43 @@ def test_release_and_accumulation_with_master_weights(algo, backend):
             model(torch.randn(4, 6, generator=g).bfloat16()).float().pow(2).mean().backward()
             opt.step(); opt.zero_grad()
         if release: remove_gradient_release(model)
-        assert all(s['master_residual'].dtype == torch.int8 for s in opt.state.values())
+        assert all(s['master_residual'].dtype == torch.int8 and s['grad_avg'].dtype == torch.int8 and s['sqr_avg'].dtype == torch.uint8
+                   for s in opt.state.values())
         return list(master_weights(opt).values())
     plain = run(False)
     assert rel_diff(run(True), plain) == 0.
     assert rel_diff(run(False, reload=True), plain) == 0.
+
+
+# 8-bit states: every algorithm whose description allows them, in every backend against the reference; the engine's
+# part (cutting at whole groups, accumulation, state dicts) on the representative algorithms above and below
+EIGHT_BIT = [a for a, (ctor, _) in ALGOS.items() if any(s.quantize for d in descriptions(ctor) for s in d.states.values())]
+# backends differ by fp32's rounding, which may move a value across the midpoint between two codes: then by a code
+EIGHT_BIT_TOL = {'fp32': 1e-3, 'bf16': TOL['bf16']}
+
+@lru_cache(maxsize=None)
+def eight_bit_reference(algo, dtype_name):
+    ctor, extra = ALGOS[algo]
+    _, params = drive(lambda g: ctor(g, lr=slice(LR / 10, LR), wd=WD, state_bits=8, **extra, forloop=True), dtype=DTYPES[dtype_name])
+    return tuple(params)
+
+@pytest.mark.parametrize('algo,backend,dtype_name', [(a, b, d) for a in EIGHT_BIT for b in BACKENDS for d in DTYPES
+                                                     if a in REPRESENTATIVE or (b == 'triton' and d == 'bf16')])
+def test_8bit_states_match_forloop(algo, backend, dtype_name):
+    ctor, extra = ALGOS[algo]
+    opt, actual = drive(lambda g: ctor(g, lr=slice(LR / 10, LR), wd=WD, state_bits=8, **extra, **{backend: True}), dtype=DTYPES[dtype_name])
+    held = 0
+    for p in opt.flat_params:  # each parameter's algorithm (a Hybrid's: Muon's own momentum has no 8-bit form, its AdamW's moments do)
+        for k, spec in opt.algorithm_of(p).states.items():
+            if spec.dtype == 'q8' and k in opt.state[p]:
+                assert opt.state[p][k].dtype == {'signed': torch.int8, 'positive': torch.uint8}[spec.quantize]
+                held += opt.state[p][f'{k}_scales'].dtype == torch.bfloat16
+    assert held > 0
+    d = rel_diff(actual, list(eight_bit_reference(algo, dtype_name)))
+    assert d < EIGHT_BIT_TOL[dtype_name], f"{algo}/{backend}/{dtype_name}: rel_diff {d:.3g} vs forloop"
+    if dtype_name == 'fp32':  # and 8 bits change the run, a little
+        d = rel_diff(actual, list(reference(algo, 'decoupled', 'fp32')))
+        assert 0 < d < 0.1, f"{algo}/{backend}: 8-bit states moved the weights {d:.3g} from the full-precision run's"
 
 
 # an algorithm with states but no moments (SGD with Nesterov momentum, NAdam, schedule-free, ...): accumulation sums the
@@ -492,6 +526,40 @@ def test_wrong_shape_state_is_refused(backend):
     assert all(not torch.equal(p, b) for p, b in zip(ps, before))
     sgd_opt = SGD([p.detach().clone().requires_grad_() for p in ps], lr=LR, **{backend: True})
     with pytest.raises(ValueError, match='another algorithm'): sgd_opt.load_state_dict(opt.state_dict())
+
+
+@pytest.mark.parametrize('backend', ALL_BACKENDS)
+def test_8bit_state_dicts_convert_and_bad_ones_are_refused(backend):
+    "A full-precision state loads into an 8-bit optimizer (quantized) and an 8-bit one into a full-precision optimizer (read back), each continuing within the quantization's error; malformed codes or scales are refused before anything changes"
+    def steps(opt, ps, n, seed):
+        g = torch.Generator().manual_seed(seed)
+        for _ in range(n):
+            for p in ps: p.grad = torch.randn(p.shape, generator=g)
+            opt.step()
+    torch.manual_seed(0)
+    ps = [torch.randn(40, 3, requires_grad=True), torch.randn(70, requires_grad=True)]
+    full = Adam(ps, lr=LR, **{backend: True}); steps(full, ps, 3, 1)
+    for source, bits in ((full, 8), (None, None)):
+        twin = [p.detach().clone().requires_grad_() for p in ps]
+        sd = copy.deepcopy(source.state_dict()) if source is not None else copy.deepcopy(eight.state_dict())
+        opt = Adam(twin, lr=LR, state_bits=bits, **{backend: True}); opt.load_state_dict(sd); opt.create_state(twin)
+        for p, q in zip(twin, ps):
+            s = opt.state[p]
+            if bits: assert s['grad_avg'].dtype == torch.int8 and s['sqr_avg'].dtype == torch.uint8 and 'grad_avg_scales' in s
+            else: assert s['grad_avg'].dtype == torch.float32 and 'grad_avg_scales' not in s
+            assert rel_diff([s['grad_avg'].float() if not bits else dequantize(s['grad_avg'], s['grad_avg_scales'], 'signed')],
+                            [full.state[q]['grad_avg']]) < 0.01
+        if bits: eight = opt
+    with pytest.raises(ValueError, match='no state with an 8-bit form'): SGD(ps, lr=LR, state_bits=8, **{backend: True})
+    with pytest.raises(ValueError, match='state_bits must be 8'): Adam(ps, lr=LR, state_bits=4, **{backend: True})
+    sd = copy.deepcopy(eight.state_dict())
+    bad_codes, bad_scales = copy.deepcopy(sd), copy.deepcopy(sd)
+    bad_codes['state'][0]['grad_avg'] = bad_codes['state'][0]['grad_avg'].to(torch.uint8)
+    bad_scales['state'][0]['sqr_avg_scales'] = bad_scales['state'][0]['sqr_avg_scales'][:2]
+    before = copy.deepcopy(eight.state_dict())
+    with pytest.raises(TypeError, match='torch.int8 codes'): eight.load_state_dict(bad_codes)
+    with pytest.raises(TypeError, match='needs `sqr_avg_scales`'): eight.load_state_dict(bad_scales)
+    assert all(torch.equal(a, b) for a, b in zip(eight.state_dict()['state'][0].values(), before['state'][0].values()) if isinstance(a, torch.Tensor))
 
 
 def test_every_op_in_every_dialect():
