@@ -6,6 +6,8 @@ schedule (fastoptim AdamW, warm-up then cosine lr, decoupled wd), on the Python 
   b  pure bf16, rounded to nearest (kahan_sum=False)
   c  pure bf16 with Kahan summation (kahan_sum=True, the Kahan compensation seeded from the fp32 initial weights)
   d  pure bf16 with stochastic rounding (stochastic_rounding=True, seed=0)
+  e  pure bf16 with compressed state: an int8 master residual and 8-bit moments (master_weight_bits=24, state_bits=8)
+     (issue 17; run with --configs a,e)
 A short timed probe of every configuration first sets the steps per run so the four fit in --time-budget-s.
 
 On the GPU machine, from the repository root (fastoptim imports fastai: wheels from ../shared/gpu/wheels.sh in .whl/):
@@ -29,7 +31,7 @@ def parse_args():
     ap.add_argument('--ctx', type=int, default=512, help='context length in bytes')
     ap.add_argument('--batch', type=int, default=16, help='sequences per step')
     ap.add_argument('--steps', type=int, default=None, help='steps per configuration (default: from the probe and the budget)')
-    ap.add_argument('--time-budget-s', type=float, default=430., help='seconds for the four training runs, evaluations included')
+    ap.add_argument('--time-budget-s', type=float, default=430., help='seconds for the training runs, evaluations included')
     ap.add_argument('--lr', type=float, default=1e-3, help='peak learning rate')
     ap.add_argument('--min-lr', type=float, default=1e-4, help='learning rate at the end of the cosine')
     ap.add_argument('--warmup-frac', type=float, default=0.02, help='fraction of the steps with linear lr warm-up')
@@ -39,6 +41,7 @@ def parse_args():
     ap.add_argument('--val-batches', type=int, default=16, help='fixed validation batches averaged at each point')
     ap.add_argument('--max-files', type=int, default=None, help='use only the first N files (sorted by path)')
     ap.add_argument('--seed', type=int, default=0, help='seed of the initial weights and of the data order')
+    ap.add_argument('--configs', default='a,b,c,d', help='configurations to train (see above), the first the reference')
     ap.add_argument('--out', default=os.environ.get('OUT', 'bf16_gpt_results'), help='folder for results.md, results.json, curves.png')
     args = ap.parse_args()
     if args.tiny:
@@ -46,6 +49,7 @@ def parse_args():
         args.steps, args.evals, args.val_batches = args.steps or 40, 8, 4
         args.max_files = args.max_files or 200
     args.backend = args.backend or ('triton' if args.device == 'cuda' else 'foreach')
+    args.configs = args.configs.split(',')
     return args
 
 
@@ -74,6 +78,7 @@ CONFIGS = {  # name: (label, pure bf16?, rounding arguments of the optimizer)
     'b': ('bf16, nearest', True, dict(kahan_sum=False)),
     'c': ('bf16, Kahan', True, dict(kahan_sum=True)),
     'd': ('bf16, stochastic', True, dict(stochastic_rounding=True, seed=0)),
+    'e': ('bf16, int8 residual + 8-bit moments', True, dict(master_weight_bits=24, state_bits=8)),
 }
 
 
@@ -204,7 +209,8 @@ def probe(init, train, val_starts, val, args, device, warm=5, timed=15):
     "Seconds per training step and per evaluation of each configuration, after `warm` steps (which compile the kernels)"
     starts = torch.randint(0, len(train) - args.ctx - 1, (warm + timed, args.batch), generator=torch.Generator().manual_seed(1)).to(device)
     res = {}
-    for name, (_, pure_bf16, _) in CONFIGS.items():
+    for name in args.configs:
+        pure_bf16 = CONFIGS[name][1]
         model, opt = build(name, init, args, device)
         watch = Stopwatch(device)
         for i, s in enumerate(starts):
@@ -221,7 +227,7 @@ def probe(init, train, val_starts, val, args, device, warm=5, timed=15):
 
 
 def plan(timing, args):
-    "Steps per configuration (from --steps, else the most that fit --time-budget-s) and the estimated seconds of the four runs"
+    "Steps per configuration (from --steps, else the most that fit --time-budget-s) and the estimated seconds of the runs"
     eval_s = sum(t['eval_s'] for t in timing.values()) * (args.evals + 2)
     step_s = sum(t['step_s'] for t in timing.values())
     steps = args.steps or max(10, int((args.time_budget_s - eval_s) / step_s))
@@ -263,16 +269,21 @@ def run(name, init, train, starts, val, val_starts, args, device):
 
 # ---------------------------------------------------------------- report
 def targets(r):
-    "The issue's four checks, as (description, measured, passed)"
-    a, b, c = r['a'], r['b'], r['c']
-    gap = (c['final_val_loss'] - a['final_val_loss']) / a['final_val_loss']
-    checks = [('(c) final val loss within 1% of (a)', f'{gap:+.2%}', abs(gap) <= 0.01),
-              ('(b) final val loss worse than (c)', f"{b['final_val_loss']:.4f} vs {c['final_val_loss']:.4f}", b['final_val_loss'] > c['final_val_loss'])]
+    "The issues' checks of the configurations trained, as (description, measured, passed): issue 3's of (c), issue 17's of (e)"
+    checks, a = [], r.get('a')
+    if a is None: return checks
     key = 'non_activation_mib' if a['non_activation_mib'] is not None else 'non_activation_tensors_mib'
-    saving = 1 - c[key] / a[key]
-    checks.append(('(c) non-activation memory ≥35% below (a)', f'{saving:.1%} below', saving >= 0.35))
-    ratio = c['tokens_per_s'] / a['tokens_per_s']
-    checks.append(('(c) tokens/s ≥ (a)', f'{ratio:.3f}×', ratio >= 1))
+    for n in ('c', 'e'):
+        if n not in r: continue
+        gap = (r[n]['final_val_loss'] - a['final_val_loss']) / a['final_val_loss']
+        checks.append((f'({n}) final val loss within 1% of (a)', f'{gap:+.2%}', abs(gap) <= 0.01))
+        if n == 'c' and 'b' in r:
+            b, c = r['b'], r['c']
+            checks.append(('(b) final val loss worse than (c)', f"{b['final_val_loss']:.4f} vs {c['final_val_loss']:.4f}", b['final_val_loss'] > c['final_val_loss']))
+        saving = 1 - r[n][key] / a[key]
+        checks.append((f'({n}) non-activation memory ≥35% below (a)', f'{saving:.1%} below', saving >= 0.35))
+        ratio = r[n]['tokens_per_s'] / a['tokens_per_s']
+        checks.append((f'({n}) tokens/s ≥ (a)', f'{ratio:.3f}×', ratio >= 1))
     return checks
 
 
@@ -289,7 +300,7 @@ def table(r):
 def plot(r, path):
     "Validation loss against step for every configuration, and the same zoomed on the second half"
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    half = max(s for s, _ in r['a']['curve']) / 2
+    half = max(s for s, _ in next(iter(r.values()))['curve']) / 2
     for n, x in r.items():
         s, l = zip(*x['curve'])
         axes[0].plot(s, l, label=f"({n}) {x['label']}")
@@ -312,6 +323,7 @@ def versions():
 
 def main(args):
     t_start = time.perf_counter()
+    if not set(args.configs) <= set(CONFIGS): sys.exit(f'--configs: choose from {sorted(CONFIGS)}, got {args.configs}')
     device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = True
     if args.tiny: torch.set_num_threads(1)  # tiny ops gain nothing from threads, and lose much when cores are shared
@@ -329,13 +341,13 @@ def main(args):
     timing = probe(init, train, val_starts, val, args, device)
     steps, estimate = plan(timing, args)
     probe_txt = ', '.join(f"({n}) {t['step_s']*1e3:.1f}" for n, t in timing.items()) + ' ms/step'
-    print(f'probe: {probe_txt}' + f"; eval {timing['a']['eval_s']:.2f} s → {steps} steps per config ({steps*args.batch*args.ctx/1e6:.1f}M tokens), "
-          f"estimated {estimate:.0f} s for the four runs (budget {args.time_budget_s:.0f} s)", flush=True)
+    print(f'probe: {probe_txt}' + f"; eval {timing[args.configs[0]]['eval_s']:.2f} s → {steps} steps per config ({steps*args.batch*args.ctx/1e6:.1f}M tokens), "
+          f"estimated {estimate:.0f} s for the {len(args.configs)} runs (budget {args.time_budget_s:.0f} s)", flush=True)
 
     rng = np.random.default_rng(args.seed)
     starts = torch.from_numpy(rng.integers(0, len(train_np) - args.ctx - 1, (steps, args.batch))).to(device)
     results, t_runs = {}, time.perf_counter()
-    for name in CONFIGS:
+    for name in args.configs:
         results[name] = run(name, init, train, starts, val, val_starts, args, device)
         x = results[name]
         print(f"({name}) {x['label']}: val {x['final_val_loss']:.4f}, {x['tokens_per_s']:,.0f} tokens/s, "
@@ -360,12 +372,12 @@ def main(args):
           f"grad clipping {args.clip:g}. Loss in fp32 (logits cast to float). (c) seeds the Kahan compensation with what the "
           f"bf16 cast rounds off the fp32 initial weights, as fastoptim's BF16 callback does.",
           f"Probe {probe_txt}: estimated {estimate:.0f} s for the "
-          f"four runs, took {runs_s:.0f} s; whole script {time.perf_counter()-t_start:.0f} s.", '',
+          f"{len(args.configs)} runs, took {runs_s:.0f} s; whole script {time.perf_counter()-t_start:.0f} s.", '',
           'Peak MiB: torch.cuda.max_memory_allocated during the run (evaluations included). Non-activation MiB (measured): '
           'torch.cuda.memory_allocated after backward and `opt.step()` of the last step, before `zero_grad` (params, grads, '
           'optimizer state, plus the batch and a few scalars); (tensors): bytes of the parameters, gradients and optimizer state '
           'tensors. Both are net of the memory allocated before the model was built (the data). tokens/s: synchronize + '
-          f"perf_counter over the training steps after the first {results['a']['untimed_steps']}, evaluations excluded.", '',
+          f"perf_counter over the training steps after the first {next(iter(results.values()))['untimed_steps']}, evaluations excluded.", '',
           table(results), '', '## Targets', '', '| target | measured | passed |', '|---|---|---|',
           *[f'| {d} | {m} | {"yes" if ok else "**no**"} |' for d, m, ok in checks], '', '![validation loss](curves.png)', '']
     (out / 'results.md').write_text('\n'.join(md))

@@ -1,5 +1,5 @@
 """Compressed optimizer state (issue 17): AdamW on bf16 weights with Kahan summation, with compressed master weights
-(int16 and int8 residuals), beside FlashOptim's FlashAdamW and torch's fused AdamW, on the LLM-like and the
+(int16 and int8 residuals), with 8-bit moments, beside FlashOptim's FlashAdamW and torch's fused AdamW, on the LLM-like and the
 ResNet-50-like parameter sets. Per implementation: the step (eager, and replayed in a CUDA graph where it can be
 captured) as a fraction of its own byte bound at the copy bandwidth measured in the same run, the optimizer state's
 bytes per parameter (`torch.cuda.memory_allocated` after the first step, less before the optimizer was made), and the
@@ -36,8 +36,10 @@ except ImportError: flashoptim = None
 LR, WD, BETAS, EPS = 1e-3, 0.01, (0.9, 0.99), 1e-5
 # bytes one step must move per parameter: bf16 p read and written (4), bf16 g read (2), bf16 m and v read and written
 # (8), and what the rounding keeps, read and written: a bf16 compensation or int16 residual (4), an int8 residual (2);
-# FlashOptim's 8-bit moments: a byte each way for each, and an fp16 scale per 32 elements each way
-BYTES = {'kahan': 18, 'master32': 18, 'master24': 16, 'flash 24-bit, 8-bit moments': 4 + 2 + 2 + 2 * (2 + 2 * 2 / 32),
+# 8-bit moments: a byte each way for each, and a 2-byte scale per 32 elements each way
+EIGHT_BIT_MOMENTS = 2 * (2 + 2 * 2 / 32)
+BYTES = {'kahan': 18, 'master32': 18, 'master24': 16, 'master24, 8-bit moments': 4 + 2 + 2 + EIGHT_BIT_MOMENTS,
+         'kahan, 8-bit moments': 4 + 4 + 2 + EIGHT_BIT_MOMENTS, 'flash 24-bit, 8-bit moments': 4 + 2 + 2 + EIGHT_BIT_MOMENTS,
          'flash 24-bit, bf16 moments': 16, 'torch fused (no compensation)': 14}
 
 
@@ -47,7 +49,10 @@ def implementations(device):
     out = {'kahan': (lambda ps: Adam(ps, triton=True, **fast), True),
            'master32': (lambda ps: Adam(ps, triton=True, master_weight_bits=32, **fast), True),
            'master24': (lambda ps: Adam(ps, triton=True, master_weight_bits=24, **fast), True),
-           'master24 foreach': (lambda ps: Adam(ps, foreach=True, master_weight_bits=24, **fast), False)}
+           'master24, 8-bit moments': (lambda ps: Adam(ps, triton=True, master_weight_bits=24, state_bits=8, **fast), True),
+           'kahan, 8-bit moments': (lambda ps: Adam(ps, triton=True, state_bits=8, **fast), True),
+           'master24 foreach': (lambda ps: Adam(ps, foreach=True, master_weight_bits=24, **fast), False),
+           'master24, 8-bit moments foreach': (lambda ps: Adam(ps, foreach=True, master_weight_bits=24, state_bits=8, **fast), False)}
     if device.type == 'cuda':
         out['torch fused (no compensation)'] = (lambda ps: torch.optim.AdamW(ps, lr=LR, betas=BETAS, eps=EPS, weight_decay=WD, fused=True), False)
         if flashoptim is not None:
