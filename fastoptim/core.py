@@ -14,11 +14,11 @@ __all__ = ['fp32_max', 'fold_numel', 'residual_dtypes', 'rounding_states', 'grou
            'host_names', 'upload_hosts', 'shared_hosts', 'check_shared_numbers', 'new_numbers', 'number_inputs',
            'factor_shapes', 'expanded', 'FactorLayout', 'update_factors', 'refuse_partial_steps', 'apply_matrices',
            'Stepper', 'ForLoopBackend', 'piece_limit', 'backend_from_flags', 'auto_backend', 'check_state',
-           'is_sharded', 'local_tensor', 'sharding', 'shard_salt', 'state_of_shards', 'local_state', 'complete_shards',
-           'ParamState', 'StateTable', 'Layout', 'Numbers', 'Preparation', 'GroupView', 'FastOptimizer', 'make_partial',
-           'OptFunc', 'partial_maker', 'make_optimizer']
+           'is_sharded', 'local_tensor', 'sharding', 'shard_salt', 'full_precision', 'state_of_shards', 'local_state',
+           'complete_shards', 'ParamState', 'StateTable', 'Layout', 'Numbers', 'Preparation', 'GroupView',
+           'FastOptimizer', 'make_partial', 'OptFunc', 'partial_maker', 'make_optimizer']
 
-# %% ../nbs/00_core.ipynb #ae505245
+# %% ../nbs/00_core.ipynb #a07e9193
 import inspect, linecache, math, operator, warnings
 from collections.abc import MutableMapping
 from functools import partial
@@ -95,7 +95,7 @@ def combine_pieces(plan, partials, owner, n):
         else: reds[:, j].fill_(-math.inf).index_reduce_(0, owner, partials[:, j], 'amax')
     return reds
 
-# %% ../nbs/00_core.ipynb #be1fe453
+# %% ../nbs/00_core.ipynb #dab2a0b8
 fold_numel = 2**22  # elements folded at a time: bounds the fp32 copies of 16-bit gradients and moments
 
 def fold_moments(bucket, moments, l2, decays, weights):
@@ -118,7 +118,7 @@ def fold_moments(bucket, moments, l2, decays, weights):
                 if name in forms: quantize_into(dst, scales, t, forms[name])
                 elif t is not dst: write_back(dst, t)
 
-# %% ../nbs/00_core.ipynb #59d36f6f
+# %% ../nbs/00_core.ipynb #143dc29c
 def _mul32(x, c: int):
     "x·c modulo 2³², for 0 ≤ x < 2³² held in int64, without overflowing"
     return (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & 0xFFFFFFFF
@@ -194,7 +194,7 @@ def update_param(p: Tensor, p_math: Tensor, direction: Tensor, scale: float, dec
         p.copy_(s)
     else: p.copy_(stochastic_round(p_math.add_(u), seed, start))
 
-# %% ../nbs/00_core.ipynb #e8f2a940
+# %% ../nbs/00_core.ipynb #8209c186
 group_size = 32  # elements per scale of an 8-bit state
 code_dtypes = {'signed': torch.int8, 'positive': torch.uint8}
 
@@ -220,9 +220,9 @@ def quantize_into(codes: Tensor, scales: Tensor, x: Tensor, form: str):
     n = codes.numel()
     groups = torch.nn.functional.pad(flat(x), (0, scale_count(n) * group_size - n)).view(-1, group_size)
     top = groups.abs().amax(1) if form == 'signed' else groups.amax(1)
-    scale = (top * (1 + 2**-8)).to(torch.bfloat16)  # at least `top`: bf16 values are at most 2**-8 apart, relatively
-    s = scale.float().unsqueeze(1)
-    t = (groups / torch.where(s > 0, s, 1.)).clamp_(-1 if form == 'signed' else 0, 1)  # a group of zeros stays zeros
+    scale = ((top.view(torch.int32) + 0xFFFF) & -0x10000).view(torch.float32).to(torch.bfloat16)  # `top` rounded up to bf16
+    inverse = 1 / torch.where(scale > 0, scale.float(), 1.)  # a group of zeros stays zeros; a product, as the kernels compute it
+    t = (groups * inverse.unsqueeze(1)).clamp_(-1 if form == 'signed' else 0, 1)
     y = t.mul(2).div_(t.abs().add_(1)).mul_(127) if form == 'signed' else t.sqrt_().sqrt_().mul_(255)
     flat(codes).copy_(y.add_(0.5).floor_().view(-1)[:n])
     scales.copy_(scale)
@@ -235,7 +235,7 @@ def to_device(a, device, out=None):
     if out is not None: return out.copy_(t, non_blocking=True)
     return t.to(device, non_blocking=True) if device.type == 'cuda' else t
 
-# %% ../nbs/00_core.ipynb #bd397ac8
+# %% ../nbs/00_core.ipynb #a7f0520f
 class Bucket:
     "The parameters of one (device, dtype) that have a gradient this step, across all param groups"
     def __init__(self, device, dtype, algorithm=None):
@@ -285,7 +285,7 @@ class Bucket:
     def __len__(self): return len(self.params)
     def __repr__(self): return f"Bucket({self.device}, {self.dtype}, {len(self)} tensors{', ' + self.algorithm.name if self.algorithm else ''})"
 
-# %% ../nbs/00_core.ipynb #c5474450
+# %% ../nbs/00_core.ipynb #ff9b595c
 backends = {}
 
 def compile_source(source, name, namespace):
@@ -589,7 +589,7 @@ def auto_backend(device, dtype, bucket=None):
     if 'foreach' not in backends: raise ImportError("No fast backend is loaded: import fastoptim.all.")
     return 'foreach'
 
-# %% ../nbs/00_core.ipynb #31953b4c
+# %% ../nbs/00_core.ipynb #1beba75c
 def _param_error(p):
     if p.is_complex(): return f"complex parameters ({p.dtype}) are not supported"
     if not p.is_floating_point(): return f"parameters must be floating point, got {p.dtype}"
@@ -669,7 +669,7 @@ def _dense(t):
     return t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)) \
         or (t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d))
 
-# %% ../nbs/00_core.ipynb #6f3b7e2d
+# %% ../nbs/00_core.ipynb #cb7d5129
 try: from torch.distributed.tensor import DTensor
 except ImportError: DTensor = None  # torch built without distributed support: no parameter can be sharded
 
@@ -701,11 +701,21 @@ def shard_salt(p) -> int:
     if not is_sharded(p): return 0
     return 1 + int(np.ravel_multi_index(p.device_mesh.get_coordinate(), tuple(p.device_mesh.shape)))
 
+def full_precision(state):
+    "`state` with each 8-bit state (codes beside their `_scales`) as its fp32 values"
+    forms = {dtype: form for form, dtype in code_dtypes.items()}
+    out = {}
+    for k, v in state.items():
+        if k.endswith('_scales') and k[:-len('_scales')] in state: continue
+        scales = state.get(f'{k}_scales')
+        out[k] = dequantize(v, scales, forms[v.dtype]) if isinstance(scales, Tensor) and v.dtype in forms else v
+    return out
+
 def state_of_shards(p, state):
-    "`state` of sharded `p` for saving: each state tensor (a local shard) as a DTensor placed like `p`, which `torch.distributed.checkpoint` saves and loads shard by shard"
+    "`state` of sharded `p` for saving: each state tensor (a local shard) as a DTensor placed like `p`, which `torch.distributed.checkpoint` saves and loads shard by shard (an 8-bit state as its fp32 values: see above)"
     if not is_sharded(p): return state
     return {k: DTensor.from_local(v, p.device_mesh, p.placements, run_check=False, shape=p.shape, stride=p.stride())
-            if isinstance(v, Tensor) else v for k, v in state.items()}
+            if isinstance(v, Tensor) else v for k, v in full_precision(state).items()}
 
 def local_state(p, state):
     "A loaded `state` of `p` with each DTensor as its local shard, after checking it is placed like `p`"
@@ -936,7 +946,7 @@ class Numbers:
         if b.algorithm.carries: leaves.update(carry_values(b.algorithm, leaves, b.carries))  # from the last step's values
         return leaves, step
 
-# %% ../nbs/00_core.ipynb #fb5d5129
+# %% ../nbs/00_core.ipynb #25ba9539
 class Preparation:
     "Check buckets and choose their backends, then give them their state: whatever can raise does so before any write"
     def __init__(self, opt): self.opt, self.workspaces = opt, {}  # the step's workspace stacks, kept while the layout is rebuilt
@@ -1151,7 +1161,7 @@ class GroupView(MutableMapping):
     def __len__(self): return 1 + len(self.opt.hypers[self.i])
     def __repr__(self): return f"GroupView({dict(self)})"
 
-# %% ../nbs/00_core.ipynb #88798353
+# %% ../nbs/00_core.ipynb #bdc7ddf5
 class FastOptimizer(Optimizer):
     "A fastai `Optimizer` running `algorithm` over (device, dtype) buckets with one backend call per bucket"
     def __init__(self,

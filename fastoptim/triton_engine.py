@@ -11,7 +11,7 @@ __all__ = ['triton_ops', 'tl_dtypes', 'sum_slots', 'SUM_SLOTS', 'roundings', 'lo
            'phase_source', 'triton_code', 'build_tables', 'fold_gradients', 'add_to_sum', 'max_to_slot', 'interpreting',
            'TritonBackend']
 
-# %% ../nbs/03_triton.ipynb #8c41a443
+# %% ../nbs/03_triton.ipynb #5ca35ea6
 import math
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ except ImportError:
     triton, tl = None, SimpleNamespace(constexpr=None)
     def triton_jit(fn): return fn
 
-# %% ../nbs/03_triton.ipynb #5a979057
+# %% ../nbs/03_triton.ipynb #b75369bb
 @triton_jit
 def locate_block(table, block_tensors, WIDTH: tl.constexpr, BLOCK: tl.constexpr):
     "This program's tensor row, tensor index, element offsets and mask"
@@ -148,7 +148,7 @@ def store_param(row, t, offsets, mask, p, direction, scale, decay, scalars, K: t
             seed = tl.load(scalars + t * K + K - 1).to(tl.uint32, bitcast=True)
             tl.store(ptr + offsets, stochastic_round(p + u, offsets.to(tl.uint32) ^ seed), mask=mask)
 
-# %% ../nbs/03_triton.ipynb #aae9adf6
+# %% ../nbs/03_triton.ipynb #40a9c640
 @triton_jit
 def load_q8(codes, scales, offsets, mask, FORM: tl.constexpr):
     "An 8-bit state's fp32 values (FORM 0: signed, 1: positive; see `fastoptim.core.dequantize`)"
@@ -162,14 +162,14 @@ def load_q8(codes, scales, offsets, mask, FORM: tl.constexpr):
         return y * y * s
 
 @triton_jit
-def store_q8(codes, scales, offsets, x, mask, numel, BLOCK: tl.constexpr, FORM: tl.constexpr):
-    "Write fp32 `x` as 8-bit codes, with a new scale for each group of 32 (see `fastoptim.core.quantize_into`)"
+def store_q8(codes, scales, row, offsets, x, mask, BLOCK: tl.constexpr, FORM: tl.constexpr):
+    "Write fp32 `x` as 8-bit codes, with a new scale for each group of 32 (see `fastoptim.core.quantize_into`); `row`: the tensor's, whose block this program steps"
     groups = tl.reshape(tl.where(mask, x, 0.), (BLOCK // 32, 32))
     if FORM == 0: top = tl.max(tl.abs(groups), axis=1)
     else: top = tl.max(groups, axis=1)
-    scale = round_to(top * (1 + 2**-8), tl.bfloat16)
-    s = scale.to(tl.float32)[:, None]
-    t = groups / tl.where(s > 0, s, 1.)  # a group of zeros stays zeros
+    scale = ((top.to(tl.int32, bitcast=True) + 0xFFFF) & -65536).to(tl.float32, bitcast=True).to(tl.bfloat16)  # rounded up
+    inverse = 1 / tl.where(scale > 0, scale.to(tl.float32), 1.)  # a group of zeros stays zeros
+    t = groups * inverse[:, None]
     if FORM == 0:
         t = tl.minimum(tl.maximum(t, -1.), 1.)
         q = tl.floor(t * 2 / (tl.abs(t) + 1) * 127 + 0.5).to(tl.int8)
@@ -177,10 +177,10 @@ def store_q8(codes, scales, offsets, x, mask, numel, BLOCK: tl.constexpr, FORM: 
         t = tl.minimum(tl.maximum(t, 0.), 1.)
         q = tl.floor(tl.sqrt(tl.sqrt(t)) * 255 + 0.5).to(tl.uint8)
     tl.store(codes + offsets, tl.reshape(q, (BLOCK,)), mask=mask)
-    group = tl.max(tl.reshape(offsets, (BLOCK // 32, 32)), axis=1) // 32
-    tl.store(scales + group, scale, mask=group * 32 < numel)
+    group = (tl.program_id(0) - tl.load(row + 1)) * (BLOCK // 32) + tl.arange(0, BLOCK // 32)
+    tl.store(scales + group, scale, mask=group * 32 < tl.load(row))
 
-# %% ../nbs/03_triton.ipynb #a8303a1b
+# %% ../nbs/03_triton.ipynb #8a5c3141
 @triton_jit
 def power(x, n):
     "x**n for float64 `x` and positive int32 `n`, by binary powering"
@@ -308,7 +308,7 @@ def phase_source(plan, phase, kernel, n_reductions):
     lines, name = triton_expressions([*roots, *phase.numbers.values()], known)
     stores = {}  # each state is stored as soon as its new value is known, which frees its registers early
     for k, v in phase.stores.items():
-        stores.setdefault(name(v), []).append(f'store_q8({q8[k][0]}, offsets, {name(v)}, mask, tl.load(row), BLOCK, {q8[k][1]})' if k in q8 else
+        stores.setdefault(name(v), []).append(f'store_q8({q8[k][0]}, row, offsets, {name(v)}, mask, BLOCK, {q8[k][1]})' if k in q8 else
                                               f'store(tensor_ptr(row, {columns[k]}, {dtype(k)}, ALIGN), offsets, {name(v)}, mask, {dtype(k)})')
     body += stores.pop(None, [])
     for line in lines:
@@ -359,7 +359,7 @@ def build_tables(tensor_lists, device, block, aligned=None, min_blocks=0):
     align = 16 if not (table[:, 2:2 + (aligned or len(tensor_lists))] % 16).any() else 1
     return to_device(table, device), to_device(block_tensors, device), int(blocks.sum()), align
 
-# %% ../nbs/03_triton.ipynb #cda70627
+# %% ../nbs/03_triton.ipynb #e2dac3ea
 @triton_jit
 def fold_gradients(table, block_tensors, scalars, WIDTH: tl.constexpr, K: tl.constexpr, MOMENTS: tl.constexpr,
                    SQUARED: tl.constexpr, DTYPE: tl.constexpr, BLOCK: tl.constexpr, ALIGN: tl.constexpr, ROUNDING: tl.constexpr,
@@ -376,17 +376,17 @@ def fold_gradients(table, block_tensors, scalars, WIDTH: tl.constexpr, K: tl.con
         if (SIGNED >> j) & 1:
             codes = tensor_ptr(row, 2 + j, tl.int8, ALIGN)
             moment = load_q8(codes, scales, offsets, mask, 0) * scalar(scalars, t, 1 + 2 * j, K)
-            store_q8(codes, scales, offsets, moment + scalar(scalars, t, 2 + 2 * j, K) * term, mask, tl.load(row), BLOCK, 0)
+            store_q8(codes, scales, row, offsets, moment + scalar(scalars, t, 2 + 2 * j, K) * term, mask, BLOCK, 0)
         elif (POSITIVE >> j) & 1:
             codes = tensor_ptr(row, 2 + j, tl.uint8, ALIGN)
             moment = load_q8(codes, scales, offsets, mask, 1) * scalar(scalars, t, 1 + 2 * j, K)
-            store_q8(codes, scales, offsets, moment + scalar(scalars, t, 2 + 2 * j, K) * term, mask, tl.load(row), BLOCK, 1)
+            store_q8(codes, scales, row, offsets, moment + scalar(scalars, t, 2 + 2 * j, K) * term, mask, BLOCK, 1)
         else:
             ptr = tensor_ptr(row, 2 + j, DTYPE, ALIGN)
             moment = load_math(ptr, offsets, mask) * scalar(scalars, t, 1 + 2 * j, K)
             store(ptr, offsets, moment + scalar(scalars, t, 2 + 2 * j, K) * term, mask, DTYPE)
 
-# %% ../nbs/03_triton.ipynb #93786de8
+# %% ../nbs/03_triton.ipynb #afc67ff7
 tl_dtypes = {torch.float32: 'float32', torch.bfloat16: 'bfloat16', torch.float16: 'float16'}
 # each tensor's partial sums go to this many slots (by program), added up after the pass: with 32, a pass that reads
 # little (LARS's norms of p and g) waited on contended atomics; 256 took LARS's replayed step on the LLM-like set from

@@ -69,7 +69,8 @@ LOOPS += [Loop('Adam', 'dp', release=True, micro=2), Loop('Adam', 'dp', release=
 LOOPS += [Loop('Adam', m, micro=2) for m in ('ddp', 'fsdp')] + [Loop('Adam', 'ddp_view', release=True, micro=2)]
 LOOPS += [Loop('Adam', m, b, dtype='bfloat16') for m in ('ddp', 'fsdp') for b in ('foreach', 'triton')]
 LOOPS += [Loop('Adam', 'fsdp', 'triton', dtype='bfloat16', options=(('stochastic_rounding', True),))]
-LOOPS += [Loop('Adam', 'fsdp', b, dtype='bfloat16', options=(('master_weight_bits', 24),)) for b in ('foreach', 'triton')]
+LOOPS += [Loop('Adam', 'fsdp', b, dtype='bfloat16', options=(('master_weight_bits', 24), ('state_bits', 8))) for b in ('foreach', 'triton')]
+LOOPS += [Loop('Adam', 'ddp', 'triton', micro=2, options=(('state_bits', 8),))]
 LOOPS += [Loop('Lamb', 'ddp', 'triton', release=True, dtype='bfloat16', options=(('master_weight_bits', 32),))]
 FITS = [Fit(m, cbs) for m in ('ddp', 'fsdp') for cbs in ((), ('release',), ('accumulate',), ('bf16',), ('release', 'accumulate'))]
 FITS += [Fit('ddp', (), 'muon')]
@@ -204,24 +205,26 @@ def divided(rank):
         return out
     finally: object.__setattr__(newton_schulz_fp32, 'apply', newton_schulz)
 
-def resumed(rank, out_dir, backend):
+def resumed(rank, out_dir, backend, dtype='float32', **options):
     "FSDP2, three steps of Lamb uninterrupted, and the same with a DCP checkpoint after two loaded into a new model and optimizer"
     from fastoptim.distributed import save_checkpoint, load_checkpoint
     def fresh():
-        model = shard_model(small_model())
-        return model, algorithms['Lamb'](list(model.parameters()), lr=1e-2, wd=0.1, **{backend: True})
+        model = shard_model(small_model(dtype))
+        return model, algorithms['Lamb'](list(model.parameters()), lr=1e-2, wd=0.1, **options, **{backend: True})
     def train(model, opt, batches):
         for [(x, y)] in batches:
             n = len(x) // WORLD
-            ((model(x[rank * n:(rank + 1) * n]) - y[rank * n:(rank + 1) * n]) ** 2).mean().backward()
+            out = model(x[rank * n:(rank + 1) * n].to(getattr(torch, dtype))).float()
+            ((out - y[rank * n:(rank + 1) * n]) ** 2).mean().backward()
             opt.step(); opt.zero_grad()
     batches = global_batches()
     model, opt = fresh(); train(model, opt, batches)
     uninterrupted = whole(model)
     model, opt = fresh(); train(model, opt, batches[:2])
-    save_checkpoint(Path(out_dir) / f'checkpoint-{backend}', model, opt)
+    path = Path(out_dir) / f"checkpoint-{backend}-{dtype}{'-compressed' * bool(options)}"
+    save_checkpoint(path, model, opt)
     model, opt = fresh()
-    load_checkpoint(Path(out_dir) / f'checkpoint-{backend}', model, opt)
+    load_checkpoint(path, model, opt)
     train(model, opt, batches[2:])
     return uninterrupted, whole(model)
 
@@ -240,6 +243,9 @@ def worker(rank, port, out_dir):
     for backend in ('foreach', 'triton'):
         try: results[f'resumed-{backend}'] = resumed(rank, out_dir, backend)
         except Exception: results[f'resumed-{backend}'] = traceback.format_exc()
+        # compressed state: an int8 master residual and 8-bit moments (saved as fp32 values: see `state_of_shards`)
+        try: results[f'resumed-{backend}-compressed'] = resumed(rank, out_dir, backend, 'bfloat16', master_weight_bits=24, state_bits=8)
+        except Exception: results[f'resumed-{backend}-compressed'] = traceback.format_exc()
     try: results['refusals'] = refusals(rank)
     except Exception: results['refusals'] = traceback.format_exc()
     try: results['divided'] = divided(rank)
@@ -282,12 +288,12 @@ def test_release_prepared_before_ddp_is_refused(ranks):
         assert 'nothing reduces' in r['refusals']['release before DDP']
         assert r['refusals']['release before DDP changed nothing']
 
-@pytest.mark.parametrize('backend', ['foreach', 'triton'])
-def test_sharded_checkpoint_resumes(ranks, backend):
-    "A run saved with torch.distributed.checkpoint after two steps and loaded into a new model and optimizer continues as the uninterrupted run"
+@pytest.mark.parametrize('case', ['foreach', 'triton', 'foreach-compressed', 'triton-compressed'])
+def test_sharded_checkpoint_resumes(ranks, case):
+    "A run saved with torch.distributed.checkpoint after two steps and loaded into a new model and optimizer continues as the uninterrupted run (with compressed state too)"
     for r in ranks:
-        assert not isinstance(r[f'resumed-{backend}'], str), r[f'resumed-{backend}']
-        uninterrupted, resumed = r[f'resumed-{backend}']
+        assert not isinstance(r[f'resumed-{case}'], str), r[f'resumed-{case}']
+        uninterrupted, resumed = r[f'resumed-{case}']
         for a, b in zip(uninterrupted, resumed): assert torch.equal(a, b)
 
 def test_whole_matrices_on_shards_are_refused(ranks):
