@@ -14,8 +14,8 @@ from .core import FastOptimizer, state_of_shards
 from .adam import adam_algorithm
 from .sgd import sgd_algorithm, momentum_algorithm, nesterov_algorithm
 
-# %% ../nbs/06_torch_optim.ipynb #acdc1a94
-engine_options = ('forloop', 'foreach', 'jit', 'triton', 'kahan_sum', 'stochastic_rounding', 'seed', 'master_weight_bits', 'cautious', 'grams', 'orthograd')
+# %% ../nbs/06_torch_optim.ipynb #dd2a2977
+engine_options = ('forloop', 'foreach', 'jit', 'triton', 'kahan_sum', 'stochastic_rounding', 'seed', 'master_weight_bits', 'state_bits', 'cautious', 'grams', 'orthograd')
 
 class TorchOptimizer(torch.optim.Optimizer):
     "A `torch.optim.Optimizer` whose steps a fastoptim engine takes: subclasses name the algorithm and translate the hypers"
