@@ -21,7 +21,7 @@ from types import SimpleNamespace
 from typing import Callable, Optional
 import numpy as np
 
-# %% ../nbs/00_algorithm.ipynb #18a11127
+# %% ../nbs/00_algorithm.ipynb #787bffbf
 # Hypers and states
 
 @dataclass(frozen=True)
@@ -314,7 +314,7 @@ def substitute(roots, mapping):
         memo[id(n)] = n if all(x is y for x, y in zip(args, n.args)) else Expr(n.op, args, n.tensor, n.device, n.name, n.value)
     return [memo[id(r)] for r in roots]
 
-# %% ../nbs/00_algorithm.ipynb #74ead09e
+# %% ../nbs/00_algorithm.ipynb #ea045456
 def reaches(roots, targets):
     "Whether any node in `targets` is among the nodes the roots depend on"
     ids = {id(t) for t in targets}
@@ -717,7 +717,7 @@ def final_args(phase, operand, lines, dialect):
     if scale.op == 'const' and dialect.lists: return f'[{scale.value!r}] * len(p_list)', d, q
     return operand(scale), d, q
 
-# %% ../nbs/00_algorithm.ipynb #6528782c
+# %% ../nbs/00_algorithm.ipynb #a4f48d76
 def torch_source(plan, name, phase=None):
     "A per-tensor PyTorch function (scriptable) computing `phase` of `plan` (by default, the whole update at once)"
     phase, dialect = phase or plan.whole, TorchDialect()
@@ -789,7 +789,7 @@ def factored(algorithm:Algorithm) -> Hybrid:
     whole = replace(algorithm, states={k: State(dtype='fp32') if spec.factored else spec for k, spec in algorithm.states.items()})
     return Hybrid(algorithm.name, dict(factored=algorithm, whole=whole), factored_or_whole)
 
-# %% ../nbs/00_algorithm.ipynb #018a14a3
+# %% ../nbs/00_algorithm.ipynb #17456b4e
 def _direction_modifier(algorithm, key):
     "The update of `algorithm`, masked where it does not descend (`cautious`) or given the gradient's direction (`grams`)"
     def update(p, g, s, h):

@@ -16,7 +16,7 @@ __all__ = ['FastOptimizer', 'Algorithm', 'Hybrid', 'Hyper', 'State', 'Moment', '
            'GradientRelease', 'OptimizerAccumulation', 'prepare_for_gradient_release', 'remove_gradient_release',
            'shard_model', 'ShardedTrainer', 'save_checkpoint', 'load_checkpoint']
 
-# %% ../nbs/99_all.ipynb #12381056
+# %% ../nbs/99_all.ipynb #e512f636
 from .core import FastOptimizer, algorithms
 from .algorithm import Algorithm, Hybrid, Hyper, State, Moment, Carry
 from .foreach import ForeachBackend

@@ -8,7 +8,7 @@ Docs: https://fastoptim.github.io/fastoptim/bf16.html.md"""
 __all__ = ['batch_norms', 'cast_floats', 'CastInputs', 'CastOutputs', 'cast_module', 'remove_fp32_hooks', 'to_bf16', 'to_fp32',
            'check_no_mixed_precision', 'rounding_warning', 'BF16']
 
-# %% ../nbs/20_bf16.ipynb #7f6dfb4e
+# %% ../nbs/20_bf16.ipynb #a2d6f967
 import torch
 from torch import nn, Tensor
 from fastcore.basics import store_attr, patch
@@ -91,7 +91,7 @@ def to_fp32(model:nn.Module) -> nn.Module:
     remove_fp32_hooks(model)
     return model.float()
 
-# %% ../nbs/20_bf16.ipynb #47519a59
+# %% ../nbs/20_bf16.ipynb #efeaa7fa
 import warnings
 
 def check_no_mixed_precision(cbs):

@@ -18,7 +18,7 @@ __all__ = ['fp32_max', 'fold_numel', 'residual_dtypes', 'rounding_states', 'grou
            'complete_shards', 'ParamState', 'StateTable', 'Layout', 'Numbers', 'Preparation', 'GroupView',
            'FastOptimizer', 'make_partial', 'OptFunc', 'partial_maker', 'make_optimizer']
 
-# %% ../nbs/00_core.ipynb #66091707
+# %% ../nbs/00_core.ipynb #7f56361b
 import inspect, linecache, math, operator, warnings
 from collections.abc import MutableMapping
 from functools import partial
@@ -95,7 +95,7 @@ def combine_pieces(plan, partials, owner, n):
         else: reds[:, j].fill_(-math.inf).index_reduce_(0, owner, partials[:, j], 'amax')
     return reds
 
-# %% ../nbs/00_core.ipynb #27b193c0
+# %% ../nbs/00_core.ipynb #1ab493d4
 fold_numel = 2**22  # elements folded at a time: bounds the fp32 copies of 16-bit gradients and moments
 
 def fold_moments(bucket, moments, l2, decays, weights):
@@ -118,7 +118,7 @@ def fold_moments(bucket, moments, l2, decays, weights):
                 if name in forms: quantize_into(dst, scales, t, forms[name])
                 elif t is not dst: write_back(dst, t)
 
-# %% ../nbs/00_core.ipynb #3fecf52b
+# %% ../nbs/00_core.ipynb #db9d9d0e
 def _mul32(x, c: int):
     "x·c modulo 2³², for 0 ≤ x < 2³² held in int64, without overflowing"
     return (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & 0xFFFFFFFF
@@ -194,7 +194,7 @@ def update_param(p: Tensor, p_math: Tensor, direction: Tensor, scale: float, dec
         p.copy_(s)
     else: p.copy_(stochastic_round(p_math.add_(u), seed, start))
 
-# %% ../nbs/00_core.ipynb #5ee65730
+# %% ../nbs/00_core.ipynb #a70b622d
 group_size = 32  # elements per scale of an 8-bit state
 code_dtypes = {'signed': torch.int8, 'positive': torch.uint8}
 
@@ -235,7 +235,7 @@ def to_device(a, device, out=None):
     if out is not None: return out.copy_(t, non_blocking=True)
     return t.to(device, non_blocking=True) if device.type == 'cuda' else t
 
-# %% ../nbs/00_core.ipynb #e69ae2de
+# %% ../nbs/00_core.ipynb #80d63a3e
 class Bucket:
     "The parameters of one (device, dtype) that have a gradient this step, across all param groups"
     def __init__(self, device, dtype, algorithm=None):
@@ -285,7 +285,7 @@ class Bucket:
     def __len__(self): return len(self.params)
     def __repr__(self): return f"Bucket({self.device}, {self.dtype}, {len(self)} tensors{', ' + self.algorithm.name if self.algorithm else ''})"
 
-# %% ../nbs/00_core.ipynb #eb188715
+# %% ../nbs/00_core.ipynb #7f36a61a
 backends = {}
 
 def compile_source(source, name, namespace):
@@ -589,7 +589,7 @@ def auto_backend(device, dtype, bucket=None):
     if 'foreach' not in backends: raise ImportError("No fast backend is loaded: import fastoptim.all.")
     return 'foreach'
 
-# %% ../nbs/00_core.ipynb #0c3e41c7
+# %% ../nbs/00_core.ipynb #f5263d3c
 def _param_error(p):
     if p.is_complex(): return f"complex parameters ({p.dtype}) are not supported"
     if not p.is_floating_point(): return f"parameters must be floating point, got {p.dtype}"
@@ -669,7 +669,7 @@ def _dense(t):
     return t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)) \
         or (t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d))
 
-# %% ../nbs/00_core.ipynb #8b6aca0d
+# %% ../nbs/00_core.ipynb #1c465c29
 try: from torch.distributed.tensor import DTensor
 except ImportError: DTensor = None  # torch built without distributed support: no parameter can be sharded
 
@@ -946,7 +946,7 @@ class Numbers:
         if b.algorithm.carries: leaves.update(carry_values(b.algorithm, leaves, b.carries))  # from the last step's values
         return leaves, step
 
-# %% ../nbs/00_core.ipynb #140fc6dd
+# %% ../nbs/00_core.ipynb #0be37d48
 class Preparation:
     "Check buckets and choose their backends, then give them their state: whatever can raise does so before any write"
     def __init__(self, opt): self.opt, self.workspaces = opt, {}  # the step's workspace stacks, kept while the layout is rebuilt
@@ -1161,7 +1161,7 @@ class GroupView(MutableMapping):
     def __len__(self): return 1 + len(self.opt.hypers[self.i])
     def __repr__(self): return f"GroupView({dict(self)})"
 
-# %% ../nbs/00_core.ipynb #28fb6a8e
+# %% ../nbs/00_core.ipynb #0807ef02
 class FastOptimizer(Optimizer):
     "A fastai `Optimizer` running `algorithm` over (device, dtype) buckets with one backend call per bucket"
     def __init__(self,

@@ -9,7 +9,7 @@ __all__ = ['few_pieces', 'chunks', 'with_l2', 'add_scaled', 'Rounding', 'update_
            'foreach_source', 'phase_tensors', 'foreach_functions', 'stage', 'join_staged', 'split_staged',
            'stage_codes', 'unstage_codes', 'ForeachBackend']
 
-# %% ../nbs/01_foreach.ipynb #ea2c3525
+# %% ../nbs/01_foreach.ipynb #5a3537c5
 import numpy as np
 import torch
 from dataclasses import dataclass
@@ -152,7 +152,7 @@ def foreach_functions(plan):
             plan.code['foreach'].append(fn)
     return plan.code['foreach']
 
-# %% ../nbs/01_foreach.ipynb #ca96420f
+# %% ../nbs/01_foreach.ipynb #5aedb455
 def stage(tensors):
     "fp32 copies of 16-bit flat pieces (a chunk with 16-bit lists is cut flat), in one buffer filled by one foreach copy (by a copy each when there are at most `few_pieces`), and that buffer; wider tensors are used in place (and no buffer)"
     if not tensors or tensors[0].element_size() >= 4: return tensors, None

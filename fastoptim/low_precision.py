@@ -7,12 +7,12 @@ Docs: https://fastoptim.github.io/fastoptim/low_precision.html.md"""
 # %% auto #0
 __all__ = ['kahan_residual', 'master_parts', 'seed_master_weights', 'master_weights']
 
-# %% ../nbs/05_low_precision.ipynb #5c788f67
+# %% ../nbs/05_low_precision.ipynb #934b62e8
 import torch
 from torch import Tensor
 from .core import rounding_states, residual_dtypes, split_master, join_master
 
-# %% ../nbs/05_low_precision.ipynb #7f022a13
+# %% ../nbs/05_low_precision.ipynb #05c2dfdd
 def kahan_residual(w:Tensor, dtype:torch.dtype=torch.bfloat16) -> Tensor:
     "What casting `w` to `dtype` rounds away, in `dtype`: the Kahan compensation that keeps it"
     w = w.detach().float()

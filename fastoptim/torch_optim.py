@@ -14,7 +14,7 @@ from .core import FastOptimizer, state_of_shards
 from .adam import adam_algorithm
 from .sgd import sgd_algorithm, momentum_algorithm, nesterov_algorithm
 
-# %% ../nbs/06_torch_optim.ipynb #dd2a2977
+# %% ../nbs/06_torch_optim.ipynb #00a40a3a
 engine_options = ('forloop', 'foreach', 'jit', 'triton', 'kahan_sum', 'stochastic_rounding', 'seed', 'master_weight_bits', 'state_bits', 'cautious', 'grams', 'orthograd')
 
 class TorchOptimizer(torch.optim.Optimizer):

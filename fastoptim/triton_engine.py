@@ -11,7 +11,7 @@ __all__ = ['triton_ops', 'tl_dtypes', 'sum_slots', 'SUM_SLOTS', 'roundings', 'lo
            'phase_source', 'triton_code', 'build_tables', 'fold_gradients', 'add_to_sum', 'max_to_slot', 'interpreting',
            'TritonBackend']
 
-# %% ../nbs/03_triton.ipynb #6f3032c9
+# %% ../nbs/03_triton.ipynb #b12c63c2
 import math
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ except ImportError:
     triton, tl = None, SimpleNamespace(constexpr=None)
     def triton_jit(fn): return fn
 
-# %% ../nbs/03_triton.ipynb #55f06788
+# %% ../nbs/03_triton.ipynb #81945d55
 @triton_jit
 def locate_block(table, block_tensors, WIDTH: tl.constexpr, BLOCK: tl.constexpr):
     "This program's tensor row, tensor index, element offsets and mask"
@@ -148,7 +148,7 @@ def store_param(row, t, offsets, mask, p, direction, scale, decay, scalars, K: t
             seed = tl.load(scalars + t * K + K - 1).to(tl.uint32, bitcast=True)
             tl.store(ptr + offsets, stochastic_round(p + u, offsets.to(tl.uint32) ^ seed), mask=mask)
 
-# %% ../nbs/03_triton.ipynb #f808f3fd
+# %% ../nbs/03_triton.ipynb #95ca7ea9
 @triton_jit
 def load_q8(codes, scales, offsets, mask, FORM: tl.constexpr):
     "An 8-bit state's fp32 values (FORM 0: signed, 1: positive; see `fastoptim.core.dequantize`)"
@@ -180,7 +180,7 @@ def store_q8(codes, scales, row, offsets, x, mask, BLOCK: tl.constexpr, FORM: tl
     group = (tl.program_id(0) - tl.load(row + 1)) * (BLOCK // 32) + tl.arange(0, BLOCK // 32)
     tl.store(scales + group, scale, mask=group * 32 < tl.load(row))
 
-# %% ../nbs/03_triton.ipynb #f6eda229
+# %% ../nbs/03_triton.ipynb #3acc97c6
 @triton_jit
 def power(x, n):
     "x**n for float64 `x` and positive int32 `n`, by binary powering"
@@ -326,6 +326,11 @@ def phase_source(plan, phase, kernel, n_reductions):
         scale, direction, denom = phase.final
         d = name(direction) if denom is None else f'{name(direction)} / {name(denom)}'
         body.append(f'store_param(row, t, offsets, mask, p, {d}, {name(scale)}, decay, scalars, K, {comp}, DTYPE, ROUNDING, ALIGN)')
+    # the body twice: for a block wholly inside its tensor with a mask the compiler knows to be all true, so that it
+    # loads and stores several elements per instruction (a mask bounded by a size it cannot see makes each element
+    # its own access: Triton's PTX for sm_90), and for the tensor's last block with the true mask
+    whole = 'if tl.load(row) - (tl.program_id(0) - tl.load(row + 1)) * BLOCK >= BLOCK:'
+    body = [body[0], whole, '    mask = tl.full([BLOCK], 1, tl.int1)', *[f'    {l}' for l in body[1:]], 'else:', *[f'    {l}' for l in body[1:]]]
     return (f"@triton.jit\ndef {kernel}(table, block_tensors, scalars, inputs, sums, WIDTH: tl.constexpr, K: tl.constexpr, "
             "DTYPE: tl.constexpr, BLOCK: tl.constexpr, ROUNDING: tl.constexpr, ALIGN: tl.constexpr):\n"
             + ''.join(f'    {l}\n' for l in body))
@@ -359,7 +364,7 @@ def build_tables(tensor_lists, device, block, aligned=None, min_blocks=0):
     align = 16 if not (table[:, 2:2 + (aligned or len(tensor_lists))] % 16).any() else 1
     return to_device(table, device), to_device(block_tensors, device), int(blocks.sum()), align
 
-# %% ../nbs/03_triton.ipynb #68a69aaf
+# %% ../nbs/03_triton.ipynb #4cbbebf4
 @triton_jit
 def fold_gradients(table, block_tensors, scalars, WIDTH: tl.constexpr, K: tl.constexpr, MOMENTS: tl.constexpr,
                    SQUARED: tl.constexpr, DTYPE: tl.constexpr, BLOCK: tl.constexpr, ALIGN: tl.constexpr, ROUNDING: tl.constexpr,
@@ -386,7 +391,7 @@ def fold_gradients(table, block_tensors, scalars, WIDTH: tl.constexpr, K: tl.con
             moment = load_math(ptr, offsets, mask) * scalar(scalars, t, 1 + 2 * j, K)
             store(ptr, offsets, moment + scalar(scalars, t, 2 + 2 * j, K) * term, mask, DTYPE)
 
-# %% ../nbs/03_triton.ipynb #0f5aca31
+# %% ../nbs/03_triton.ipynb #892c9d1e
 tl_dtypes = {torch.float32: 'float32', torch.bfloat16: 'bfloat16', torch.float16: 'float16'}
 # each tensor's partial sums go to this many slots (by program), added up after the pass: with 32, a pass that reads
 # little (LARS's norms of p and g) waited on contended atomics; 256 took LARS's replayed step on the LLM-like set from
