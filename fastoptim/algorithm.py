@@ -21,7 +21,7 @@ from types import SimpleNamespace
 from typing import Callable, Optional
 import numpy as np
 
-# %% ../nbs/00_algorithm.ipynb #787bffbf
+# %% ../nbs/00_algorithm.ipynb #551d8a88
 # Hypers and states
 
 @dataclass(frozen=True)
@@ -54,6 +54,7 @@ class State:
         if self.quantize not in (None, 'signed', 'positive'):
             raise ValueError(f"State quantize must be None, 'signed' or 'positive', got {self.quantize!r}.")
         if self.quantize and self.shape != 'param': raise ValueError("Only a state shaped like the parameter has an 8-bit form.")
+        if self.quantize and self.init != 'zeros': raise ValueError("A state with an 8-bit form starts at zero (its codes are made so).")
         if self.dtype == 'q8' and not self.quantize: raise ValueError("A state kept in 8 bits (dtype 'q8') names its form (`quantize`).")
         if (self.floor is not None) != self.factored: raise ValueError(
             "A factored state names the hyper that floors its row factor's mean (`floor`); no other state has one.")

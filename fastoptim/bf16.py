@@ -91,7 +91,7 @@ def to_fp32(model:nn.Module) -> nn.Module:
     remove_fp32_hooks(model)
     return model.float()
 
-# %% ../nbs/20_bf16.ipynb #efeaa7fa
+# %% ../nbs/20_bf16.ipynb #8c32b942
 import warnings
 
 def check_no_mixed_precision(cbs):
@@ -143,7 +143,7 @@ class BF16(Callback):
         to_bf16(self.learn.model, self.keep_fp32)
         self.cast_model = self.learn.model
         for p, (weights, state) in held.items():
-            if p.dtype != torch.bfloat16 or name in opt.state[p]: continue  # kept in fp32, or resumed from a state
+            if p.dtype != torch.bfloat16 or any(k in opt.state[p] for k in rounding_states.values()): continue  # kept in fp32, or resumed
             if weights is not None:
                 with torch.no_grad(): p.copy_(weights)
             opt.state[p][name] = state

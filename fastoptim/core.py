@@ -194,7 +194,7 @@ def update_param(p: Tensor, p_math: Tensor, direction: Tensor, scale: float, dec
         p.copy_(s)
     else: p.copy_(stochastic_round(p_math.add_(u), seed, start))
 
-# %% ../nbs/00_core.ipynb #a70b622d
+# %% ../nbs/00_core.ipynb #2d71743b
 group_size = 32  # elements per scale of an 8-bit state
 code_dtypes = {'signed': torch.int8, 'positive': torch.uint8}
 
@@ -220,7 +220,8 @@ def quantize_into(codes: Tensor, scales: Tensor, x: Tensor, form: str):
     n = codes.numel()
     groups = torch.nn.functional.pad(flat(x), (0, scale_count(n) * group_size - n)).view(-1, group_size)
     top = groups.abs().amax(1) if form == 'signed' else groups.amax(1)
-    scale = ((top.view(torch.int32) + 0xFFFF) & -0x10000).view(torch.float32).to(torch.bfloat16)  # `top` rounded up to bf16
+    scale = ((top.view(torch.int32) + 0xFFFF) & -0x10000).view(torch.float32)  # `top` rounded up to bf16
+    scale = torch.where(top >= 2**-126, scale, 0.).to(torch.bfloat16)  # below fp32's normal numbers: zeros (1/scale would be ∞)
     inverse = 1 / torch.where(scale > 0, scale.float(), 1.)  # a group of zeros stays zeros; a product, as the kernels compute it
     t = (groups * inverse.unsqueeze(1)).clamp_(-1 if form == 'signed' else 0, 1)
     y = t.mul(2).div_(t.abs().add_(1)).mul_(127) if form == 'signed' else t.sqrt_().sqrt_().mul_(255)
@@ -589,7 +590,7 @@ def auto_backend(device, dtype, bucket=None):
     if 'foreach' not in backends: raise ImportError("No fast backend is loaded: import fastoptim.all.")
     return 'foreach'
 
-# %% ../nbs/00_core.ipynb #f5263d3c
+# %% ../nbs/00_core.ipynb #728dab5b
 def _param_error(p):
     if p.is_complex(): return f"complex parameters ({p.dtype}) are not supported"
     if not p.is_floating_point(): return f"parameters must be floating point, got {p.dtype}"
@@ -629,8 +630,9 @@ def check_state(algorithm, p, state, stepping=False):
                 raise TypeError(f"State `{k}` in 8 bits needs `{k}_scales`, bfloat16 of shape ({scale_count(shape.numel())},): one per "
                                 f"{group_size} elements, got {scales if not isinstance(scales, Tensor) else f'{scales.dtype} of shape {tuple(scales.shape)}'}.")
         elif k.endswith('_scales') and k[:-len('_scales')] in forms:
-            if not isinstance(state.get(k[:-len('_scales')]), Tensor) or state[k[:-len('_scales')]].is_floating_point():
+            if not isinstance(state.get(k[:-len('_scales')]), Tensor):
                 raise ValueError(f"State `{k}` scales 8-bit codes, and `{k[:-len('_scales')]}` holds none.")
+            # beside a state in full precision (one replaced by hand), stale: dropped when the state is made (`convert_quantized`)
         elif k == 'master_residual':
             if not isinstance(v, Tensor) or v.dtype not in residual_dtypes.values() or v.shape != shape:
                 raise TypeError(f"State `master_residual` must be an int8 or int16 tensor of its parameter's shape {tuple(shape)}, got "
@@ -946,7 +948,7 @@ class Numbers:
         if b.algorithm.carries: leaves.update(carry_values(b.algorithm, leaves, b.carries))  # from the last step's values
         return leaves, step
 
-# %% ../nbs/00_core.ipynb #0be37d48
+# %% ../nbs/00_core.ipynb #35f75d91
 class Preparation:
     "Check buckets and choose their backends, then give them their state: whatever can raise does so before any write"
     def __init__(self, opt): self.opt, self.workspaces = opt, {}  # the step's workspace stacks, kept while the layout is rebuilt
@@ -1019,7 +1021,9 @@ class Preparation:
 
     def convert_master(self, b):
         "Master weights kept by the other kind of rounding state (a Kahan compensation, a residual of the other width) carried into the kind `b` keeps, and the old one removed: a state saved with Kahan summation resumes with compressed master weights, and back"
-        if b.rounding_state is None: return
+        if b.rounding_state is None:  # a residual left by another configuration would be applied to other weights later
+            for s in b.states: dict.pop(s, 'master_residual', None)
+            return
         for p, s in zip(b.params, b.states):
             comp, residual = s.get('kahan_comp'), s.get('master_residual')
             if b.rounding == 'kahan' and residual is not None and comp is None and p.dtype == torch.bfloat16:
@@ -1039,19 +1043,21 @@ class Preparation:
             for k, spec in b.algorithm.states.items():
                 if not spec.quantize: continue
                 t, scales = s.get(k), s.get(f'{k}_scales')
+                if t is not None and t.is_floating_point() and scales is not None: dict.pop(s, f'{k}_scales')  # stale
                 if spec.dtype != 'q8':
                     if t is not None and not t.is_floating_point():
                         dtype = torch.float32 if spec.dtype == 'fp32' else p.dtype
                         engine_write(s, k, dequantize(t.to(p.device), scales.to(p.device), spec.quantize).to(dtype))
                         dict.pop(s, f'{k}_scales')
                     continue
+                if t is not None and not t.is_floating_point() and t.device == p.device and t.stride() == p.stride() and scales.device == p.device:
+                    continue
                 codes = torch.empty_like(p, dtype=code_dtypes[spec.quantize], memory_format=torch.preserve_format)
-                if t is None or t.is_floating_point():
-                    new_scales = torch.empty(scale_count(p.numel()), dtype=torch.bfloat16, device=p.device)
-                    if t is None: codes.zero_(), new_scales.zero_()
-                    else: quantize_into(codes, new_scales, t.to(p.device, torch.float32), spec.quantize)
-                elif t.device == p.device and t.stride() == p.stride() and scales.device == p.device: continue
-                else: codes.copy_(t); new_scales = scales.to(p.device)
+                new_scales = torch.empty(scale_count(p.numel()), dtype=torch.bfloat16, device=p.device)
+                if t is None: codes.zero_(), new_scales.zero_()
+                else:  # from full precision, or from codes in another memory order, whose groups of 32 are other elements
+                    values = t if t.is_floating_point() else dequantize(t, scales.to(t.device), spec.quantize)
+                    quantize_into(codes, new_scales, values.to(p.device, torch.float32), spec.quantize)
                 engine_write(s, k, codes); engine_write(s, f'{k}_scales', new_scales)
 
     def create_state(self, b):
@@ -1161,7 +1167,7 @@ class GroupView(MutableMapping):
     def __len__(self): return 1 + len(self.opt.hypers[self.i])
     def __repr__(self): return f"GroupView({dict(self)})"
 
-# %% ../nbs/00_core.ipynb #0807ef02
+# %% ../nbs/00_core.ipynb #0ab05eeb
 class FastOptimizer(Optimizer):
     "A fastai `Optimizer` running `algorithm` over (device, dtype) buckets with one backend call per bucket"
     def __init__(self,
@@ -1195,7 +1201,7 @@ class FastOptimizer(Optimizer):
         if stochastic_rounding and kahan_sum:
             raise ValueError("Choose kahan_sum=True or stochastic_rounding=True, not both.")
         if master_weight_bits is not None:
-            if master_weight_bits not in (24, 32) or isinstance(master_weight_bits, bool):
+            if not isinstance(master_weight_bits, int) or isinstance(master_weight_bits, bool) or master_weight_bits not in (24, 32):
                 raise ValueError(f"master_weight_bits must be 32 (an int16 residual: exact fp32) or 24 (int8), got {master_weight_bits!r}.")
             if kahan_sum or stochastic_rounding: raise ValueError(
                 "master_weight_bits keeps the master weights itself: it cannot be combined with kahan_sum=True or stochastic_rounding=True.")

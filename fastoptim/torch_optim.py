@@ -14,7 +14,7 @@ from .core import FastOptimizer, state_of_shards
 from .adam import adam_algorithm
 from .sgd import sgd_algorithm, momentum_algorithm, nesterov_algorithm
 
-# %% ../nbs/06_torch_optim.ipynb #00a40a3a
+# %% ../nbs/06_torch_optim.ipynb #8e59673c
 engine_options = ('forloop', 'foreach', 'jit', 'triton', 'kahan_sum', 'stochastic_rounding', 'seed', 'master_weight_bits', 'state_bits', 'cautious', 'grams', 'orthograd')
 
 class TorchOptimizer(torch.optim.Optimizer):
@@ -60,13 +60,25 @@ class TorchOptimizer(torch.optim.Optimizer):
         super().add_param_group(param_group)
         if self.engine is not None: self.engine = self.build_engine(self.engine.state)
 
+    def load_state_dict(self, state_dict):
+        "torch's, keeping the dtypes of the engine's integer and scale tensors (8-bit codes, their bf16 scales, master residuals), which torch would cast to the parameters' dtype"
+        exact = {}
+        for saved, group in zip(state_dict['param_groups'], self.param_groups):  # torch pairs saved and live parameters so
+            for i, p in zip(saved['params'], group['params']):
+                exact[p] = {k: v for k, v in state_dict['state'].get(i, {}).items()
+                            if isinstance(v, Tensor) and (not v.is_floating_point() or k.endswith('_scales'))}
+        self._exact = exact
+        try: super().load_state_dict(state_dict)
+        finally: self._exact = None
+
     def __setstate__(self, state):
         "torch's `load_state_dict` ends here, writing `state` into `__dict__`: hand it to the engine, checked"
         state = dict(state)
         loaded = state.pop('state', None)
         super().__setstate__(state)
         if loaded is not None:
-            loaded = {p: self.from_torch_names(s) for p, s in loaded.items()}
+            exact = getattr(self, '_exact', None) or {}
+            loaded = {p: {**self.from_torch_names(s), **exact.get(p, {})} for p, s in loaded.items()}
             self.engine = self.build_engine({})  # the groups may have been replaced too
             self.engine.load_state_dict({'state': [loaded.get(p, {}) for p in self.engine.flat_params],
                                          'hypers': self.engine.hypers})

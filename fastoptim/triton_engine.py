@@ -148,7 +148,7 @@ def store_param(row, t, offsets, mask, p, direction, scale, decay, scalars, K: t
             seed = tl.load(scalars + t * K + K - 1).to(tl.uint32, bitcast=True)
             tl.store(ptr + offsets, stochastic_round(p + u, offsets.to(tl.uint32) ^ seed), mask=mask)
 
-# %% ../nbs/03_triton.ipynb #95ca7ea9
+# %% ../nbs/03_triton.ipynb #60866bab
 @triton_jit
 def load_q8(codes, scales, offsets, mask, FORM: tl.constexpr):
     "An 8-bit state's fp32 values (FORM 0: signed, 1: positive; see `fastoptim.core.dequantize`)"
@@ -167,7 +167,8 @@ def store_q8(codes, scales, row, offsets, x, mask, BLOCK: tl.constexpr, FORM: tl
     groups = tl.reshape(tl.where(mask, x, 0.), (BLOCK // 32, 32))
     if FORM == 0: top = tl.max(tl.abs(groups), axis=1)
     else: top = tl.max(groups, axis=1)
-    scale = ((top.to(tl.int32, bitcast=True) + 0xFFFF) & -65536).to(tl.float32, bitcast=True).to(tl.bfloat16)  # rounded up
+    scale = ((top.to(tl.int32, bitcast=True) + 0xFFFF) & -65536).to(tl.float32, bitcast=True)  # rounded up
+    scale = tl.where(top >= 1.1754943508222875e-38, scale, 0.).to(tl.bfloat16)  # below fp32's normal numbers: zeros
     inverse = 1 / tl.where(scale > 0, scale.to(tl.float32), 1.)  # a group of zeros stays zeros
     t = groups * inverse[:, None]
     if FORM == 0:
@@ -391,7 +392,7 @@ def fold_gradients(table, block_tensors, scalars, WIDTH: tl.constexpr, K: tl.con
             moment = load_math(ptr, offsets, mask) * scalar(scalars, t, 1 + 2 * j, K)
             store(ptr, offsets, moment + scalar(scalars, t, 2 + 2 * j, K) * term, mask, DTYPE)
 
-# %% ../nbs/03_triton.ipynb #947c44e0
+# %% ../nbs/03_triton.ipynb #ec23c3fd
 tl_dtypes = {torch.float32: 'float32', torch.bfloat16: 'bfloat16', torch.float16: 'float16'}
 # each tensor's partial sums go to this many slots (by program), added up after the pass: with 32, a pass that reads
 # little (LARS's norms of p and g) waited on contended atomics; 256 took LARS's replayed step on the LLM-like set from
@@ -530,10 +531,10 @@ class TritonBackend(Stepper):
         block, warps = 512, 8 if bucket.params[0].element_size() == 4 else 4
         tensors = [bucket.params, bucket.grads, *[bucket.state(name) for name, _ in moments]]
         if bucket.rounding in residual_dtypes: tensors.append(bucket.comps)
-        forms = bucket.quantized
+        aligned, forms = len(tensors), bucket.quantized
         if forms:  # each moment's scales (the parameters stand in for a moment in full precision's)
             tensors += [bucket.state(f'{name}_scales') if name in forms else bucket.params for name, _ in moments]
-        table, block_tensors, n_blocks, align = build_tables(tensors, bucket.device, block, aligned=2 + len(moments))
+        table, block_tensors, n_blocks, align = build_tables(tensors, bucket.device, block, aligned=aligned)
         if n_blocks == 0: return
         columns = [l2, *[c for pair in zip(decays, weights) for c in pair]]
         scalars = to_device(np.stack(columns, 1).astype(np.float32), bucket.device)

@@ -562,6 +562,32 @@ def test_8bit_state_dicts_convert_and_bad_ones_are_refused(backend):
     assert all(torch.equal(a, b) for a, b in zip(eight.state_dict()['state'][0].values(), before['state'][0].values()) if isinstance(a, torch.Tensor))
 
 
+@pytest.mark.parametrize('backend', ALL_BACKENDS)
+def test_compressed_state_edge_cases(backend):
+    "8-bit codes loaded into another memory order keep their values; a residual the new configuration does not keep is dropped; tiny moments quantize to zeros, not NaN; bad options are refused"
+    conv = nn.Conv2d(3, 5, 3)
+    conv.weight.grad, conv.bias.grad = torch.randn_like(conv.weight), torch.randn_like(conv.bias)
+    opt = Adam(conv.parameters(), lr=LR, state_bits=8, **{backend: True})
+    for _ in range(2): opt.step()
+    sd, before = copy.deepcopy(opt.state_dict()), dequantize(opt.state[conv.weight]['sqr_avg'], opt.state[conv.weight]['sqr_avg_scales'], 'positive')
+    conv.to(memory_format=torch.channels_last)  # what fastai's ChannelsLast does to a resumed model
+    moved = Adam(conv.parameters(), lr=LR, state_bits=8, **{backend: True})
+    moved.load_state_dict(sd); moved.create_state([conv.weight])
+    s = moved.state[conv.weight]
+    assert s['sqr_avg'].stride() == conv.weight.stride()
+    assert rel_diff([dequantize(s['sqr_avg'], s['sqr_avg_scales'], 'positive')], [before]) < 0.02
+    p = torch.randn(64, dtype=torch.bfloat16, requires_grad=True); p.grad = torch.randn_like(p)
+    master = Adam([p], lr=LR, master_weight_bits=24, **{backend: True}); master.step()
+    plain = Adam([p], lr=LR, kahan_sum=False, **{backend: True}); plain.load_state_dict(master.state_dict()); plain.step()
+    assert 'master_residual' not in plain.state[p]
+    q = torch.randn(64, requires_grad=True); q.grad = torch.full_like(q, 1e-20)  # v = 1e-42: an fp32 subnormal, whose inverse is ∞
+    tiny = Adam([q], lr=LR, state_bits=8, **{backend: True}); tiny.step()
+    assert q.isfinite().all() and (tiny.state[q]['sqr_avg_scales'] == 0).all()
+    with pytest.raises(ValueError, match='must be 32'): Adam([p], lr=LR, master_weight_bits=24.0)
+    from fastoptim.algorithm import State
+    with pytest.raises(ValueError, match='starts at zero'): State(init='param', quantize='signed')
+
+
 def test_every_op_in_every_dialect():
     "An op of the description language that one dialect lacks would fail only when some algorithm first used it there"
     from fastoptim.algorithm import TorchDialect, host_ops, reduction_ops
