@@ -8,7 +8,7 @@ Docs: https://fastoptim.github.io/fastoptim/adamax.html.md"""
 __all__ = ['adamax_algorithm', 'Adamax', 'adamax', 'adamax_update']
 
 # %% ../nbs/17_adamax.ipynb #f1e509d4
-from .algorithm import Algorithm, Hyper, State, maximum, lerp
+from .algorithm import Algorithm, Hyper, State, signed_moment, positive_moment, maximum, lerp
 from .core import make_optimizer, partial_maker
 
 def adamax_update(p, g, s, h):
@@ -17,7 +17,7 @@ def adamax_update(p, g, s, h):
     return dict(grad_avg=m, inf_norm=u, update=-h.lr / h.debias1 * (m / u))
 
 adamax_algorithm = Algorithm('Adamax', dict(mom=Hyper(0.9, 0, 1), inf_mom=Hyper(0.999, 0, 1), eps=Hyper(1e-8, lo_open=True), wd=Hyper(0.)),
-                             dict(grad_avg=State(), inf_norm=State()), adamax_update,
+                             dict(grad_avg=signed_moment, inf_norm=positive_moment), adamax_update,
                              scalars=lambda h: dict(debias1=1 - h.mom ** h.step),
                              accumulation="its second state is a running maximum of gradient magnitudes, which "
                                           "folding micro-batches into sums cannot give")

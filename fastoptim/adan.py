@@ -8,7 +8,7 @@ Docs: https://fastoptim.github.io/fastoptim/adan.html.md"""
 __all__ = ['adan_algorithm', 'Adan', 'adan', 'adan_scalars', 'adan_update']
 
 # %% ../nbs/18_adan.ipynb #014f5174
-from .algorithm import Algorithm, Hyper, State, lerp, addcmul, sqrt, where
+from .algorithm import Algorithm, Hyper, State, signed_moment, positive_moment, lerp, addcmul, sqrt, where
 from .core import make_optimizer, partial_maker
 
 def adan_scalars(h):
@@ -27,7 +27,7 @@ def adan_update(p, g, s, h):
 
 adan_algorithm = Algorithm('Adan', dict(mom=Hyper(0.98, 0, 1), diff_mom=Hyper(0.92, 0, 1), sqr_mom=Hyper(0.99, 0, 1),
                                         eps=Hyper(1e-8, lo_open=True), wd=Hyper(0.02)),
-                           dict(grad_avg=State(), diff_avg=State(), sqr_avg=State(), prev_grad=State()), adan_update,
+                           dict(grad_avg=signed_moment, diff_avg=signed_moment, sqr_avg=positive_moment, prev_grad=State()), adan_update,
                            scalars=adan_scalars,
                            accumulation="its step reads the difference between consecutive gradients, which folding "
                                         "micro-batches into moments loses")

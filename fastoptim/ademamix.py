@@ -8,7 +8,7 @@ Docs: https://fastoptim.github.io/fastoptim/ademamix.html.md"""
 __all__ = ['ademamix_algorithm', 'AdEMAMix', 'ademamix', 'ademamix_scalars', 'ademamix_update']
 
 # %% ../nbs/50_ademamix.ipynb #8eba4b09
-from .algorithm import Algorithm, Hyper, State, Moment, lerp, addcmul, sqrt, where, minimum, exp, log
+from .algorithm import Algorithm, Hyper, State, signed_moment, positive_moment, Moment, lerp, addcmul, sqrt, where, minimum, exp, log
 from .core import make_optimizer, partial_maker
 
 def ademamix_scalars(h):
@@ -29,7 +29,7 @@ def ademamix_update(p, g, s, h):
 ademamix_algorithm = Algorithm(
     'AdEMAMix', dict(mom=Hyper(0.9, 0, 1), sqr_mom=Hyper(0.999, 0, 1), slow_mom=Hyper(0.9999, 0, 1), alpha=Hyper(5.),
                      t_warmup=Hyper(0.), eps=Hyper(1e-8, lo_open=True), wd=Hyper(0.)),
-    dict(grad_avg=State(), sqr_avg=State(), slow_avg=State()), ademamix_update, scalars=ademamix_scalars,
+    dict(grad_avg=signed_moment, sqr_avg=positive_moment, slow_avg=signed_moment), ademamix_update, scalars=ademamix_scalars,
     moments=dict(grad_avg=Moment(lambda h: h.mom, lambda h: 1 - h.mom),
                  sqr_avg=Moment(lambda h: h.sqr_mom, lambda h: 1 - h.sqr_mom, power=2),
                  slow_avg=Moment(lambda h: h.slow_mom_t, lambda h: 1 - h.slow_mom_t)))

@@ -8,7 +8,7 @@ Docs: https://fastoptim.github.io/fastoptim/adopt.html.md"""
 __all__ = ['adopt_algorithm', 'ADOPT', 'adopt', 'adopt_scalars', 'adopt_update']
 
 # %% ../nbs/19_adopt.ipynb #37a2cf57
-from .algorithm import Algorithm, Hyper, State, lerp, addcmul, sqrt, maximum, minimum, where
+from .algorithm import Algorithm, Hyper, State, signed_moment, positive_moment, lerp, addcmul, sqrt, maximum, minimum, where
 from .core import make_optimizer, partial_maker
 
 def adopt_scalars(h):
@@ -23,7 +23,7 @@ def adopt_update(p, g, s, h):
     return dict(grad_avg=m, sqr_avg=v, update=-h.lr * m)
 
 adopt_algorithm = Algorithm('ADOPT', dict(mom=Hyper(0.9, 0, 1), sqr_mom=Hyper(0.9999, 0, 1), eps=Hyper(1e-6, lo_open=True), wd=Hyper(0.)),
-                            dict(grad_avg=State(), sqr_avg=State()), adopt_update, scalars=adopt_scalars)
+                            dict(grad_avg=signed_moment, sqr_avg=positive_moment), adopt_update, scalars=adopt_scalars)
 ADOPT = make_optimizer(adopt_algorithm, "ADOPT (Taniguchi et al. 2024)")
 
 adopt = partial_maker(ADOPT, 'adopt')

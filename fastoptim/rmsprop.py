@@ -10,7 +10,7 @@ __all__ = ['rmsprop_hypers', 'sqr_avg_moment', 'rmsprop_algorithm', 'rmsprop_mom
 
 # %% ../nbs/15_rmsprop.ipynb #4c74a717
 from fastcore.meta import delegates
-from .algorithm import Algorithm, Hyper, State, Moment, addcmul, sqrt
+from .algorithm import Algorithm, Hyper, State, signed_moment, positive_moment, Moment, addcmul, sqrt
 from .core import FastOptimizer, make_optimizer, partial_maker
 
 rmsprop_hypers = dict(sqr_mom=Hyper(0.99, 0, 1), mom=Hyper(0., 0, 1), eps=Hyper(1e-8, lo_open=True), wd=Hyper(0.))
@@ -25,10 +25,10 @@ def rmsprop_momentum_update(p, g, s, h):
     m = s.grad_avg * h.mom + g
     return dict(grad_avg=m, sqr_avg=v, update=-h.lr * (m / (sqrt(v) + h.eps)))
 
-rmsprop_algorithm = Algorithm('RMSProp', rmsprop_hypers, dict(sqr_avg=State()), rmsprop_update,
+rmsprop_algorithm = Algorithm('RMSProp', rmsprop_hypers, dict(sqr_avg=positive_moment), rmsprop_update,
                               moments=dict(sqr_avg=sqr_avg_moment))
 rmsprop_momentum_algorithm = Algorithm('RMSProp', {**rmsprop_hypers, 'mom': Hyper(0.9, 0, 1)},
-                                       dict(grad_avg=State(), sqr_avg=State()), rmsprop_momentum_update,
+                                       dict(grad_avg=signed_moment, sqr_avg=positive_moment), rmsprop_momentum_update,
                                        moments=dict(grad_avg=Moment(lambda h: h.mom, lambda h: 1.), sqr_avg=sqr_avg_moment))
 make_optimizer(rmsprop_algorithm, "RMSProp without momentum", 'rmsprop')
 make_optimizer(rmsprop_momentum_algorithm, "RMSProp with undampened momentum (fastai's `grad_avg`)", 'rmsprop_momentum')

@@ -10,7 +10,7 @@ __all__ = ['simplified_ademamix_algorithm', 'SimplifiedAdEMAMix', 'simplified_ad
 
 # %% ../nbs/53_simplified_ademamix.ipynb #a4a764a2
 import math
-from .algorithm import Algorithm, Hyper, State, lerp, addcmul, sqrt, where, exp, log
+from .algorithm import Algorithm, Hyper, State, signed_moment, positive_moment, lerp, addcmul, sqrt, where, exp, log
 from .core import make_optimizer, partial_maker
 
 def simplified_ademamix_scalars(h):
@@ -29,7 +29,7 @@ def simplified_ademamix_update(p, g, s, h):
 simplified_ademamix_algorithm = Algorithm(
     'SimplifiedAdEMAMix', dict(mom=Hyper(0.99, 0, 1), sqr_mom=Hyper(0.95, 0, 1), alpha=Hyper(0.), t_warmup=Hyper(0.),
                                min_mom=Hyper(0.9, 0, 1), eps=Hyper(1e-8, lo_open=True), wd=Hyper(0.)),
-    dict(grad_avg=State(), sqr_avg=State()), simplified_ademamix_update, scalars=simplified_ademamix_scalars)
+    dict(grad_avg=signed_moment, sqr_avg=positive_moment), simplified_ademamix_update, scalars=simplified_ademamix_scalars)
 SimplifiedAdEMAMix = make_optimizer(simplified_ademamix_algorithm, "Simplified AdEMAMix (Morwani et al. 2025)", lr=1e-4)
 
 simplified_ademamix = partial_maker(SimplifiedAdEMAMix, 'simplified_ademamix')
