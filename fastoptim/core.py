@@ -8,15 +8,15 @@ Docs: https://fastoptim.github.io/fastoptim/core.html.md"""
 __all__ = ['fp32_max', 'fold_numel', 'residual_dtypes', 'rounding_states', 'group_size', 'code_dtypes', 'backends', 'number_ops',
            'no_reductions', 'backend_flags', 'engine_state', 'engine_counts', 'engine_write', 'algorithms',
            'check_hyper', 'check_hypers', 'as_math', 'write_back', 'flat', 'pieces_of', 'cut_list', 'pieces',
-           'combine_pieces', 'fold_moments', 'hash32', 'stochastic_round', 'join_master', 'split_master', 'param_math',
-           'apply_update', 'update_param', 'scale_count', 'dequantize', 'quantize_into', 'to_device', 'Bucket',
-           'compile_source', 'per_tensor_functions', 'reduction_columns', 'combine_totals', 'evaluate_numbers',
-           'host_names', 'upload_hosts', 'shared_hosts', 'check_shared_numbers', 'new_numbers', 'number_inputs',
-           'factor_shapes', 'expanded', 'FactorLayout', 'update_factors', 'refuse_partial_steps', 'apply_matrices',
-           'Stepper', 'ForLoopBackend', 'piece_limit', 'backend_from_flags', 'auto_backend', 'check_state',
-           'is_sharded', 'local_tensor', 'sharding', 'shard_salt', 'full_precision', 'state_of_shards', 'local_state',
-           'complete_shards', 'ParamState', 'StateTable', 'Layout', 'Numbers', 'Preparation', 'GroupView',
-           'FastOptimizer', 'make_partial', 'OptFunc', 'partial_maker', 'make_optimizer']
+           'combine_pieces', 'fold_moments', 'hash32', 'stochastic_round', 'join_master', 'split_master',
+           'held_weights', 'param_math', 'apply_update', 'update_param', 'scale_count', 'dequantize', 'quantize_into',
+           'to_device', 'Bucket', 'compile_source', 'per_tensor_functions', 'reduction_columns', 'combine_totals',
+           'evaluate_numbers', 'host_names', 'upload_hosts', 'shared_hosts', 'check_shared_numbers', 'new_numbers',
+           'number_inputs', 'factor_shapes', 'expanded', 'FactorLayout', 'update_factors', 'refuse_partial_steps',
+           'apply_matrices', 'Stepper', 'ForLoopBackend', 'piece_limit', 'backend_from_flags', 'auto_backend',
+           'check_state', 'is_sharded', 'local_tensor', 'sharding', 'shard_salt', 'full_precision', 'state_of_shards',
+           'local_state', 'complete_shards', 'ParamState', 'StateTable', 'Layout', 'Numbers', 'Preparation',
+           'GroupView', 'FastOptimizer', 'make_partial', 'OptFunc', 'partial_maker', 'make_optimizer']
 
 # %% ../nbs/00_core.ipynb #7f56361b
 import inspect, linecache, math, operator, warnings
@@ -118,7 +118,7 @@ def fold_moments(bucket, moments, l2, decays, weights):
                 if name in forms: quantize_into(dst, scales, t, forms[name])
                 elif t is not dst: write_back(dst, t)
 
-# %% ../nbs/00_core.ipynb #db9d9d0e
+# %% ../nbs/00_core.ipynb #6feaece3
 def _mul32(x, c: int):
     "x·c modulo 2³², for 0 ≤ x < 2³² held in int64, without overflowing"
     return (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & 0xFFFFFFFF
@@ -163,6 +163,12 @@ def split_master(x: Tensor, w: Tensor, residual: Tensor):
         high = (bits + 0x8000) >> 16
         residual.copy_(bits - high * 65536)
     w.copy_((high * 65536).view(torch.float32))  # exact: the low bits are 0
+
+def held_weights(p: Tensor, held: Optional[Tensor]) -> Tensor:
+    "The fp32 weights `p` holds with what its rounding keeps, `held`: a Kahan compensation (added), a master residual (joined), or nothing"
+    if held is None: return p.detach().float()
+    if held.is_floating_point(): return p.detach().float() + held.to(p.device).float()
+    return join_master(p.detach(), held.to(p.device))
 
 def param_math(p: Tensor, comp: Optional[Tensor]) -> Tensor:
     "The weights the maths reads: the master weights when `comp` is an integer residual, else `as_math(p)` (Kahan's compensation is not added)"
@@ -236,7 +242,7 @@ def to_device(a, device, out=None):
     if out is not None: return out.copy_(t, non_blocking=True)
     return t.to(device, non_blocking=True) if device.type == 'cuda' else t
 
-# %% ../nbs/00_core.ipynb #80d63a3e
+# %% ../nbs/00_core.ipynb #de2ce629
 class Bucket:
     "The parameters of one (device, dtype) that have a gradient this step, across all param groups"
     def __init__(self, device, dtype, algorithm=None):
@@ -265,7 +271,7 @@ class Bucket:
     @property
     def quantized(self):
         "The bucket's 8-bit states and their forms (`state_bits=8`)"
-        return {k: spec.quantize for k, spec in self.algorithm.states.items() if spec.dtype == 'q8'} if self.algorithm else {}
+        return self.algorithm.plan().quantized if self.algorithm else {}
 
     def add(self, p, grad, state, group, index=0, shard_groups=(), shape=None, salt=0):
         "Parameter `p` (a local shard, of a tensor of `shape` sharded over `shard_groups`), its gradient and state, from param group `group`; `index` is its position in the optimizer"
@@ -948,7 +954,7 @@ class Numbers:
         if b.algorithm.carries: leaves.update(carry_values(b.algorithm, leaves, b.carries))  # from the last step's values
         return leaves, step
 
-# %% ../nbs/00_core.ipynb #35f75d91
+# %% ../nbs/00_core.ipynb #2b7ab225
 class Preparation:
     "Check buckets and choose their backends, then give them their state: whatever can raise does so before any write"
     def __init__(self, opt): self.opt, self.workspaces = opt, {}  # the step's workspace stacks, kept while the layout is rebuilt
@@ -1027,10 +1033,9 @@ class Preparation:
         for p, s in zip(b.params, b.states):
             comp, residual = s.get('kahan_comp'), s.get('master_residual')
             if b.rounding == 'kahan' and residual is not None and comp is None and p.dtype == torch.bfloat16:
-                master = join_master(p.detach(), residual.to(p.device))
-                engine_write(s, 'kahan_comp', (master - p.detach().float()).to(p.dtype))
+                engine_write(s, 'kahan_comp', (held_weights(p, residual) - p.detach().float()).to(p.dtype))
             elif b.rounding != 'kahan' and (comp is not None or (residual is not None and residual.dtype != residual_dtypes[b.rounding])):
-                master = p.detach().float() + comp.to(p.device) if comp is not None else join_master(p.detach(), residual.to(p.device))
+                master = held_weights(p, comp if comp is not None else residual)
                 new = torch.empty_like(p, dtype=residual_dtypes[b.rounding], memory_format=torch.preserve_format)
                 split_master(master, p.detach(), new)
                 engine_write(s, 'master_residual', new)

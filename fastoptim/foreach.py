@@ -7,7 +7,7 @@ Docs: https://fastoptim.github.io/fastoptim/foreach.html.md"""
 # %% auto #0
 __all__ = ['few_pieces', 'chunks', 'with_l2', 'add_scaled', 'Rounding', 'update_params', 'ForeachDialect', 'as_tensor',
            'foreach_source', 'phase_tensors', 'foreach_functions', 'stage', 'join_staged', 'split_staged',
-           'stage_codes', 'unstage_codes', 'ForeachBackend']
+           'padded_sizes', 'stage_codes', 'unstage_codes', 'ForeachBackend']
 
 # %% ../nbs/01_foreach.ipynb #5a3537c5
 import numpy as np
@@ -152,7 +152,7 @@ def foreach_functions(plan):
             plan.code['foreach'].append(fn)
     return plan.code['foreach']
 
-# %% ../nbs/01_foreach.ipynb #5aedb455
+# %% ../nbs/01_foreach.ipynb #9b3bf3eb
 def stage(tensors):
     "fp32 copies of 16-bit flat pieces (a chunk with 16-bit lists is cut flat), in one buffer filled by one foreach copy (by a copy each when there are at most `few_pieces`), and that buffer; wider tensors are used in place (and no buffer)"
     if not tensors or tensors[0].element_size() >= 4: return tensors, None
@@ -177,10 +177,14 @@ def split_staged(buffer, weights, residuals):
     torch._foreach_copy_(weights, list(w.split(sizes)))
     torch._foreach_copy_(residuals, list(r.split(sizes)))
 
+def padded_sizes(codes):
+    "The size of each 8-bit piece, and that size padded to whole groups of 32"
+    sizes = [c.numel() for c in codes]
+    return sizes, [scale_count(n) * group_size for n in sizes]
+
 def stage_codes(codes, scales, form):
     "fp32 values of 8-bit flat pieces, in one buffer where each piece is padded to whole groups (zeros, which stay zeros: the pieces are views): the staged pieces, and the buffer"
-    sizes = [c.numel() for c in codes]
-    padded = [scale_count(n) * group_size for n in sizes]
+    sizes, padded = padded_sizes(codes)
     packed = torch.zeros(sum(padded), dtype=codes[0].dtype, device=codes[0].device)
     torch._foreach_copy_([v[:n] for v, n in zip(packed.split(padded), sizes)], codes)
     values = dequantize(packed, torch.cat(scales), form)
@@ -188,8 +192,7 @@ def stage_codes(codes, scales, form):
 
 def unstage_codes(values, codes, scales, form):
     "Write the staged buffer `values` back into the 8-bit pieces `codes` and their `scales`"
-    sizes = [c.numel() for c in codes]
-    padded = [scale_count(n) * group_size for n in sizes]
+    sizes, padded = padded_sizes(codes)
     packed = torch.empty_like(values, dtype=codes[0].dtype)
     new_scales = torch.empty(values.numel() // group_size, dtype=torch.bfloat16, device=values.device)
     quantize_into(packed, new_scales, values, form)

@@ -7,12 +7,12 @@ Docs: https://fastoptim.github.io/fastoptim/low_precision.html.md"""
 # %% auto #0
 __all__ = ['kahan_residual', 'master_parts', 'seed_master_weights', 'master_weights']
 
-# %% ../nbs/05_low_precision.ipynb #934b62e8
+# %% ../nbs/05_low_precision.ipynb #1e47ad2c
 import torch
 from torch import Tensor
-from .core import rounding_states, residual_dtypes, split_master, join_master
+from .core import rounding_states, residual_dtypes, split_master, held_weights
 
-# %% ../nbs/05_low_precision.ipynb #05c2dfdd
+# %% ../nbs/05_low_precision.ipynb #666689b7
 def kahan_residual(w:Tensor, dtype:torch.dtype=torch.bfloat16) -> Tensor:
     "What casting `w` to `dtype` rounds away, in `dtype`: the Kahan compensation that keeps it"
     w = w.detach().float()
@@ -48,9 +48,6 @@ def master_weights(opt) -> dict:
     "The fp32 weights `opt` holds for each parameter (param → tensor): the parameter plus its Kahan compensation, its compressed master weights, or the parameter itself"
     out = {}
     for p in (p for pg in opt.param_lists for p in pg):
-        name, state = rounding_states.get(opt.rounding(p.dtype)), dict.get(opt.state, p, {})
-        held = state.get(name) if name else None
-        if held is None: out[p] = p.detach().float()
-        elif name == 'kahan_comp': out[p] = p.detach().float() + held.float()
-        else: out[p] = join_master(p.detach(), held)
+        name = rounding_states.get(opt.rounding(p.dtype))
+        out[p] = held_weights(p, dict.get(opt.state, p, {}).get(name) if name else None)
     return out
