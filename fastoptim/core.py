@@ -200,7 +200,7 @@ def update_param(p: Tensor, p_math: Tensor, direction: Tensor, scale: float, dec
         p.copy_(s)
     else: p.copy_(stochastic_round(p_math.add_(u), seed, start))
 
-# %% ../nbs/00_core.ipynb #2d71743b
+# %% ../nbs/00_core.ipynb #7f253f78
 group_size = 32  # elements per scale of an 8-bit state
 code_dtypes = {'signed': torch.int8, 'positive': torch.uint8}
 
@@ -211,10 +211,7 @@ def dequantize(codes: Tensor, scales: Tensor, form: str) -> Tensor:
     "The fp32 values of 8-bit `codes` (a tensor, or a flat piece of one from a multiple of 32 elements) and their groups' `scales`"
     q = flat(codes).float()
     s = scales.float().repeat_interleave(group_size)[:q.numel()]
-    if form == 'signed':
-        y = q.div_(127)
-        x = y.div_(2 - y.abs()).mul_(s)
-    else: x = q.div_(255).square_().square_().mul_(s)
+    x = q.div_(254 - q.abs()).mul_(s) if form == 'signed' else q.square_().square_().mul_(s.mul_(255.**-4))
     out = torch.empty_like(codes, dtype=torch.float32, memory_format=torch.preserve_format)
     flat(out).copy_(x)
     return out
@@ -226,11 +223,11 @@ def quantize_into(codes: Tensor, scales: Tensor, x: Tensor, form: str):
     n = codes.numel()
     groups = torch.nn.functional.pad(flat(x), (0, scale_count(n) * group_size - n)).view(-1, group_size)
     top = groups.abs().amax(1) if form == 'signed' else groups.amax(1)
-    scale = ((top.view(torch.int32) + 0xFFFF) & -0x10000).view(torch.float32)  # `top` rounded up to bf16
+    scale = ((top.view(torch.int32) + 0xFFEF) & -0x10000).view(torch.float32)  # `top` rounded up to bf16, within 16 units
     scale = torch.where(top >= 2**-126, scale, 0.).to(torch.bfloat16)  # below fp32's normal numbers: zeros (1/scale would be ∞)
     inverse = 1 / torch.where(scale > 0, scale.float(), 1.)  # a group of zeros stays zeros; a product, as the kernels compute it
     t = (groups * inverse.unsqueeze(1)).clamp_(-1 if form == 'signed' else 0, 1)
-    y = t.mul(2).div_(t.abs().add_(1)).mul_(127) if form == 'signed' else t.sqrt_().sqrt_().mul_(255)
+    y = t.mul(254).div_(t.abs().add_(1)) if form == 'signed' else t.sqrt_().sqrt_().mul_(255)
     flat(codes).copy_(y.add_(0.5).floor_().view(-1)[:n])
     scales.copy_(scale)
 
