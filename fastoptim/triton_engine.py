@@ -6,8 +6,8 @@ Docs: https://fastoptim.github.io/fastoptim/triton.html.md"""
 
 # %% auto #0
 __all__ = ['triton_ops', 'phase_ops', 'tl_dtypes', 'sum_slots', 'SUM_SLOTS', 'roundings', 'locate_block', 'tensor_ptr',
-           'load_factored', 'interpreting', 'scalar', 'load_math', 'round_to', 'store', 'hash32', 'stochastic_round',
-           'load_param', 'store_param', 'load_q8', 'store_q8', 'power', 'atan2', 'triton_expressions', 'derive_source',
+           'load_factored', 'interpreting', 'scalar', 'load_math', 'store', 'hash32', 'stochastic_round', 'load_param',
+           'store_param', 'load_q8', 'store_q8', 'power', 'atan2', 'triton_expressions', 'derive_source',
            'numbers_phase', 'phase_source', 'triton_code', 'build_tables', 'fold_gradients', 'add_to_sum',
            'max_to_slot', 'TritonBackend']
 
@@ -29,7 +29,7 @@ except ImportError:
     triton, tl = None, SimpleNamespace(constexpr=None)
     def triton_jit(fn): return fn
 
-# %% ../nbs/03_triton.ipynb #756261f2
+# %% ../nbs/03_triton.ipynb #10fe5187
 @triton_jit
 def locate_block(table, block_tensors, WIDTH: tl.constexpr, BLOCK: tl.constexpr):
     "This program's tensor row, tensor index, element offsets and mask"
@@ -77,11 +77,25 @@ if triton is not None and not interpreting():
     def divide(a, b):
         "fp32 a / b by the GPU's fast division, a reciprocal and a product (within 2 ulp for divisors below 2**126)"
         return libdevice.fast_dividef(a, b)
+    @triton_jit
+    def round_to(x, DTYPE: tl.constexpr):
+        "fp32 `x` rounded to nearest-even in `DTYPE` by the GPU's conversion (bf16: two values per instruction)"
+        return x.to(DTYPE)
 else:
     @triton_jit
     def divide(a, b):
         "a / b (the interpreter has no libdevice)"
         return a / b
+    @triton_jit
+    def round_to(x, DTYPE: tl.constexpr):
+        "fp32 `x` rounded to nearest-even in `DTYPE`; bf16 by bit operations, since the interpreter's conversion truncates"
+        if DTYPE == tl.bfloat16:
+            bits = x.to(tl.uint32, bitcast=True)
+            nearest = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
+            bits = tl.where(x != x, bits | 0x400000, nearest)  # NaN stays NaN
+            return bits.to(tl.float32, bitcast=True).to(tl.bfloat16)
+        else:
+            return x.to(DTYPE)
 
 @triton_jit
 def scalar(scalars, t, j, K: tl.constexpr):
@@ -91,17 +105,6 @@ def scalar(scalars, t, j, K: tl.constexpr):
 @triton_jit
 def load_math(ptr, offsets, mask):
     return tl.load(ptr + offsets, mask=mask, other=0.).to(tl.float32)
-
-@triton_jit
-def round_to(x, DTYPE: tl.constexpr):
-    "fp32 `x` rounded to nearest-even in `DTYPE`; bf16 by bit operations, so the interpreter agrees with the GPU"
-    if DTYPE == tl.bfloat16:
-        bits = x.to(tl.uint32, bitcast=True)
-        nearest = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
-        bits = tl.where(x != x, bits | 0x400000, nearest)
-        return bits.to(tl.float32, bitcast=True).to(tl.bfloat16)
-    else:
-        return x.to(DTYPE)
 
 @triton_jit
 def store(ptr, offsets, x, mask, DTYPE: tl.constexpr):
