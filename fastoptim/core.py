@@ -239,13 +239,14 @@ def to_device(a, device, out=None):
     if out is not None: return out.copy_(t, non_blocking=True)
     return t.to(device, non_blocking=True) if device.type == 'cuda' else t
 
-# %% ../nbs/00_core.ipynb #de2ce629
+# %% ../nbs/00_core.ipynb #c8d7f168
 class Bucket:
     "The parameters of one (device, dtype) that have a gradient this step, across all param groups"
     def __init__(self, device, dtype, algorithm=None):
         store_attr()  # `algorithm`: what steps the bucket's tensors (one of a `Hybrid`'s)
         self.workspace, self.stacks = {}, {}  # a plan's workspace name -> a tensor per parameter, and the stacks they are views of
         self.params, self.grads, self.states, self.groups, self.indices = [], [], [], [], []
+        self.largest = 0  # the most elements of one parameter (of its local shard)
         self.shard_groups, self.logical_numels, self.salts = [], [], []  # per tensor: see `sharding`, the whole tensor's size, `shard_salt`
         self.logical_rows = []  # per tensor, the whole tensor's first dimension (1 for a 0-d tensor)
         self.sharded = {}  # process groups -> rows of the tensors sharded over them: set by `Preparation`
@@ -273,6 +274,7 @@ class Bucket:
     def add(self, p, grad, state, group, index=0, shard_groups=(), shape=None, salt=0):
         "Parameter `p` (a local shard, of a tensor of `shape` sharded over `shard_groups`), its gradient and state, from param group `group`; `index` is its position in the optimizer"
         self.params.append(p); self.grads.append(grad); self.states.append(state); self.groups.append(group)
+        self.largest = max(self.largest, p.numel())
         self.indices.append(index); self.shard_groups.append(shard_groups)
         shape = p.shape if shape is None else shape
         self.logical_numels.append(math.prod(shape)); self.logical_rows.append(shape[0] if len(shape) else 1); self.salts.append(salt)
@@ -289,7 +291,7 @@ class Bucket:
     def __len__(self): return len(self.params)
     def __repr__(self): return f"Bucket({self.device}, {self.dtype}, {len(self)} tensors{', ' + self.algorithm.name if self.algorithm else ''})"
 
-# %% ../nbs/00_core.ipynb #7f36a61a
+# %% ../nbs/00_core.ipynb #93118818
 backends = {}
 
 def compile_source(source, name, namespace):
@@ -513,9 +515,14 @@ class Stepper:
         update_factors(plan, bucket, lambda k: to_device(values[k].astype(np.float32), bucket.device), values['l2'].tolist())
 
 class ForLoopBackend(Stepper):
-    "Call the plan's per-tensor functions on each tensor of the bucket (or on pieces of at most `piece_numel[device type]` elements)"
+    "Call the plan's per-tensor functions on each tensor of the bucket (or on pieces of at most `piece_numel[device type]` elements; `wide_piece_numel` for fp32 buckets, `piece_numel` when not given)"
     name, capturable = 'forloop', False
-    def __init__(self, piece_numel=None): self.piece_numel = piece_numel or {}  # the reference: whole tensors
+    def __init__(self, piece_numel=None, wide_piece_numel=None):
+        self.piece_numel = piece_numel or {}  # the reference: whole tensors
+        self.wide_piece_numel = wide_piece_numel or self.piece_numel
+    def piece_numel_of(self, bucket):
+        "The most elements of a piece of `bucket`'s tensors (None: whole tensors)"
+        return (self.wide_piece_numel if bucket.dtype.itemsize >= 4 else self.piece_numel).get(bucket.device.type)
     def check(self, device, dtype): return None
     fold = staticmethod(fold_moments)
 
@@ -530,7 +537,7 @@ class ForLoopBackend(Stepper):
         reds = list(reds) if reds is not None else [no_reductions] * len(bucket)
         if not self.cuts(plan, bucket):
             return bucket.arguments(plan), rows, reds, bucket.comps or [None] * len(bucket), seeds, [0] * len(bucket), None
-        limit = piece_limit(self.piece_numel[bucket.device.type], plan)
+        limit = piece_limit(self.piece_numel_of(bucket), plan)
         if cache.get('pieces key') != (bucket.generation, plan.name):  # views cut once per layout; the gradients' every step
             names = [t for t in plan.tensors if t != 'g'] + ([bucket.rounding_state] if bucket.rounding_state else [])
             owner, starts, parts = pieces([bucket.tensors(t) for t in names], limit)
@@ -561,9 +568,9 @@ class ForLoopBackend(Stepper):
 
     def cuts(self, plan, bucket):
         "Whether `bucket` is stepped in pieces: it has a tensor larger than `piece_numel`, no factored state (whose estimate is made by shape), and no sum over each tensor that its update would otherwise take in one pass"
-        limit = self.piece_numel.get(bucket.device.type)
+        limit = self.piece_numel_of(bucket)
         one_pass_sums = plan.reduction_kinds and not (plan.needs_phases or bucket.sharded)
-        return limit is not None and not plan.factored and not one_pass_sums and max(p.numel() for p in bucket.params) > limit
+        return limit is not None and not plan.factored and not one_pass_sums and bucket.largest > limit
 
     def functions(self, plan, bucket):
         "The per-tensor functions: in phases where a sum must be complete before it is used (over shards or pieces)"

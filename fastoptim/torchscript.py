@@ -14,7 +14,7 @@ from torch import Tensor
 from typing import List, Optional
 from .core import ForLoopBackend, backends, per_tensor_functions, compile_source
 
-# %% ../nbs/02_torchscript.ipynb #0d9d8036
+# %% ../nbs/02_torchscript.ipynb #1cb08ab8
 def script(fn):
     "`torch.jit.script(fn)`, without its deprecation warning"
     with warnings.catch_warnings():
@@ -41,9 +41,11 @@ def scripted_loops(plan, phased=False):
     return plan.code[key]
 
 class TorchScriptBackend(ForLoopBackend):
-    "The plan's per-tensor functions and their loops over a bucket, scripted; tensors of more than `piece_numel` elements are stepped in pieces where that adds no pass (see `ForLoopBackend.cuts`)"
+    "The plan's per-tensor functions and their loops over a bucket, scripted; tensors of more than `piece_numel` elements (`wide_piece_numel` in fp32 buckets) are stepped in pieces where that adds no pass (see `ForLoopBackend.cuts`)"
     name = 'jit'
-    def __init__(self, piece_numel=None): super().__init__(piece_numel or {'cuda': 2**22, 'cpu': 2**20})
+    def __init__(self, piece_numel=None, wide_piece_numel=None):
+        super().__init__(piece_numel or {'cuda': 2**22, 'cpu': 2**20},
+                         wide_piece_numel or ({'cuda': 2**24, 'cpu': 2**22} if piece_numel is None else None))
     def functions(self, plan, bucket): return scripted_loops(plan, bool(bucket.sharded) or self.cuts(plan, bucket))
     def call(self, loop, plan, bucket, leaves, reds, cache):
         tensors, *rest, owner = self.calls(plan, bucket, leaves, reds, cache)
