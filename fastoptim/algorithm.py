@@ -592,7 +592,7 @@ def moment_values(algorithm, leaves):
         out[k] = (decay, weight, m.power)
     return out
 
-# %% ../nbs/00_algorithm.ipynb #500775f1
+# %% ../nbs/00_algorithm.ipynb #a5e79ea3
 # Code generation for PyTorch: one tensor at a time (forloop, TorchScript) or lists of tensors (foreach)
 
 class TorchDialect:
@@ -617,6 +617,7 @@ class TorchDialect:
                       ne='({0} != {1})', pow='torch.pow({0}, {1})', atan2='torch.atan2({0}, {1})', exp='torch.exp({0})',
                       log='torch.log({0})', mod='torch.fmod({0}, {1})', **{'and': '({0} & {1})', 'or': '({0} | {1})'})
     clamps = dict(maximum='torch.clamp({0}, min={1})', minimum='torch.clamp({0}, max={1})')  # a device number and a host one
+    reversed_ops = {}  # op -> lines computing `{0} op {1}` in place on {1}, where only the second argument is dead (none here: the reference divides exactly)
     host_where = 'torch.where(torch.full_like({3}, {0}) != 0, {1}, {2})'  # a host condition ({3}: a device operand, for its device)
     def tensor_var(self, name): return f'{name}_math'
     def host_var(self, name): return name
@@ -634,7 +635,7 @@ class TorchDialect:
         return '1.0', 'direction'
     lists = False
 
-# %% ../nbs/00_algorithm.ipynb #fd9f4438
+# %% ../nbs/00_algorithm.ipynb #4cadee59
 def emit(plan, phase, dialect, reusable_states):
     "Straight-line code computing `phase` (without its final write), each value in place where its input is dead"
     order = [n for n in nodes_of(phase.roots()) if n.op != 'input' and (n.tensor or n.device)]
@@ -687,6 +688,11 @@ def emit(plan, phase, dialect, reusable_states):
         inplace = has_inplace and reusable(args[0], i)
         if not inplace and has_inplace and n.op in commutative and args[1].tensor and reusable(args[1], i):
             args, inplace = [args[1], args[0]], True
+        if not inplace and op in dialect.reversed_ops and args[0].tensor and args[1].tensor and reusable(args[1], i):
+            strs = [operand(a) for a in args]
+            lines.extend(line.format(*strs) for line in dialect.reversed_ops[op])
+            var[id(n)] = strs[1]
+            continue
         if inplace and n.op == 'add' and args[1].op == 'input' and args[1].name == 'g' and not g_done:
             target = operand(args[0])  # L2 joins the sum without materialising g + l2·p
             lines.extend(dialect.add_l2(target))
