@@ -200,7 +200,7 @@ def update_param(p: Tensor, p_math: Tensor, direction: Tensor, scale: float, dec
         p.copy_(s)
     else: p.copy_(stochastic_round(p_math.add_(u), seed, start))
 
-# %% ../nbs/00_core.ipynb #7f253f78
+# %% ../nbs/00_core.ipynb #c2bf6b89
 group_size = 32  # elements per scale of an 8-bit state
 code_dtypes = {'signed': torch.int8, 'positive': torch.uint8}
 
@@ -211,7 +211,7 @@ def dequantize(codes: Tensor, scales: Tensor, form: str) -> Tensor:
     "The fp32 values of 8-bit `codes` (a tensor, or a flat piece of one from a multiple of 32 elements) and their groups' `scales`"
     q = flat(codes).float()
     s = scales.float().repeat_interleave(group_size)[:q.numel()]
-    x = q.div_(254 - q.abs()).mul_(s) if form == 'signed' else q.square_().square_().mul_(s.mul_(255.**-4))
+    x = q.div_(254 - q.abs()).mul_(s) if form == 'signed' else q.square_().mul_(255.**-2).square_().mul_(s)
     out = torch.empty_like(codes, dtype=torch.float32, memory_format=torch.preserve_format)
     flat(out).copy_(x)
     return out
@@ -291,7 +291,7 @@ class Bucket:
     def __len__(self): return len(self.params)
     def __repr__(self): return f"Bucket({self.device}, {self.dtype}, {len(self)} tensors{', ' + self.algorithm.name if self.algorithm else ''})"
 
-# %% ../nbs/00_core.ipynb #93118818
+# %% ../nbs/00_core.ipynb #67e32a7f
 backends = {}
 
 def compile_source(source, name, namespace):
@@ -520,9 +520,11 @@ class ForLoopBackend(Stepper):
     def __init__(self, piece_numel=None, wide_piece_numel=None):
         self.piece_numel = piece_numel or {}  # the reference: whole tensors
         self.wide_piece_numel = wide_piece_numel or self.piece_numel
-    def piece_numel_of(self, bucket):
-        "The most elements of a piece of `bucket`'s tensors (None: whole tensors)"
-        return (self.wide_piece_numel if bucket.dtype.itemsize >= 4 else self.piece_numel).get(bucket.device.type)
+    def piece_numel_of(self, plan, bucket):
+        "The most elements of a piece of `bucket`'s tensors (None: whole tensors): `wide_piece_numel` where every tensor the plan reads is fp32, which the per-tensor functions use as they are, else `piece_numel`"
+        names = [t for t in plan.tensors if t not in plan.factored]
+        wide = bucket.dtype == torch.float32 and all(bucket.tensors(t)[0].dtype == torch.float32 for t in names)
+        return (self.wide_piece_numel if wide else self.piece_numel).get(bucket.device.type)
     def check(self, device, dtype): return None
     fold = staticmethod(fold_moments)
 
@@ -537,7 +539,7 @@ class ForLoopBackend(Stepper):
         reds = list(reds) if reds is not None else [no_reductions] * len(bucket)
         if not self.cuts(plan, bucket):
             return bucket.arguments(plan), rows, reds, bucket.comps or [None] * len(bucket), seeds, [0] * len(bucket), None
-        limit = piece_limit(self.piece_numel_of(bucket), plan)
+        limit = piece_limit(self.piece_numel_of(plan, bucket), plan)
         if cache.get('pieces key') != (bucket.generation, plan.name):  # views cut once per layout; the gradients' every step
             names = [t for t in plan.tensors if t != 'g'] + ([bucket.rounding_state] if bucket.rounding_state else [])
             owner, starts, parts = pieces([bucket.tensors(t) for t in names], limit)
@@ -568,7 +570,7 @@ class ForLoopBackend(Stepper):
 
     def cuts(self, plan, bucket):
         "Whether `bucket` is stepped in pieces: it has a tensor larger than `piece_numel`, no factored state (whose estimate is made by shape), and no sum over each tensor that its update would otherwise take in one pass"
-        limit = self.piece_numel_of(bucket)
+        limit = self.piece_numel_of(plan, bucket)
         one_pass_sums = plan.reduction_kinds and not (plan.needs_phases or bucket.sharded)
         return limit is not None and not plan.factored and not one_pass_sums and bucket.largest > limit
 

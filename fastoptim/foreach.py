@@ -90,7 +90,7 @@ def update_params(params, direction, scale, decay, denom=None, scratch=False, ro
         torch._foreach_add_(u, params)
         for p, x, seed, start in zip(rounding.weights or params, u, rounding.seeds, rounding.starts): p.copy_(stochastic_round(x, seed, start))
 
-# %% ../nbs/01_foreach.ipynb #f0ee0d7e
+# %% ../nbs/01_foreach.ipynb #e21f3ab5
 class ForeachDialect(TorchDialect):
     "A PyTorch program over lists of tensors: one `torch._foreach_*` call per operation"
     ops = {**{k: (f'torch._foreach_{k}_({{0}}, {{1}})', f'torch._foreach_{k}({{0}}, {{1}})')
@@ -104,7 +104,8 @@ class ForeachDialect(TorchDialect):
            # torch has no foreach atan2: a loop over the list, still one line of the generated program
            'atan2': ('[y.atan2_(x) for y, x in zip({0}, {1})]', '[torch.atan2(y, x) for y, x in zip({0}, {1})]')}
     # a - b and a / b into a dead b: a new list costs an allocation per tensor (2.6 µs of host each on the H200's
-    # host, profiled), where two in-place calls cost a launch or two; a / b becomes a·(1/b), within 1.5 ulp
+    # host, profiled), where two in-place calls cost a launch or two; a / b becomes a·(1/b), within 1.5 ulp for a normal b
+    # (a subnormal b's reciprocal overflows to ∞)
     reversed_ops = {'sub': ('torch._foreach_neg_({1})', 'torch._foreach_add_({1}, {0})'),
                     'div': ('torch._foreach_reciprocal_({1})', 'torch._foreach_mul_({1}, {0})')}
     lists = True
