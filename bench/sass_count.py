@@ -49,7 +49,7 @@ def full_block_sass(algorithm, dtype, rounding, block=1024, warps=4):
         sass = subprocess.run([os.path.join(BIN, 'cuobjdump'), '-sass', cubin], capture_output=True, text=True, check=True).stdout
     lines = re.findall(r'^\s+/\*[0-9a-f]{4}\*/\s+(.*?)\s*;', sass, re.M)
     start = next(i for i, l in enumerate(lines) if 'BRA' in l)  # the branch on the block's size
-    stop = next(i for i, l in enumerate(lines) if l.split()[-1] == 'EXIT' or l.endswith('EXIT'))
+    stop = next(i for i, l in enumerate(lines) if l.endswith('EXIT'))
     ops = collections.Counter(l.split()[1 if l.startswith('@') else 0].split('.')[0] for l in lines[start:stop])
     return stop - start, int(re.search(r'Used (\d+) registers', out.stderr).group(1)), ops
 

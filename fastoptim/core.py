@@ -291,7 +291,7 @@ class Bucket:
     def __len__(self): return len(self.params)
     def __repr__(self): return f"Bucket({self.device}, {self.dtype}, {len(self)} tensors{', ' + self.algorithm.name if self.algorithm else ''})"
 
-# %% ../nbs/00_core.ipynb #67e32a7f
+# %% ../nbs/00_core.ipynb #0d0961f8
 backends = {}
 
 def compile_source(source, name, namespace):
@@ -522,8 +522,7 @@ class ForLoopBackend(Stepper):
         self.wide_piece_numel = wide_piece_numel or self.piece_numel
     def piece_numel_of(self, plan, bucket):
         "The most elements of a piece of `bucket`'s tensors (None: whole tensors): `wide_piece_numel` where every tensor the plan reads is fp32, which the per-tensor functions use as they are, else `piece_numel`"
-        names = [t for t in plan.tensors if t not in plan.factored]
-        wide = bucket.dtype == torch.float32 and all(bucket.tensors(t)[0].dtype == torch.float32 for t in names)
+        wide = bucket.dtype == torch.float32 and all(plan.dtype_of(t) in ('param', 'fp32') for t in plan.tensors)  # from the plan: no tensor visited
         return (self.wide_piece_numel if wide else self.piece_numel).get(bucket.device.type)
     def check(self, device, dtype): return None
     fold = staticmethod(fold_moments)
