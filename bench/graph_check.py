@@ -1,6 +1,8 @@
 """CUDA graph check: fastoptim's Triton step captured with `torch.cuda.graph` and replayed gives the weights and step
 counts of the same steps taken normally, follows an lr change after `upload_hypers()`, never waits for the host, and
-refuses what a replay cannot do with a clear error. Also the Triton stochastic rounding against the torch reference.
+refuses what a replay cannot do with a clear error. The optimizer's own graph (`step_graph`, the default) gives the
+weights, states and step counts of `step_graph=False` through schedules, moved gradients, state edits, a reload and a
+frozen parameter, without waiting for the host. Also the Triton stochastic rounding against the torch reference.
 
 On the GPU machine, from the repository root (wheels from ../shared/gpu/wheels.sh carried in .whl/):
     python3 bench/graph_check.py --out $OUT/graph_check.md
@@ -38,7 +40,7 @@ def run(make, dtype, graph, lr_change=True):
     "Weights and step counts after STEPS steps of fresh gradients (lr halved before step LR_CHANGE), graphed or not"
     ps = [torch.nn.Parameter(t) for t in randn(SHAPES, dtype, 0)]
     for p in ps: p.grad = torch.empty_like(p)
-    opt = make(ps)
+    opt = make(ps, **({} if graph else dict(step_graph=False)))  # user-captured, against launches from Python
     stepper = Graphed(opt) if graph else opt
     for i in range(STEPS):
         for p, g in zip(ps, randn(SHAPES, dtype, 100 + i)): p.grad.copy_(g)
@@ -60,12 +62,86 @@ def replays():
     for name, make in ALGOS.items():
         for prec, (dtype, kw) in PRECISIONS.items():
             opt_kw = dict(triton=True, **kw)
-            plain, plain_steps, *_ = run(lambda ps: make(ps, **opt_kw), dtype, graph=False)
-            graphed, graph_steps, *_ = run(lambda ps: make(ps, **opt_kw), dtype, graph=True)
-            stale, *_ = run(lambda ps: make(ps, **opt_kw), dtype, graph=True, lr_change=False)
+            factory = lambda ps, **extra: make(ps, **opt_kw, **extra)
+            plain, plain_steps, *_ = run(factory, dtype, graph=False)
+            graphed, graph_steps, *_ = run(factory, dtype, graph=True)
+            stale, *_ = run(factory, dtype, graph=True, lr_change=False)
             rows.append((name, prec, max_rel(graphed, plain), plain_steps == graph_steps == [STEPS] * len(SHAPES),
                          max_rel(stale, plain)))
     return rows
+
+
+def own_graph_run(make, dtype, step_graph):
+    "Weights, states and step counts after STEPS steps of `opt.step()` in two param groups, with an lr schedule, fresh gradient tensors every third step, a state edited in place (step 4) and replaced (step 6), a state_dict reload (step 8), a parameter frozen from step 10; and the steps replayed from the optimizer's graph"
+    ps = [torch.nn.Parameter(t) for t in randn(SHAPES, dtype, 0)]
+    half = len(ps) // 2
+    opt = make([ps[:half], ps[half:]], step_graph=step_graph)
+    for i in range(STEPS):
+        grads = randn(SHAPES, dtype, 100 + i)
+        for p, g in zip(ps, grads):
+            if p.grad is None or i % 3 == 0: p.grad = g  # new addresses: the layout takes them (`Layout.rebind`)
+            else: p.grad.copy_(g)
+        if i >= 10: ps[1].grad = None
+        opt.set_hyper('lr', [1e-2 * 0.9 ** i, 2e-2 * 0.8 ** i])
+        if i == 4:
+            for v in opt.state[ps[-1]].values():
+                if isinstance(v, torch.Tensor) and v.is_floating_point(): v.mul_(0.5)
+        if i == 6: opt.state[ps[0]] = dict(opt.state[ps[0]])
+        if i == 8: opt.load_state_dict(opt.state_dict())
+        opt.step()
+    torch.cuda.synchronize()
+    states = [{k: v.float() if isinstance(v, torch.Tensor) else v for k, v in opt.state[p].items()} for p in ps]
+    return [p.detach().float() for p in ps], states, opt.graph.replays
+
+
+def own_graph():
+    "Per algorithm and precision: the optimizer's own graph against step_graph=False (exact: the same kernels on the same numbers)"
+    rows = []
+    for name, make in ALGOS.items():
+        for prec, (dtype, kw) in PRECISIONS.items():
+            factory = lambda groups, **extra: make(groups, triton=True, **kw, **extra)
+            (w0, s0, r0), (w1, s1, r1) = own_graph_run(factory, dtype, False), own_graph_run(factory, dtype, None)
+            floor = max_rel(own_graph_run(factory, dtype, False)[0], w0)  # LAMB's sums are added by atomics, in no set order
+            states_equal = all(a.keys() == b.keys() and all(torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k]
+                                                            for k in a) for a, b in zip(s0, s1))
+            rows.append((name, prec, max_rel(w1, w0), floor, states_equal, [s['step'] for s in s1] == [s['step'] for s in s0], r0, r1))
+    return rows
+
+
+def own_graph_no_sync():
+    "Steps 1 (eager), 2 (captured) and 3 to 6 (replayed, with an lr change and moved gradients) of AdamW under set_sync_debug_mode('error')"
+    ps = [torch.nn.Parameter(t) for t in randn(SHAPES, torch.float32, 0)]
+    for p, g in zip(ps, randn(SHAPES, torch.float32, 1)): p.grad = g
+    opt = Adam(ps, lr=1e-2, triton=True)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode('error')
+    try:
+        for i in range(6):
+            if i == 3: opt.set_hyper('lr', 2e-3)
+            if i == 4:
+                for p in ps: p.grad = p.grad.clone()
+            opt.step()
+        return f'ok ({opt.graph.replays} replays)'
+    except RuntimeError as e: return f'SYNC: {str(e).splitlines()[0][:100]}'
+    finally: torch.cuda.set_sync_debug_mode('default')
+
+
+def cpu_copies(ps):
+    "Parameters on the CPU with the gradients of `ps`"
+    out = [torch.nn.Parameter(p.detach().cpu()) for p in ps]
+    for p, q in zip(out, ps): p.grad = q.grad.cpu()
+    return out
+
+
+def own_graph_refusals():
+    "What step_graph=True refuses, and the first line of each message"
+    def first_step(make):
+        ps = [torch.nn.Parameter(t) for t in randn(SHAPES[:3], torch.float32, 0)]
+        for p, g in zip(ps, randn(SHAPES[:3], torch.float32, 1)): p.grad = g
+        try: make(ps).step(); return 'stepped (NOT refused)'
+        except RuntimeError as e: return str(e).splitlines()[0]
+    return {'foreach backend': first_step(lambda ps: Adam(ps, lr=1e-2, foreach=True, step_graph=True)),
+            'CPU parameters': first_step(lambda ps: Adam(cpu_copies(ps), lr=1e-2, step_graph=True))}
 
 
 def no_sync():
@@ -129,6 +205,17 @@ def main():
     lines += ['', f'Step after an lr change (uploads the table) and `upload_hypers()` under '
               f'`set_sync_debug_mode("error")`: {no_sync()}.', '', '## Refused captures', '', '| case | error |', '|---|---|']
     lines += [f'| {k} | {v} |' for k, v in refusals().items()]
+    lines += ['', "## The optimizer's own graph (`step_graph`)", '',
+              f'`opt.step()` as called (`step_graph=None`) against `step_graph=False`: two param groups, {STEPS} steps of an '
+              'lr schedule, fresh gradient tensors every third step, a state edited in place at step 5 and replaced at '
+              'step 7, `load_state_dict(state_dict())` before step 9, the second parameter frozen from step 11.', '',
+              '| algorithm | precision | max rel. diff of weights | the same, two runs with step_graph=False | states equal | step counts equal | replays, step_graph=False | replays, default |',
+              '|---|---|---|---|---|---|---|---|']
+    lines += [f'| {a} | {p} | {d:.1e} | {f:.1e} | {"yes" if se else "NO"} | {"yes" if ce else "NO"} | {r0} | {r1} |'
+              for a, p, d, f, se, ce, r0, r1 in own_graph()]
+    lines += ['', f'Six default steps (eager, captured, four replays with an lr change and moved gradients) under '
+              f'`set_sync_debug_mode("error")`: {own_graph_no_sync()}.', '', '| step_graph=True with | error |', '|---|---|']
+    lines += [f'| {k} | {v} |' for k, v in own_graph_refusals().items()]
     lines += ['', f'Triton vs forloop stochastic rounding (SGD, 3 steps, 2^20 bf16 elements): '
               f'{stochastic_bits():.2e} of elements differ.', '', f'total time {time.time() - t0:.0f} s']
     write_report('\n'.join(lines), args.out)

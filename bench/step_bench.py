@@ -72,9 +72,9 @@ CPU_TRITON_STEPS = (1, 3)  # warm-up and timed steps of the Triton interpreter o
 INTERPRETER_MAX_PARAMS = 1e6  # larger sets would keep the interpreter busy for minutes
 
 
-def fastoptim_impl(flag, kahan_sum):
-    "fastoptim with one backend flag (None: the default, no flag); SGD with L2 weight decay (`decouple_wd=False`), as torch's SGD does"
-    kw = {'kahan_sum': kahan_sum, **({flag: True} if flag else {})}
+def fastoptim_impl(flag, kahan_sum, **options):
+    "fastoptim with one backend flag (None: the default, no flag) and `options`; SGD with L2 weight decay (`decouple_wd=False`), as torch's SGD does"
+    kw = {'kahan_sum': kahan_sum, **({flag: True} if flag else {}), **options}
     return {'sgd': lambda ps: SGD(ps, HP['lr'], mom=HP['mom'], wd=HP['wd'], decouple_wd=False, **kw),
             'adamw': lambda ps: Adam(ps, HP['lr'], mom=HP['mom'], sqr_mom=HP['sqr_mom'], eps=HP['eps'], wd=HP['wd'], **kw),
             'lamb': lambda ps: Lamb(ps, HP['lr'], mom=HP['mom'], sqr_mom=HP['sqr_mom'], eps=HP['eps'], wd=HP['wd'], **kw)}
@@ -113,6 +113,9 @@ def implementations(args):
     for b in ('foreach', 'jit', 'triton'):  # fastoptim's bf16 default is Kahan: time both ways
         impls[f'fastoptim-{b}'] = (fastoptim_impl(b, kahan_sum=False), both, 0, None)
         impls[f'fastoptim-{b}-kahan'] = (fastoptim_impl(b, kahan_sum=True), ('bf16',), KAHAN_BYTES, None)
+    # Triton without the optimizer's own CUDA graph: every step launches its kernels from Python
+    impls['fastoptim-triton-nograph'] = (fastoptim_impl('triton', kahan_sum=False, step_graph=False), both, 0, None)
+    impls['fastoptim-triton-kahan-nograph'] = (fastoptim_impl('triton', kahan_sum=True, step_graph=False), ('bf16',), KAHAN_BYTES, None)
     # no flag and no kahan_sum: what `adam()` does (Kahan in bf16), against the flagged backend it picks
     impls['fastoptim-default'] = (fastoptim_impl(None, kahan_sum=None), ('fp32',), 0, None)
     impls['fastoptim-default-kahan'] = (fastoptim_impl(None, kahan_sum=None), ('bf16',), KAHAN_BYTES, None)
@@ -404,7 +407,9 @@ def report(args, meta, rows):
           f"{INTERPRETER_MAX_PARAMS / 1e6:g}M parameters) with {CPU_TRITON_STEPS[0]} warm-up and {CPU_TRITON_STEPS[1]} "
           "timed steps. host ms: host time per step over the same number of steps queued without waiting (a step "
           "whose host ms exceeds its GPU time is host-bound). `-graph` rows: the step captured in a CUDA graph after "
-          "one real step on a side stream, then replayed (torch's AdamW with `capturable=True`). "
+          "one real step on a side stream, then replayed (torch's AdamW with `capturable=True`). fastoptim's Triton rows "
+          "without `-graph` are `opt.step()` as called, which replays the optimizer's own graph (`step_graph`); "
+          "`-nograph` rows pass `step_graph=False`: every step launches its kernels from Python. "
           "extra MiB: max_memory_allocated during the timed steps "
           "minus memory_allocated before them. sync: one step under `torch.cuda.set_sync_debug_mode('error')`.", '',
           f"Correctness: the first 6 and the last 2 tensors of the set, {args.check_steps} steps with fresh random "

@@ -6,9 +6,9 @@ Docs: https://fastoptim.github.io/fastoptim/core.html.md"""
 
 # %% auto #0
 __all__ = ['fp32_max', 'fold_numel', 'residual_dtypes', 'rounding_states', 'group_size', 'code_dtypes', 'backends', 'number_ops',
-           'no_reductions', 'backend_flags', 'engine_state', 'engine_counts', 'engine_write', 'algorithms',
-           'check_hyper', 'check_hypers', 'as_math', 'write_back', 'flat', 'pieces_of', 'cut_list', 'pieces',
-           'combine_pieces', 'fold_moments', 'hash32', 'stochastic_round', 'join_master', 'split_master',
+           'no_reductions', 'backend_flags', 'engine_state', 'engine_counts', 'engine_write', 'retired_graphs',
+           'algorithms', 'check_hyper', 'check_hypers', 'as_math', 'write_back', 'flat', 'pieces_of', 'cut_list',
+           'pieces', 'combine_pieces', 'fold_moments', 'hash32', 'stochastic_round', 'join_master', 'split_master',
            'held_weights', 'param_math', 'apply_update', 'update_param', 'scale_count', 'dequantize', 'quantize_into',
            'to_device', 'Bucket', 'compile_source', 'per_tensor_functions', 'reduction_columns', 'combine_totals',
            'evaluate_numbers', 'host_names', 'upload_hosts', 'shared_hosts', 'check_shared_numbers', 'new_numbers',
@@ -16,16 +16,20 @@ __all__ = ['fp32_max', 'fold_numel', 'residual_dtypes', 'rounding_states', 'grou
            'apply_matrices', 'Stepper', 'ForLoopBackend', 'piece_limit', 'backend_from_flags', 'auto_backend',
            'check_state', 'is_sharded', 'local_tensor', 'sharding', 'shard_salt', 'full_precision', 'state_of_shards',
            'local_state', 'complete_shards', 'ParamState', 'StateTable', 'Layout', 'Numbers', 'Preparation',
-           'GroupView', 'FastOptimizer', 'make_partial', 'OptFunc', 'partial_maker', 'make_optimizer']
+           'capture_refusal', 'StepGraph', 'GroupView', 'FastOptimizer', 'make_partial', 'OptFunc', 'partial_maker',
+           'make_optimizer']
 
-# %% ../nbs/00_core.ipynb #7f56361b
-import inspect, linecache, math, operator, warnings
+# %% ../nbs/00_core.ipynb #7982abd0
+import gc, inspect, linecache, math, operator, warnings, weakref
+from collections import deque
+from itertools import repeat
 from collections.abc import MutableMapping
 from functools import partial
 from typing import Callable, Optional
 import numpy as np
 import torch
 from torch import Tensor
+from torch.autograd.graph import increment_version
 from fastcore.basics import store_attr
 from fastcore.foundation import L
 from fastai.optimizer import Optimizer
@@ -239,7 +243,7 @@ def to_device(a, device, out=None):
     if out is not None: return out.copy_(t, non_blocking=True)
     return t.to(device, non_blocking=True) if device.type == 'cuda' else t
 
-# %% ../nbs/00_core.ipynb #c8d7f168
+# %% ../nbs/00_core.ipynb #90dfb259
 class Bucket:
     "The parameters of one (device, dtype) that have a gradient this step, across all param groups"
     def __init__(self, device, dtype, algorithm=None):
@@ -256,7 +260,7 @@ class Bucket:
         self.step_counts = None  # steps taken before this one
         self.carries = {}  # the algorithm's carries before this step, an array per name (see `Carry`)
         self.numbers = {}  # number states (see `State`): per tensor, a vector the states hold views of; a shared one, its one tensor
-        self.capturing = False  # whether this step is being captured in a CUDA graph
+        self.capturing = False  # whether this step is being captured in a CUDA graph: True by the user, 'optimizer' by `StepGraph`
         self.factors = {}  # factored states (see `State`): per tensor, the column factor divided by the row factor's mean
         self.hyper_leaves = None, None  # the groups `Numbers.leaves` last read, and the arrays it made from them alone
 
@@ -291,7 +295,7 @@ class Bucket:
     def __len__(self): return len(self.params)
     def __repr__(self): return f"Bucket({self.device}, {self.dtype}, {len(self)} tensors{', ' + self.algorithm.name if self.algorithm else ''})"
 
-# %% ../nbs/00_core.ipynb #0d0961f8
+# %% ../nbs/00_core.ipynb #de170b46
 backends = {}
 
 def compile_source(source, name, namespace):
@@ -488,7 +492,7 @@ def apply_matrices(plan, bucket, divide=None):
     for stack, own in gathers: dist.all_gather_into_tensor(stack, own, group=divide)
 
 class Stepper:
-    "`step` for a backend with `reduce` (every phase but the last: the per-tensor reductions, or None) and `finish`"
+    "`step` for a backend with `reduce` (every phase but the last: the per-tensor reductions, or None) and `finish`; a `capturable` one also has `prepare` (the host's part of `reduce`, before any launch), `graph_buffers` (the device tensors a captured step reads) and `graph_inputs` (a bucket's tensors its captured torch ops read by address)"
     def last_phase(self, plan):
         "The plan's last phase as this backend runs it; one that stores number states computes them itself, else the engine does and the phase reads them"
         return plan.phases[-1]
@@ -804,7 +808,9 @@ class StateTable(dict):
     def __delitem__(self, p): self.layout.stale(); super().__delitem__(p)
     def __reduce__(self): return dict, (dict(self),)
 
-# %% ../nbs/00_core.ipynb #765d7610
+# %% ../nbs/00_core.ipynb #621c3499
+_grad, _requires_grad = operator.attrgetter('grad'), operator.attrgetter('requires_grad')
+
 class Layout:
     "The buckets of a step: parameters with gradients by (device, dtype), kept while no parameter moves and each gradient keeps its kind"
     def __init__(self, opt):
@@ -816,9 +822,12 @@ class Layout:
     def signature(self):
         "This step's gradients (None where a parameter is not stepped) and what identifies the layout they make"
         params = self.opt.flat_params
-        grads = [p.grad if p.requires_grad else None for p in params]
+        grads = list(map(_grad, params))  # maps of attribute getters: this runs before every step, for every parameter
+        if not all(map(_requires_grad, params)): grads = [g if p.requires_grad else None for p, g in zip(params, grads)]
         shards, local_grads = (list(map(local_tensor, params)), list(map(local_tensor, grads))) if self.opt.sharded else (params, grads)
-        try: return grads, (*map(Tensor.data_ptr, shards), *[0 if g is None else g.data_ptr() for g in local_grads])
+        try:
+            if all(map(operator.is_not, local_grads, repeat(None))): return grads, (*map(Tensor.data_ptr, shards), *map(Tensor.data_ptr, local_grads))
+            return grads, (*map(Tensor.data_ptr, shards), *[0 if g is None else g.data_ptr() for g in local_grads])
         except RuntimeError: return grads, (*map(_address, shards), *[0 if g is None else _address(g) for g in local_grads])
 
     def group(self, params, grads, indices):
@@ -870,7 +879,7 @@ class Layout:
             self.buckets, self.sig, self.present = buckets, sig, tuple(g is not None for g in grads)
         else:
             for b in self.buckets.values():
-                b.grads = [local_tensor(grads[i]) for i in b.indices] if self.opt.sharded else [grads[i] for i in b.indices]
+                b.grads = [local_tensor(grads[i]) for i in b.indices] if self.opt.sharded else list(map(grads.__getitem__, b.indices))
         return self.buckets
 
     def rebind(self, grads, sig):
@@ -1159,6 +1168,112 @@ class Preparation:
                 stacks.append(stack)
             b.workspace[name], b.stacks[name] = kept[key] = views, stacks
 
+# %% ../nbs/00_core.ipynb #73f0c3d5
+def capture_refusal(b):
+    "Why a CUDA graph cannot capture the step of bucket `b` (a sentence), or None"
+    backend, plan = backends[b.backend], b.algorithm.plan('step')
+    if not backend.capturable: return (f"The {b.backend} backend passes step-dependent scalars from the host, so a CUDA graph "
+                                       "cannot capture its step: use triton=True.")
+    if b.algorithm.carries: return (f"{b.algorithm.name} carries {sorted(b.algorithm.carries)} from step to step, worked out "
+                                    "on the host: a CUDA graph cannot capture its step.")
+    if b.numbers and not backend.last_phase(plan).numbers: return (
+        f"The {b.backend} backend has the engine compute {b.algorithm.name}'s number states {sorted(b.numbers)} between "
+        "the passes, from host numbers uploaded at each step: a CUDA graph cannot capture its step.")
+    return None
+
+retired_graphs = []  # graphs of optimizers the garbage collector took, destroyed at a later step (see `StepGraph.__del__`)
+
+class StepGraph:
+    "The optimizer's own CUDA graph of its step (`step_graph`): captured at a layout's second step, replayed by each later `step()` while the device buffers its kernels read stay the same"
+    def __del__(self):
+        # an optimizer is freed by the cyclic garbage collector, which may run while some CUDA graph is being captured
+        # (a user's, torch.compile's), and destroying a graph then breaks that capture: destroy it at a step instead
+        if self.graph is not None: retired_graphs.append(self.graph)
+
+    def __init__(self, opt):
+        self.opt, self.graph, self.buffers, self.stream = opt, None, None, None
+        self.warm = None  # the layout generation last stepped eagerly: its tables exist and its kernels are compiled
+        self.inputs = []  # the last step's tensors that captured torch ops read by address (see `graph_inputs`)
+        self.replays = 0  # steps taken by replaying a graph
+
+    def refusal(self, buckets):
+        "Why the optimizer cannot replay this step from a CUDA graph (a sentence), or None"
+        if self.opt.sharded: return ("The parameters are sharded (FSDP2): the step completes its sums with collectives, "
+                                     "which the optimizer does not capture.")
+        devices = {b.device for b in buckets.values()}
+        if any(d.type != 'cuda' for d in devices): return f"A CUDA graph steps CUDA tensors, and these are on {sorted(map(str, devices))}."
+        if len(devices) > 1: return f"One CUDA graph runs on one device, and the parameters are on {sorted(map(str, devices))}."
+        for b in buckets.values():
+            reason = capture_refusal(b)
+            if reason: return reason
+            if b.algorithm.plan('step').workspace: return (f"{b.algorithm.name}'s matrix functions (cuBLAS products between "
+                                                           "the launches) are not captured by the optimizer.")
+        return None
+
+    def stepped(self, buckets):
+        "An eager step of the current layout succeeded: the next may capture it"
+        self.warm = self.opt.layout.generation
+
+    def step(self, buckets):
+        "Take this step by replaying the graph, captured first if there is none for these buffers; False, having done nothing, where the step runs eagerly (a layout's first step, or one a graph cannot take)"
+        opt = self.opt
+        retired_graphs.clear()  # not capturing: `step` is not called in a capture
+        reason = self.refusal(buckets)
+        if reason and opt.step_graph: raise RuntimeError(f"step_graph=True, but this step cannot be replayed from a CUDA graph. {reason}")
+        if reason:
+            self.graph = None
+            return False
+        # the tensors this step's torch ops read by address, outside the backends' tables (a factored state's gradients):
+        # where they moved since the last step, the step is eager until they stay (not a capture at every step)
+        inputs = [t for b in buckets.values() for t in backends[b.backend].graph_inputs(b.algorithm.plan('step'), b)]
+        moved = len(inputs) != len(self.inputs) or any(a is not seen() for a, seen in zip(inputs, self.inputs))
+        self.inputs = [weakref.ref(t) for t in inputs]  # weak: a graph must not keep the last step's gradients alive
+        if self.warm != opt.layout.generation or moved:
+            self.graph = None
+            return False
+        caches = opt.layout.caches
+        with torch.no_grad():
+            try:
+                work, hosts = opt._prepare(buckets)
+                for key, b, leaves, _ in work: backends[b.backend].prepare(b.algorithm.plan('step'), b, leaves, caches[key])
+                buffers = [x for key, b, _, _ in work for x in backends[b.backend].graph_buffers(caches[key])]
+                if (self.graph is None or len(buffers) != len(self.buffers) or any(a is not c for a, c in zip(buffers, self.buffers))
+                    or any(backends[b.backend].check_replay(b.algorithm.plan('step'), b, leaves, caches[key]) for key, b, leaves, _ in work)):
+                    self.capture(buckets, caches, work, hosts, buffers)
+                self.graph.replay()
+                self.replays += 1
+                for key, b, leaves, step in work:
+                    increment_version(b.params)  # as a launch does: autograd refuses a graph that saved the old weights
+                    opt._count(key, b, leaves, step)
+            finally:
+                for b in buckets.values(): b.grads = None
+        return True
+
+    def capture(self, buckets, caches, work, hosts, buffers):
+        "Capture the launches of a step that `_prepare` and the backends' `prepare` made ready, on a side stream"
+        self.graph = None
+        device = work[0][1].device
+        if self.stream is None or self.stream.device != device: self.stream = torch.cuda.Stream(device)
+        graph = torch.cuda.CUDAGraph()
+        self.stream.wait_stream(torch.cuda.current_stream(device))
+        for _, b, _, _ in work: b.capturing = 'optimizer'  # a rebuild or an upload would now raise; the host counts the replays
+        collecting = gc.isenabled()
+        gc.disable()  # a collection during the capture could free another graph or its memory, which a capture refuses
+        try:
+            with torch.cuda.device(device), torch.cuda.stream(self.stream):
+                graph.capture_begin(capture_error_mode='thread_local')
+                try: self.opt._launch(buckets, caches, work, hosts, count=False)
+                except BaseException:
+                    try: graph.capture_end()
+                    except RuntimeError: pass  # the capture the error broke: the error raised is the one that matters
+                    raise
+                graph.capture_end()
+        finally:
+            if collecting: gc.enable()
+            for _, b, _, _ in work: b.capturing = False
+        torch.cuda.current_stream(device).wait_stream(self.stream)
+        self.graph, self.buffers = graph, buffers
+
 # %% ../nbs/00_core.ipynb #d8fcc93a
 class GroupView(MutableMapping):
     "Param group `i` of `opt` as torch code sees it: `params` and the group's hypers, a write checked and stored in the hypers"
@@ -1177,7 +1292,7 @@ class GroupView(MutableMapping):
     def __len__(self): return 1 + len(self.opt.hypers[self.i])
     def __repr__(self): return f"GroupView({dict(self)})"
 
-# %% ../nbs/00_core.ipynb #0ab05eeb
+# %% ../nbs/00_core.ipynb #e44582b0
 class FastOptimizer(Optimizer):
     "A fastai `Optimizer` running `algorithm` over (device, dtype) buckets with one backend call per bucket"
     def __init__(self,
@@ -1201,6 +1316,7 @@ class FastOptimizer(Optimizer):
         grams:bool=False,       # the update's magnitude with the gradient's direction (Grams)
         lookahead:bool=False,   # Lookahead's slow weights, synchronised every `lookahead_k` steps
         kourkoutas:bool=False,  # Kourkoutas-β: each tensor's second-moment decay from its gradient's norm (the Adam family)
+        step_graph:bool|None=None, # replay the step from a CUDA graph the optimizer captures itself: None where the step allows it, True always (else raise), False never
         **hypers                # the algorithm's hypers (see `algorithm.hypers`)
     ):
         algorithm = modified(algorithm, cautious, grams, lookahead, orthograd, kourkoutas)
@@ -1217,6 +1333,7 @@ class FastOptimizer(Optimizer):
                 "master_weight_bits keeps the master weights itself: it cannot be combined with kahan_sum=True or stochastic_rounding=True.")
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {seed!r}.")
+        if not (step_graph is None or isinstance(step_graph, bool)): raise ValueError(f"step_graph must be None, True or False, got {step_graph!r}.")
         if backend is not None and backend not in backends:
             raise ImportError(f"The {backend} backend is not loaded: import fastoptim.all.")
         unknown = set(hypers) - set(algorithm.hypers)
@@ -1232,9 +1349,9 @@ class FastOptimizer(Optimizer):
         if backend == 'triton': backends['triton'].check_installed()
         self.algorithm, self.backend, self.decouple_wd, self.decouple_lr = algorithm, backend, decouple_wd, decouple_lr
         self.kahan_sum, self.stochastic_rounding, self.seed = kahan_sum, stochastic_rounding, seed
-        self.master_weight_bits, self.state_bits = master_weight_bits, state_bits
+        self.master_weight_bits, self.state_bits, self.step_graph = master_weight_bits, state_bits, step_graph
         self.backends_used, self._warned_lr, self._releasing, self._accumulation = {}, False, False, None
-        self.layout, self.numbers, self.preparation = Layout(self), Numbers(self), Preparation(self)
+        self.layout, self.numbers, self.preparation, self.graph = Layout(self), Numbers(self), Preparation(self), StepGraph(self)
         super().__init__(params, [], lr=lr, **{**{k: h.default for k, h in algorithm.hypers.items()}, **hypers})
         self._check_params()
         self.flat_params = [p for pg in self.param_lists for p in pg]
@@ -1344,7 +1461,10 @@ class FastOptimizer(Optimizer):
         if self._releasing or self._accumulation is not None:
             return self.step_params([p for p in self.flat_params if p.grad is not None], whole=not self._releasing)
         self.numbers.check()
-        self._run(self.layout.current(capturing), self.layout.caches, capturing, self.matrix_group)
+        buckets = self.layout.current(capturing)
+        if not capturing and self.step_graph is not False and self.graph.step(buckets): return
+        self._run(buckets, self.layout.caches, capturing, self.matrix_group)
+        self.graph.stepped(buckets)
 
     def step_params(self, params, grads=None, whole:bool=False):
         "Step `params` now, as `step` would, in buckets of their own, kept for the next call with the same parameters (the next `step` rebuilds its layout); `grads`: theirs, if not `p.grad`; `whole`: they are all this step steps"
@@ -1462,72 +1582,78 @@ class FastOptimizer(Optimizer):
 
     def _run(self, buckets, caches, capturing=False, divide=None):
         "Count the steps, compute the per-tensor numbers and call the backends (or fold a micro-batch); `divide`: see `apply_matrices`"
+        with torch.no_grad():
+            try: self._launch(buckets, caches, *self._prepare(buckets, capturing), divide)
+            finally:
+                for b in buckets.values(): b.grads = None  # the buckets outlive the step (the layout, `step_params`' cache); the gradients must not
+
+    def _prepare(self, buckets, capturing=False):
+        "The host's part of a step before any launch: refuse what a capture cannot do, each bucket's numbers (`work`: key, bucket, leaves, step counts after this step; a micro-batch is folded instead), and the host numbers the step checks or uploads (`hosts`)"
         for b in buckets.values():
-            if capturing and not backends[b.backend].capturable: raise RuntimeError(
-                f"The {b.backend} backend passes step-dependent scalars from the host, so a CUDA graph cannot "
-                "capture its step: use triton=True.")
-            if capturing and b.algorithm.carries: raise RuntimeError(
-                f"{b.algorithm.name} carries {sorted(b.algorithm.carries)} from step to step, worked out on the host: "
-                "a CUDA graph cannot capture its step.")
-            if capturing and b.numbers and not backends[b.backend].last_phase(b.algorithm.plan('step')).numbers: raise RuntimeError(
-                f"The {b.backend} backend has the engine compute {b.algorithm.name}'s number states {sorted(b.numbers)} between "
-                "the passes, from host numbers uploaded at each step: a CUDA graph cannot capture its step.")
+            reason = capture_refusal(b) if capturing else None
+            if reason: raise RuntimeError(reason)
         groups = self.numbers.groups()
         if self.decouple_lr and not self._warned_lr and (groups['lr'] > groups['max_lr']).any():
             self._warned_lr = True
             warnings.warn(f"lr {groups['lr'].max():g} exceeds max_lr {groups['max_lr'].min():g}: with decouple_lr the "
                           "weight decay then exceeds wd. Pass max_lr equal to your schedule's peak lr.")
-        accumulating = self._accumulation is not None
-        variant = 'apply' if accumulating else 'step'  # 'apply': the moments hold the gradients
-        with torch.no_grad():
-            try:
-                work = []
-                for key, b in buckets.items():
-                    leaves, step = self.numbers.leaves(b, groups)
-                    if accumulating and not self._fold(b, leaves): continue
-                    b.capturing = capturing
-                    if b.rounding == 'stochastic': b.seeds = hash32(b.seed_bases ^ step)
-                    work.append((key, b, leaves, step))
-                # the host numbers of buckets whose numbers the engine computes, or whose shared numbers must be checked
-                hosts = {key: plan.host_values(leaves, len(b)) for key, b, leaves, _ in work for plan in [b.algorithm.plan(variant)]
-                         if plan.numbers and (shared_hosts(plan) or not backends[b.backend].last_phase(plan).numbers)}
-                algorithms = dict.fromkeys(b.algorithm for _, b, _, _ in work)
-                for algorithm in algorithms:
-                    if shared_hosts(algorithm.plan(variant)):
-                        check_shared_numbers(algorithm.plan(variant), [hosts[k] for k, b, _, _ in work if b.algorithm is algorithm])
-                # every bucket adds up its reductions before any writes: a `total_sum` is over all of its algorithm's
-                reds = {}
-                for key, b, leaves, _ in work:
-                    plan = b.algorithm.plan(variant)
-                    first = number_inputs(plan.phases[0], None, b.numbers, len(b)) if len(plan.phases) > 1 else None
-                    reds[key] = backends[b.backend].reduce(plan, b, leaves, caches.setdefault(key, {}), first)
-                inputs, news = dict(reds), {}
-                for algorithm in algorithms:
-                    plan, keys = algorithm.plan(variant), [key for key, b, _, _ in work if b.algorithm is algorithm]
-                    if self.sharded:
-                        reds.update(zip(keys, complete_shards(plan, [buckets[k] for k in keys], [reds[k] for k in keys])))
-                    combine_totals(plan, [reds[k] for k in keys if reds[k] is not None])
-                    if not plan.number_states: continue
-                    last = {k: backends[buckets[k].backend].last_phase(plan) for k in keys}
-                    mine = [k for k in keys if not last[k].numbers]  # the others' last pass computes and stores them
-                    news.update(zip(mine, new_numbers(plan, [(buckets[k], reds[k], hosts[k]) for k in mine])))
-                    for k in keys:  # read before the new values are written over the old ones
-                        values = {**buckets[k].numbers, **{f'{name}:new': v for name, v in news.get(k, {}).items()}}
-                        inputs[k] = number_inputs(last[k], reds[k], values, len(buckets[k]))
-                for key, new in news.items():
-                    for name, v in new.items(): buckets[key].numbers[name].copy_(v)
-                for key, b, leaves, step in work:
-                    plan = b.algorithm.plan(variant)
-                    apply_matrices(plan, b, divide)
-                    backends[b.backend].finish(plan, b, leaves, caches[key], inputs[key])
-                    for s, n in zip(b.states, step.tolist()): engine_write(s, 'step', n)  # after: a refused capture changes nothing
-                    b.carries = {k: np.broadcast_to(leaves[k], (len(b),)).copy() for k in b.carries}
-                    for k, values in b.carries.items():
-                        for s, v in zip(b.states, values.tolist()): engine_write(s, k, v)
-                    b.step_counts = step
-                    self.backends_used[key] = b.backend
-            finally:
-                for b in buckets.values(): b.grads = None  # the buckets outlive the step (the layout, `step_params`' cache); the gradients must not
+        variant = self._variant()
+        work = []
+        for key, b in buckets.items():
+            leaves, step = self.numbers.leaves(b, groups)
+            if self._accumulation is not None and not self._fold(b, leaves): continue
+            b.capturing = capturing
+            if b.rounding == 'stochastic': b.seeds = hash32(b.seed_bases ^ step)
+            work.append((key, b, leaves, step))
+        # the host numbers of buckets whose numbers the engine computes, or whose shared numbers must be checked
+        hosts = {key: plan.host_values(leaves, len(b)) for key, b, leaves, _ in work for plan in [b.algorithm.plan(variant)]
+                 if plan.numbers and (shared_hosts(plan) or not backends[b.backend].last_phase(plan).numbers)}
+        for algorithm in dict.fromkeys(b.algorithm for _, b, _, _ in work):
+            if shared_hosts(algorithm.plan(variant)):
+                check_shared_numbers(algorithm.plan(variant), [hosts[k] for k, b, _, _ in work if b.algorithm is algorithm])
+        return work, hosts
+
+    def _variant(self): return 'apply' if self._accumulation is not None else 'step'  # 'apply': the moments hold the gradients
+
+    def _launch(self, buckets, caches, work, hosts, divide=None, count=True):
+        "The backends' calls of a step prepared by `_prepare`, then (if `count`) its counts"
+        variant = self._variant()
+        algorithms = dict.fromkeys(b.algorithm for _, b, _, _ in work)
+        # every bucket adds up its reductions before any writes: a `total_sum` is over all of its algorithm's
+        reds = {}
+        for key, b, leaves, _ in work:
+            plan = b.algorithm.plan(variant)
+            first = number_inputs(plan.phases[0], None, b.numbers, len(b)) if len(plan.phases) > 1 else None
+            reds[key] = backends[b.backend].reduce(plan, b, leaves, caches.setdefault(key, {}), first)
+        inputs, news = dict(reds), {}
+        for algorithm in algorithms:
+            plan, keys = algorithm.plan(variant), [key for key, b, _, _ in work if b.algorithm is algorithm]
+            if self.sharded:
+                reds.update(zip(keys, complete_shards(plan, [buckets[k] for k in keys], [reds[k] for k in keys])))
+            combine_totals(plan, [reds[k] for k in keys if reds[k] is not None])
+            if not plan.number_states: continue
+            last = {k: backends[buckets[k].backend].last_phase(plan) for k in keys}
+            mine = [k for k in keys if not last[k].numbers]  # the others' last pass computes and stores them
+            news.update(zip(mine, new_numbers(plan, [(buckets[k], reds[k], hosts[k]) for k in mine])))
+            for k in keys:  # read before the new values are written over the old ones
+                values = {**buckets[k].numbers, **{f'{name}:new': v for name, v in news.get(k, {}).items()}}
+                inputs[k] = number_inputs(last[k], reds[k], values, len(buckets[k]))
+        for key, new in news.items():
+            for name, v in new.items(): buckets[key].numbers[name].copy_(v)
+        for key, b, leaves, step in work:
+            plan = b.algorithm.plan(variant)
+            apply_matrices(plan, b, divide)
+            backends[b.backend].finish(plan, b, leaves, caches[key], inputs[key])
+            if count: self._count(key, b, leaves, step)  # after: a refused capture changes nothing
+
+    def _count(self, key, b, leaves, step):
+        "Write bucket `b`'s step counts and carries after its step"
+        deque(map(engine_write, b.states, repeat('step'), step.tolist()), maxlen=0)  # a loop in C: every step, every tensor
+        b.carries = {k: np.broadcast_to(leaves[k], (len(b),)).copy() for k in b.carries}
+        for k, values in b.carries.items():
+            for s, v in zip(b.states, values.tolist()): engine_write(s, k, v)
+        b.step_counts = step
+        self.backends_used[key] = b.backend
 
     def _fold(self, b, leaves):
         "Fold this micro-batch into the moments; True on the last one, whose step then writes the weights"

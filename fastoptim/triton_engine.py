@@ -411,7 +411,7 @@ def fold_gradients(table, block_tensors, scalars, WIDTH: tl.constexpr, K: tl.con
             moment = load_math(ptr, offsets, mask) * scalar(scalars, t, 1 + 2 * j, K)
             store(ptr, offsets, moment + scalar(scalars, t, 2 + 2 * j, K) * term, mask, DTYPE)
 
-# %% ../nbs/03_triton.ipynb #e5741551
+# %% ../nbs/03_triton.ipynb #a845d3d7
 tl_dtypes = {torch.float32: 'float32', torch.bfloat16: 'bfloat16', torch.float16: 'float16'}
 # each tensor's partial sums go to this many slots (by program), added up after the pass: with 32, a pass that reads
 # little (LARS's norms of p and g) waited on contended atomics; 256 took LARS's replayed step on the LLM-like set from
@@ -465,9 +465,8 @@ class TritonBackend(Stepper):
                     "make them contiguous, or use foreach=True.")
 
 
-    def reduce(self, plan, bucket, leaves, cache, inputs=None):
-        "Build the tables if the layout changed, upload changed hypers, derive the numbers; run the first phase if there are two (reading `inputs`, its device numbers)"
-        code = triton_code(plan)
+    def prepare(self, plan, bucket, leaves, cache):
+        "The host's part of a step, before its launches: build the tables if the layout changed (or point them at moved gradients), upload changed hypers"
         block, warps = self.launch(plan, bucket.params[0].element_size())
         key = (bucket.generation, plan.name, block)
         if cache.get('key') == key and cache['grads'] != bucket.grad_generation: self.move_grads(bucket, cache)
@@ -491,13 +490,26 @@ class TritonBackend(Stepper):
             cache['table'], cache['block_tensors'], cache['n_blocks'], cache['align'] = build_tables(
                 tensors, bucket.device, block, aligned, min_blocks=1 if plan.numbers else 0)
             cache['steps'] = to_device(bucket.step_counts.astype(np.int32), bucket.device)  # the derive kernel adds this step
-            cache['sums'] = torch.empty(len(bucket) * max(code.reductions, 1) * sum_slots, device=bucket.device)  # set before use
-            cache['reds'] = torch.empty(len(bucket), max(code.reductions, 1), device=bucket.device)
+            reductions = max(triton_code(plan).reductions, 1)
+            cache['sums'] = torch.empty(len(bucket) * reductions * sum_slots, device=bucket.device)  # set before use
+            cache['reds'] = torch.empty(len(bucket), reductions, device=bucket.device)
             cache.update(key=key, width=len(tensors) + 2, captured=False, block=block, warps=warps, params=tuple(bucket.params),
                          grads=bucket.grad_generation, grad_column=2 + names.index('g') if 'g' in names else None)
         self.upload(plan, bucket, leaves, cache)  # raises, before anything changes, if a capture cannot
-        cache['captured'] |= bucket.capturing
-        n = len(bucket)
+        cache['captured'] |= bucket.capturing is True  # a user's graph: its replays advance the device's step counts alone
+
+    def graph_inputs(self, plan, bucket):
+        "The bucket's tensors that a captured step reads by address outside the tables: the gradients of a factored plan (`update_factors`)"
+        return bucket.grads if plan.factored else []
+
+    def graph_buffers(self, cache):
+        "The device tensors a captured step reads and writes: a graph of it replays while they are the same tensors"
+        return [cache[k] for k in ('table', 'block_tensors', 'hypers', 'scalars', 'steps', 'sums', 'reds')]
+
+    def reduce(self, plan, bucket, leaves, cache, inputs=None):
+        "`prepare`, then derive the numbers; run the first phase if there are two (reading `inputs`, its device numbers)"
+        self.prepare(plan, bucket, leaves, cache)
+        code, n = triton_code(plan), len(bucket)
         code.derive[(-(-n // 128),)](cache['hypers'], cache['steps'], cache['scalars'], n,
                                      SEED=bucket.seed_bases is not None, BLOCK=128, num_warps=4)
         if plan.factored:  # with this step's numbers as the derive kernel left them on the device: a CUDA graph replays them
@@ -513,10 +525,10 @@ class TritonBackend(Stepper):
         slots = cache['sums'].view(n, code.reductions, sum_slots)
         slots.zero_()
         maxima = [j for j, k in enumerate(plan.reduction_kinds) if k == 'max']
-        if maxima: slots[:, maxima] = -math.inf
+        for j in maxima: slots[:, j].fill_(-math.inf)  # a view each: indexing by a list would copy the list from the host, which a capture refuses
         self.launch_phase(code.phases[0], bucket, cache, inputs, cache['sums'])
         torch.sum(slots, -1, out=cache['reds'])
-        if maxima: cache['reds'][:, maxima] = slots[:, maxima].amax(-1)
+        for j in maxima: cache['reds'][:, j].copy_(slots[:, j].amax(-1))
         return cache['reds']
 
     def finish(self, plan, bucket, leaves, cache, reds):
@@ -570,17 +582,22 @@ class TritonBackend(Stepper):
 
     def upload(self, plan, bucket, leaves, cache):
         "Copy the per-tensor hypers (and seed bases) into the device table if they changed"
+        # the arrays `Numbers.leaves` keeps while no hyper changes (with no carries, they are all the table holds)
+        source = None if bucket.algorithm is None or bucket.algorithm.carries else bucket.hyper_leaves[1]
+        if source is not None and cache.get('uploaded') is source: return
         columns = [leaves[k] for k in triton_code(plan).hypers] + [bucket.seed_bases if bucket.seed_bases is not None else 0]
         values = np.empty((len(bucket), len(columns)), dtype=np.float64)
         for j, v in enumerate(columns): values[:, j] = v
-        if 'values' in cache and np.array_equal(values, cache['values']): return
+        if 'values' in cache and np.array_equal(values, cache['values']):
+            cache['uploaded'] = source
+            return
         if bucket.capturing: raise RuntimeError("The hypers changed since the last step outside the CUDA graph being "
                                                 "captured: call opt.upload_hypers() before capturing.")
         if 'hypers' not in cache or cache['hypers'].shape != values.shape:
             cache['hypers'] = torch.empty(values.shape, dtype=torch.float64, device=bucket.device)
             cache['scalars'] = torch.empty((len(bucket), triton_code(plan).K), dtype=torch.float32, device=bucket.device)
         to_device(values, bucket.device, out=cache['hypers'])
-        cache['values'] = values
+        cache['values'], cache['uploaded'] = values, source
 
     def graph_steps(self, cache):
         "The step counts on the device if a CUDA graph may have advanced them (reading them waits for the GPU)"
