@@ -295,7 +295,7 @@ class Bucket:
     def __len__(self): return len(self.params)
     def __repr__(self): return f"Bucket({self.device}, {self.dtype}, {len(self)} tensors{', ' + self.algorithm.name if self.algorithm else ''})"
 
-# %% ../nbs/00_core.ipynb #de170b46
+# %% ../nbs/00_core.ipynb #318334e0
 backends = {}
 
 def compile_source(source, name, namespace):
@@ -508,8 +508,8 @@ class Stepper:
         "Why this backend cannot step `bucket` with `plan` (its tensors, not only their device and dtype), or None"
         return None
 
-    def check_replay(self, plan, bucket, leaves, cache):
-        "Why a CUDA graph this backend captured cannot replay its step with the hypers `leaves`, or None"
+    def check_replay(self, plan, bucket, leaves, cache, own=False):
+        "Why a CUDA graph this backend captured (the optimizer's own if `own`, else a user's) cannot replay its step with the hypers `leaves`, or None"
         return None
 
     def factor(self, plan, bucket, leaves):
@@ -1168,7 +1168,7 @@ class Preparation:
                 stacks.append(stack)
             b.workspace[name], b.stacks[name] = kept[key] = views, stacks
 
-# %% ../nbs/00_core.ipynb #73f0c3d5
+# %% ../nbs/00_core.ipynb #5c2953ab
 def capture_refusal(b):
     "Why a CUDA graph cannot capture the step of bucket `b` (a sentence), or None"
     backend, plan = backends[b.backend], b.algorithm.plan('step')
@@ -1188,12 +1188,13 @@ class StepGraph:
     def __del__(self):
         # an optimizer is freed by the cyclic garbage collector, which may run while some CUDA graph is being captured
         # (a user's, torch.compile's), and destroying a graph then breaks that capture: destroy it at a step instead
-        if self.graph is not None: retired_graphs.append(self.graph)
+        if self.graph is not None and torch.cuda.is_current_stream_capturing(): retired_graphs.append(self.graph)
 
     def __init__(self, opt):
         self.opt, self.graph, self.buffers, self.stream = opt, None, None, None
         self.warm = None  # the layout generation last stepped eagerly: its tables exist and its kernels are compiled
         self.inputs = []  # the last step's tensors that captured torch ops read by address (see `graph_inputs`)
+        self.seen = []  # the device buffers of the last step's kernels: a capture reuses them, so every kernel is compiled
         self.replays = 0  # steps taken by replaying a graph
 
     def refusal(self, buckets):
@@ -1212,12 +1213,16 @@ class StepGraph:
 
     def stepped(self, buckets):
         "An eager step of the current layout succeeded: the next may capture it"
+        caches = self.opt.layout.caches
         self.warm = self.opt.layout.generation
+        self.seen = [x for key, b in buckets.items() if backends[b.backend].capturable and caches.get(key)
+                     for x in backends[b.backend].graph_buffers(caches[key])]
 
     def step(self, buckets):
         "Take this step by replaying the graph, captured first if there is none for these buffers; False, having done nothing, where the step runs eagerly (a layout's first step, or one a graph cannot take)"
         opt = self.opt
         retired_graphs.clear()  # not capturing: `step` is not called in a capture
+        if not buckets: return False  # no gradients: nothing to step
         reason = self.refusal(buckets)
         if reason and opt.step_graph: raise RuntimeError(f"step_graph=True, but this step cannot be replayed from a CUDA graph. {reason}")
         if reason:
@@ -1231,14 +1236,18 @@ class StepGraph:
         if self.warm != opt.layout.generation or moved:
             self.graph = None
             return False
-        caches = opt.layout.caches
+        caches, same = opt.layout.caches, lambda xs, ys: len(xs) == len(ys) and all(a is c for a, c in zip(xs, ys))
+        eager = False
         with torch.no_grad():
             try:
                 work, hosts = opt._prepare(buckets)
                 for key, b, leaves, _ in work: backends[b.backend].prepare(b.algorithm.plan('step'), b, leaves, caches[key])
                 buffers = [x for key, b, _, _ in work for x in backends[b.backend].graph_buffers(caches[key])]
-                if (self.graph is None or len(buffers) != len(self.buffers) or any(a is not c for a, c in zip(buffers, self.buffers))
-                    or any(backends[b.backend].check_replay(b.algorithm.plan('step'), b, leaves, caches[key]) for key, b, leaves, _ in work)):
+                if not same(buffers, self.seen):  # tables rebuilt (gradients moved off their alignment): their kernels may
+                    self.graph, self.seen, eager = None, buffers, True  # not be compiled yet, which a capture cannot do
+                    return False
+                if (self.graph is None or not same(buffers, self.buffers)
+                    or any(backends[b.backend].check_replay(b.algorithm.plan('step'), b, leaves, caches[key], own=True) for key, b, leaves, _ in work)):
                     self.capture(buckets, caches, work, hosts, buffers)
                 self.graph.replay()
                 self.replays += 1
@@ -1246,7 +1255,8 @@ class StepGraph:
                     increment_version(b.params)  # as a launch does: autograd refuses a graph that saved the old weights
                     opt._count(key, b, leaves, step)
             finally:
-                for b in buckets.values(): b.grads = None
+                if not eager:  # an eager step follows, with these gradients
+                    for b in buckets.values(): b.grads = None
         return True
 
     def capture(self, buckets, caches, work, hosts, buffers):

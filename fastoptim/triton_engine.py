@@ -411,7 +411,7 @@ def fold_gradients(table, block_tensors, scalars, WIDTH: tl.constexpr, K: tl.con
             moment = load_math(ptr, offsets, mask) * scalar(scalars, t, 1 + 2 * j, K)
             store(ptr, offsets, moment + scalar(scalars, t, 2 + 2 * j, K) * term, mask, DTYPE)
 
-# %% ../nbs/03_triton.ipynb #a845d3d7
+# %% ../nbs/03_triton.ipynb #80146bc8
 tl_dtypes = {torch.float32: 'float32', torch.bfloat16: 'bfloat16', torch.float16: 'float16'}
 # each tensor's partial sums go to this many slots (by program), added up after the pass: with 32, a pass that reads
 # little (LARS's norms of p and g) waited on contended atomics; 256 took LARS's replayed step on the LLM-like set from
@@ -515,7 +515,7 @@ class TritonBackend(Stepper):
         if plan.factored:  # with this step's numbers as the derive kernel left them on the device: a CUDA graph replays them
             columns = {k: j for j, k in enumerate(plan.frontier)}
             l2, with_l2 = cache['scalars'][:, columns['l2']], np.broadcast_to(leaves['l2'], (n,)) != 0
-            if bucket.capturing: cache['factor_l2'] = tuple(with_l2)  # where the host's l2 is 0, a capture adds none (`check_replay`)
+            if bucket.capturing: cache['factor_l2' if bucket.capturing is True else 'own_factor_l2'] = tuple(with_l2)  # where the host's l2 is 0, a capture adds none (`check_replay`)
             update_factors(plan, bucket, lambda k: cache['scalars'][:, columns[k]], [l2[i] if x else 0. for i, x in enumerate(with_l2)])
         if len(code.phases) == 1 or cache['n_blocks'] == 0: return None
         inputs = cache['sums'] if inputs is None else inputs  # a pass that reads none is given any address
@@ -572,8 +572,8 @@ class TritonBackend(Stepper):
                                     SIGNED=sum(1 << j for j, (name, _) in enumerate(moments) if forms.get(name) == 'signed'),
                                     POSITIVE=sum(1 << j for j, (name, _) in enumerate(moments) if forms.get(name) == 'positive'))
 
-    def check_replay(self, plan, bucket, leaves, cache):
-        captured = cache.get('factor_l2')
+    def check_replay(self, plan, bucket, leaves, cache, own=False):
+        captured = cache.get('own_factor_l2' if own else 'factor_l2')
         if captured is None: return None
         now = tuple(np.broadcast_to(leaves['l2'], (len(bucket),)) != 0)
         if now == captured: return None
