@@ -295,7 +295,7 @@ class Bucket:
     def __len__(self): return len(self.params)
     def __repr__(self): return f"Bucket({self.device}, {self.dtype}, {len(self)} tensors{', ' + self.algorithm.name if self.algorithm else ''})"
 
-# %% ../nbs/00_core.ipynb #318334e0
+# %% ../nbs/00_core.ipynb #ae7e459e
 backends = {}
 
 def compile_source(source, name, namespace):
@@ -519,15 +519,19 @@ class Stepper:
         update_factors(plan, bucket, lambda k: to_device(values[k].astype(np.float32), bucket.device), values['l2'].tolist())
 
 class ForLoopBackend(Stepper):
-    "Call the plan's per-tensor functions on each tensor of the bucket (or on pieces of at most `piece_numel[device type]` elements; `wide_piece_numel` for fp32 buckets, `piece_numel` when not given)"
+    "Call the plan's per-tensor functions on each tensor of the bucket (or on pieces of at most `piece_numel[device type]` elements; `wide_piece_numel` for fp32 buckets, `piece_numel` when not given; `piece_bytes` for the others, where given: see `piece_numel_of`)"
     name, capturable = 'forloop', False
-    def __init__(self, piece_numel=None, wide_piece_numel=None):
+    def __init__(self, piece_numel=None, wide_piece_numel=None, piece_bytes=None):
         self.piece_numel = piece_numel or {}  # the reference: whole tensors
         self.wide_piece_numel = wide_piece_numel or self.piece_numel
+        self.piece_bytes = piece_bytes or {}
     def piece_numel_of(self, plan, bucket):
-        "The most elements of a piece of `bucket`'s tensors (None: whole tensors): `wide_piece_numel` where every tensor the plan reads is fp32, which the per-tensor functions use as they are, else `piece_numel`"
+        "The most elements of a piece of `bucket`'s tensors (None: whole tensors): `wide_piece_numel` where every tensor the plan reads is fp32, which the per-tensor functions use as they are; else, where `piece_bytes` is given, the longest power of two whose fp32 working copies fit in it — a staged copy of each tensor the plan reads, and four more with a rounding state (the compensated write's; TorchScript on an H200, LLM-like bf16 set: SGD 12 bytes per element, AdamW 16, with Kahan 22 and 30) — else `piece_numel`"
         wide = bucket.dtype == torch.float32 and all(plan.dtype_of(t) in ('param', 'fp32') for t in plan.tensors)  # from the plan: no tensor visited
-        return (self.wide_piece_numel if wide else self.piece_numel).get(bucket.device.type)
+        device = bucket.device.type
+        if wide or device not in self.piece_bytes: return (self.wide_piece_numel if wide else self.piece_numel).get(device)
+        copies = len(plan.tensors) + 4 * (bucket.rounding_state is not None)
+        return 1 << (self.piece_bytes[device] // (4 * copies)).bit_length() - 1
     def check(self, device, dtype): return None
     fold = staticmethod(fold_moments)
 

@@ -14,7 +14,7 @@ from torch import Tensor
 from typing import List, Optional
 from .core import ForLoopBackend, backends, per_tensor_functions, compile_source
 
-# %% ../nbs/02_torchscript.ipynb #1cb08ab8
+# %% ../nbs/02_torchscript.ipynb #48900a2a
 def script(fn):
     "`torch.jit.script(fn)`, without its deprecation warning"
     with warnings.catch_warnings():
@@ -41,11 +41,14 @@ def scripted_loops(plan, phased=False):
     return plan.code[key]
 
 class TorchScriptBackend(ForLoopBackend):
-    "The plan's per-tensor functions and their loops over a bucket, scripted; tensors of more than `piece_numel` elements (`wide_piece_numel` in fp32 buckets) are stepped in pieces where that adds no pass (see `ForLoopBackend.cuts`)"
+    "The plan's per-tensor functions and their loops over a bucket, scripted; tensors longer than a piece (`ForLoopBackend.piece_numel_of`) are stepped in pieces where that adds no pass (see `ForLoopBackend.cuts`)"
     name = 'jit'
     def __init__(self, piece_numel=None, wide_piece_numel=None):
-        super().__init__(piece_numel or {'cuda': 2**22, 'cpu': 2**20},
-                         wide_piece_numel or ({'cuda': 2**24, 'cpu': 2**22} if piece_numel is None else None))
+        # by default a 16-bit bucket's pieces are as long as their fp32 working copies fit in 240 MiB on a GPU (AdamW
+        # with Kahan: 2**22 elements, SGD 2**24), 48 MiB on the CPU; given `piece_numel`, that
+        default = piece_numel is None
+        super().__init__(piece_numel, wide_piece_numel or ({'cuda': 2**24, 'cpu': 2**22} if default else None),
+                         {'cuda': 240 * 2**20, 'cpu': 48 * 2**20} if default else None)
     def functions(self, plan, bucket): return scripted_loops(plan, bool(bucket.sharded) or self.cuts(plan, bucket))
     def call(self, loop, plan, bucket, leaves, reds, cache):
         tensors, *rest, owner = self.calls(plan, bucket, leaves, reds, cache)
