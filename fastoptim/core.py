@@ -295,7 +295,7 @@ class Bucket:
     def __len__(self): return len(self.params)
     def __repr__(self): return f"Bucket({self.device}, {self.dtype}, {len(self)} tensors{', ' + self.algorithm.name if self.algorithm else ''})"
 
-# %% ../nbs/00_core.ipynb #ae7e459e
+# %% ../nbs/00_core.ipynb #771e7c1b
 backends = {}
 
 def compile_source(source, name, namespace):
@@ -531,7 +531,7 @@ class ForLoopBackend(Stepper):
         device = bucket.device.type
         if wide or device not in self.piece_bytes: return (self.wide_piece_numel if wide else self.piece_numel).get(device)
         copies = len(plan.tensors) + 4 * (bucket.rounding_state is not None)
-        return 1 << (self.piece_bytes[device] // (4 * copies)).bit_length() - 1
+        return 1 << max(self.piece_bytes[device] // (4 * copies), 1).bit_length() - 1  # at least one element
     def check(self, device, dtype): return None
     fold = staticmethod(fold_moments)
 
