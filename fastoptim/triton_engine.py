@@ -411,7 +411,7 @@ def fold_gradients(table, block_tensors, scalars, WIDTH: tl.constexpr, K: tl.con
             moment = load_math(ptr, offsets, mask) * scalar(scalars, t, 1 + 2 * j, K)
             store(ptr, offsets, moment + scalar(scalars, t, 2 + 2 * j, K) * term, mask, DTYPE)
 
-# %% ../nbs/03_triton.ipynb #80146bc8
+# %% ../nbs/03_triton.ipynb #1b8d1565
 tl_dtypes = {torch.float32: 'float32', torch.bfloat16: 'bfloat16', torch.float16: 'float16'}
 # each tensor's partial sums go to this many slots (by program), added up after the pass: with 32, a pass that reads
 # little (LARS's norms of p and g) waited on contended atomics; 256 took LARS's replayed step on the LLM-like set from
@@ -437,9 +437,8 @@ class TritonBackend(Stepper):
         "The last phase as this backend runs it: it computes and stores number states itself (see `numbers_phase`)"
         return numbers_phase(plan) if plan.numbers else plan.phases[-1]
     def launch(self, plan, element_size):
-        "(BLOCK, warps): 16-bit buckets 1024 elements over 4 warps (`bench/results/compressed_h200_2026-11-30`); fp32 512, over 8 warps for plans reading four or more tensors, else 4"
-        if element_size == 2: return 1024, 4
-        return 512, 8 if len(plan.tensors) >= 4 else 4
+        "(BLOCK, warps) for a bucket of `plan` with elements of `element_size` bytes: 1024 elements over 4 warps for every one. On an H200 that was the fastest or within 1% of it for 16-bit buckets (`bench/results/compressed_h200_2026-11-30`) and for fp32 plans reading 3 to 6 tensors, one pass or two, on both parameter sets; fp32 plans of four tensors or more had 512 over 8 warps before, up to 16% slower (`bench/results/step_graph_h200_2026-11-30/launch_sweep*.md`)"
+        return 1024, 4
     def check_installed(self):
         if triton is None: raise ImportError("triton=True needs Triton: pip install triton")
 

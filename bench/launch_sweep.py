@@ -1,0 +1,49 @@
+"""The Triton backend's launch (elements per program, warps) swept for chosen algorithms on the ResNet-50-like (or
+LLM-like) fp32 set, each step replayed from a CUDA graph, as a fraction of its byte bound at the copy bandwidth measured in the
+same run: to choose `TritonBackend.launch` from measurements.
+
+    PYTHONPATH=$PWD/.site:$PWD python3 bench/launch_sweep.py --out $OUT/launch_sweep.md
+"""
+import argparse, os, sys
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import torch
+from fastoptim.core import backends
+from catalogue_gpu import build, bytes_per_step, make_params
+from shapes import llm_shapes, resnet50_shapes
+from timing import capture, copy_bandwidth, median_ms, write_report
+
+ap = argparse.ArgumentParser()
+ap.add_argument('--algos', default='Adam,NAdam,QHAdam,Adamax,rmsprop_momentum,SimplifiedAdEMAMix,momentum')
+ap.add_argument('--configs', default='512x4,512x8,1024x4,1024x8,2048x8,256x4')
+ap.add_argument('--reps', type=int, default=30)
+ap.add_argument('--set', default='resnet', help='resnet or llm')
+ap.add_argument('--out', default='launch_sweep.md')
+args = ap.parse_args()
+dev, triton_backend = torch.device('cuda'), backends['triton']
+shapes = dict(resnet=resnet50_shapes, llm=llm_shapes)[args.set]()
+configs = [tuple(map(int, c.split('x'))) for c in args.configs.split(',')]
+bandwidth = copy_bandwidth(dev)
+lines = [f'# Launch sweep: {torch.cuda.get_device_name()}, torch {torch.__version__}', '',
+         f'{dict(resnet="ResNet-50-like", llm="LLM-like")[args.set]} set, fp32, each step replayed from a CUDA graph (median of {args.reps}); fraction of the one-pass '
+         f'byte bound at {bandwidth:.0f} GB/s (copy bandwidth measured in this run). Columns: elements per program x warps.', '',
+         '| algorithm | tensors | ' + ' | '.join(f'{b}x{w}' for b, w in configs) + ' |', '|---|---|' + '---|' * len(configs)]
+default = triton_backend.launch
+for name in args.algos.split(','):
+    cells, tensors = [], None
+    for block, warps in configs:
+        triton_backend.launch = lambda plan, size, cfg=(block, warps): cfg
+        try:
+            ps = make_params(shapes, torch.float32)
+            opt = build(name, ps, lr=1e-4, triton=True, step_graph=False)
+            opt.step(); opt.step()
+            tensors = len(next(iter(opt.layout.buckets.values())).algorithm.plan('step').tensors)
+            graph = capture(opt.step)
+            ms = median_ms(graph.replay, args.reps, dev, warmup=3)
+            n, _ = bytes_per_step(opt)
+            cells.append(f'{ms:.3f} ({n / bandwidth / 1e6 / ms:.2f})')
+            del opt, graph, ps
+        finally: triton_backend.launch = default
+        torch.cuda.empty_cache()
+    lines.append(f'| {name} | {tensors} | ' + ' | '.join(cells) + ' |')
+    print(lines[-1], flush=True)
+write_report('\n'.join(lines), args.out)
