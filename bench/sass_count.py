@@ -31,6 +31,8 @@ KERNELS = [  # (label, algorithm, dtype, rounding)
     ('AdamW, bf16 weights, int8 residual', algorithms['Adam'].algorithm, tl.bfloat16, 'master24'),
     ('AdamW, bf16 weights, int8 residual, 8-bit moments', quantized(algorithms['Adam'].algorithm), tl.bfloat16, 'master24'),
     ('AdamW, fp32 weights', algorithms['Adam'].algorithm, tl.float32, 'nearest'),
+    ('Adam-atan2, bf16 weights, Kahan', algorithms['AdamAtan2'].algorithm, tl.bfloat16, 'kahan'),
+    ('Adan, bf16 weights, Kahan', algorithms['Adan'].algorithm, tl.bfloat16, 'kahan'),
 ]
 
 

@@ -197,7 +197,7 @@ def store_q8(codes, scales, row, offsets, x, mask, BLOCK: tl.constexpr, FORM: tl
     group = (tl.program_id(0) - tl.load(row + 1)) * (BLOCK // 32) + tl.arange(0, BLOCK // 32)
     tl.store(scales + group, scale, mask=group * 32 < tl.load(row))
 
-# %% ../nbs/03_triton.ipynb #9db6f094
+# %% ../nbs/03_triton.ipynb #a5bf46a6
 @triton_jit
 def power(x, n):
     "x**n for float64 `x` and positive int32 `n`, by binary powering"
@@ -209,13 +209,14 @@ def power(x, n):
 
 @triton_jit
 def atan2(y, x):
-    "atan2 in fp32 without libdevice (which Triton's interpreter lacks): the angle reduced to [0, π/4], then Cephes' atanf polynomial"
+    "atan2 in fp32 without libdevice's (which Triton's interpreter lacks): the angle reduced to [0, π/4], then Cephes' atanf polynomial; two divisions, `divide`'s"
     ax, ay = tl.abs(x), tl.abs(y)
     big = ay > ax
-    r = tl.where(big, ax / ay, ay / ax)  # in [0, 1]; 0/0 when both are 0
+    # the smaller over the larger, in [0, 1] (0/0 when both are 0; NaN in, NaN out): one division, not one each way
+    r = divide(tl.minimum(ax, ay, propagate_nan=tl.PropagateNan.ALL), tl.maximum(ax, ay, propagate_nan=tl.PropagateNan.ALL))
     r = tl.where(ax == ay, tl.where(ax == 0, 0., 1.), r)
     upper = r > 0.4142135623730950  # tan(π/8): reduce to [-tan(π/8), tan(π/8)] around π/4
-    z = tl.where(upper, (r - 1) / (r + 1), r)
+    z = tl.where(upper, divide(r - 1, r + 1), r)
     z2 = z * z
     a = (((8.05374449538e-2 * z2 - 1.38776856032e-1) * z2 + 1.99777106478e-1) * z2 - 3.33329491539e-1) * z2 * z + z
     a = tl.where(upper, a + 0.7853981633974483, a)
