@@ -1,5 +1,5 @@
 """The Triton backend's launch (elements per program, warps) swept for chosen algorithms on the ResNet-50-like (or
-LLM-like) fp32 set, each step replayed from a CUDA graph, as a fraction of its byte bound at the copy bandwidth measured in the
+LLM-like) set, fp32 or bf16, each step replayed from a CUDA graph, as a fraction of its byte bound at the copy bandwidth measured in the
 same run: to choose `TritonBackend.launch` from measurements.
 
     PYTHONPATH=$PWD/.site:$PWD python3 bench/launch_sweep.py --out $OUT/launch_sweep.md
@@ -17,14 +17,16 @@ ap.add_argument('--algos', default='Adam,NAdam,QHAdam,Adamax,rmsprop_momentum,Si
 ap.add_argument('--configs', default='512x4,512x8,1024x4,1024x8,2048x8,256x4')
 ap.add_argument('--reps', type=int, default=30)
 ap.add_argument('--set', default='resnet', help='resnet or llm')
+ap.add_argument('--dtype', default='fp32', help='fp32, or bf16 (with Kahan summation, the default there)')
 ap.add_argument('--out', default='launch_sweep.md')
 args = ap.parse_args()
 dev, triton_backend = torch.device('cuda'), backends['triton']
+dtype = dict(fp32=torch.float32, bf16=torch.bfloat16)[args.dtype]
 shapes = dict(resnet=resnet50_shapes, llm=llm_shapes)[args.set]()
 configs = [tuple(map(int, c.split('x'))) for c in args.configs.split(',')]
 bandwidth = copy_bandwidth(dev)
 lines = [f'# Launch sweep: {torch.cuda.get_device_name()}, torch {torch.__version__}', '',
-         f'{dict(resnet="ResNet-50-like", llm="LLM-like")[args.set]} set, fp32, each step replayed from a CUDA graph (median of {args.reps}); fraction of the one-pass '
+         f'{dict(resnet="ResNet-50-like", llm="LLM-like")[args.set]} set, {args.dtype}, each step replayed from a CUDA graph (median of {args.reps}); fraction of the one-pass '
          f'byte bound at {bandwidth:.0f} GB/s (copy bandwidth measured in this run). Columns: elements per program x warps.', '',
          '| algorithm | tensors | ' + ' | '.join(f'{b}x{w}' for b, w in configs) + ' |', '|---|---|' + '---|' * len(configs)]
 default = triton_backend.launch
@@ -33,7 +35,7 @@ for name in args.algos.split(','):
     for block, warps in configs:
         triton_backend.launch = lambda plan, size, cfg=(block, warps): cfg
         try:
-            ps = make_params(shapes, torch.float32)
+            ps = make_params(shapes, dtype)
             opt = build(name, ps, lr=1e-4, triton=True, step_graph=False)
             opt.step(); opt.step()
             tensors = len(next(iter(opt.layout.buckets.values())).algorithm.plan('step').tensors)
