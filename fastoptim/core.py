@@ -16,8 +16,8 @@ __all__ = ['fp32_max', 'fold_numel', 'residual_dtypes', 'rounding_states', 'grou
            'apply_matrices', 'Stepper', 'ForLoopBackend', 'piece_limit', 'backend_from_flags', 'auto_backend',
            'check_state', 'is_sharded', 'local_tensor', 'sharding', 'shard_salt', 'full_precision', 'state_of_shards',
            'local_state', 'complete_shards', 'ParamState', 'StateTable', 'Layout', 'Numbers', 'Preparation',
-           'capture_refusal', 'StepGraph', 'GroupView', 'FastOptimizer', 'make_partial', 'OptFunc', 'partial_maker',
-           'make_optimizer']
+           'capture_refusal', 'same_tensors', 'StepGraph', 'GroupView', 'FastOptimizer', 'make_partial', 'OptFunc',
+           'partial_maker', 'make_optimizer']
 
 # %% ../nbs/00_core.ipynb #7982abd0
 import gc, inspect, linecache, math, operator, warnings, weakref
@@ -1172,7 +1172,7 @@ class Preparation:
                 stacks.append(stack)
             b.workspace[name], b.stacks[name] = kept[key] = views, stacks
 
-# %% ../nbs/00_core.ipynb #5c2953ab
+# %% ../nbs/00_core.ipynb #a567985d
 def capture_refusal(b):
     "Why a CUDA graph cannot capture the step of bucket `b` (a sentence), or None"
     backend, plan = backends[b.backend], b.algorithm.plan('step')
@@ -1184,6 +1184,10 @@ def capture_refusal(b):
         f"The {b.backend} backend has the engine compute {b.algorithm.name}'s number states {sorted(b.numbers)} between "
         "the passes, from host numbers uploaded at each step: a CUDA graph cannot capture its step.")
     return None
+
+def same_tensors(xs, ys):
+    "Whether lists `xs` and `ys` hold the same tensor objects, in order"
+    return len(xs) == len(ys) and all(map(operator.is_, xs, ys))
 
 retired_graphs = []  # graphs of optimizers the garbage collector took, destroyed at a later step (see `StepGraph.__del__`)
 
@@ -1235,22 +1239,21 @@ class StepGraph:
         # the tensors this step's torch ops read by address, outside the backends' tables (a factored state's gradients):
         # where they moved since the last step, the step is eager until they stay (not a capture at every step)
         inputs = [t for b in buckets.values() for t in backends[b.backend].graph_inputs(b.algorithm.plan('step'), b)]
-        moved = len(inputs) != len(self.inputs) or any(a is not seen() for a, seen in zip(inputs, self.inputs))
+        moved = not same_tensors(inputs, [seen() for seen in self.inputs])
         self.inputs = [weakref.ref(t) for t in inputs]  # weak: a graph must not keep the last step's gradients alive
         if self.warm != opt.layout.generation or moved:
             self.graph = None
             return False
-        caches, same = opt.layout.caches, lambda xs, ys: len(xs) == len(ys) and all(a is c for a, c in zip(xs, ys))
-        eager = False
+        caches, eager = opt.layout.caches, False
         with torch.no_grad():
             try:
                 work, hosts = opt._prepare(buckets)
                 for key, b, leaves, _ in work: backends[b.backend].prepare(b.algorithm.plan('step'), b, leaves, caches[key])
                 buffers = [x for key, b, _, _ in work for x in backends[b.backend].graph_buffers(caches[key])]
-                if not same(buffers, self.seen):  # tables rebuilt (gradients moved off their alignment): their kernels may
+                if not same_tensors(buffers, self.seen):  # tables rebuilt (gradients moved off their alignment): their kernels may
                     self.graph, self.seen, eager = None, buffers, True  # not be compiled yet, which a capture cannot do
                     return False
-                if (self.graph is None or not same(buffers, self.buffers)
+                if (self.graph is None or not same_tensors(buffers, self.buffers)
                     or any(backends[b.backend].check_replay(b.algorithm.plan('step'), b, leaves, caches[key], own=True) for key, b, leaves, _ in work)):
                     self.capture(buckets, caches, work, hosts, buffers)
                 self.graph.replay()
