@@ -4,15 +4,16 @@ LLM-like set (810M parameters), in one process or divided over two.
 One process (`python bench/muon_gpu.py --out $OUT`):
 1. the bf16 matmul rate of this GPU (a batched 2048×2048 product, the iteration's commonest);
 2. correctness: fastoptim's iteration in fp32 against an fp64 one, and a Muon step against torch.optim.Muon's;
-3. the iteration alone on each shape's stack, for 1, 2, 4 and 8 symmetric row blocks of the Gram product (ms, TFLOP/s counted as
-   torch's iteration does: 4m²n + 2m³ per matrix and step of the iteration, m ≤ n);
+3. the iteration alone on each shape's stack, its symmetric products by torch (in full) and by `fastoptim.symmetric` (the
+   upper tiles only; the default on CUDA in bf16) (ms, TFLOP/s counted as torch's iteration does: 4m²n + 2m³ per matrix
+   and step of the iteration, m ≤ n);
 4. `opt.step()` (CUDA events, median): torch.optim.Muon and fastoptim's Muon (each backend), bf16 and fp32 weights.
 
 Two processes (`torchrun --nproc_per_node=2 bench/muon_gpu.py --out $OUT`): every process has the same
 gradients (as under DDP); the step of torch.optim.Muon (all of the work on every process), fastoptim's with the
 work repeated (`data_parallel=False`) and divided (the default).
 """
-import argparse, datetime, json, os, platform, sys
+import argparse, contextlib, datetime, json, os, platform, sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch
 import torch.distributed as dist
@@ -45,6 +46,24 @@ def step_ms(opt, ps, grads, device, reps):
     for p, g in zip(ps, grads[0]): p.grad = g
     return median_ms(opt.step, reps, device, warmup=3)
 
+@contextlib.contextmanager
+def torch_products():
+    "Within: Muon's symmetric products computed in full by torch, as on the CPU (`gram` and `square_plus` look this up per call)"
+    import fastoptim.symmetric as symmetric
+    chooser = symmetric.symmetric_tiles
+    symmetric.symmetric_tiles = lambda x: False
+    try: yield
+    finally: symmetric.symmetric_tiles = chooser
+
+@contextlib.contextmanager
+def every_stack_tiled():
+    "Within: the upper tiles for every bf16 CUDA stack, however small (the default leaves small ones to torch)"
+    import fastoptim.symmetric as symmetric
+    least = symmetric.min_tiled_work
+    symmetric.min_tiled_work = 0
+    try: yield
+    finally: symmetric.min_tiled_work = least
+
 def matmul_rate(device, m=2048, k=64):
     a = torch.randn(k, m, m, device=device, dtype=torch.bfloat16)
     out = torch.empty_like(a)
@@ -53,7 +72,7 @@ def matmul_rate(device, m=2048, k=64):
 
 def single(args, device, lines, record):
     from fastoptim.all import Muon
-    from fastoptim.muon import newton_schulz, symmetric_blocks
+    from fastoptim.muon import newton_schulz
     from timing import copy_bandwidth
     args.bandwidth = copy_bandwidth(device)
     record['copy_bandwidth_GBps'] = args.bandwidth
@@ -62,15 +81,24 @@ def single(args, device, lines, record):
     record['matmul_tflops'] = rate
     lines.append(f"bf16 batched matmul (64 × 2048³): {rate:.0f} TFLOP/s")
 
-    # correctness: the iteration in fp32 against fp64, for each block count; a step against torch.optim.Muon's
+    # correctness: the iteration in fp32 against fp64; in bf16 with the upper tiles against torch's full products (a tall
+    # stack too, which arrives transposed), each against fp64; a step against torch.optim.Muon's
     torch.manual_seed(0)
     x = torch.randn(3, 256, 640, device=device)
-    exact = newton_schulz(x.double().clone(), blocks=1)
-    for blocks in (1, 2, 4, 8):
-        err = ((newton_schulz(x.clone(), blocks=blocks).double() - exact).abs().max() / exact.abs().max()).item()
-        record[f'ns_fp32_vs_fp64_blocks{blocks}'] = err
-        lines.append(f"iteration in fp32, {blocks} blocks, against fp64: max rel diff {err:.1e}")
-        assert err < 1e-4, err
+    exact = newton_schulz(x.double().clone())
+    err = ((newton_schulz(x.clone()).double() - exact).abs().max() / exact.abs().max()).item()
+    record['ns_fp32_vs_fp64'] = err
+    lines.append(f"iteration in fp32 against fp64: max rel diff {err:.1e}")
+    assert err < 1e-4, err
+    for shape in ((8, 1024, 2752), (8, 2752, 1024)):
+        x = torch.randn(*shape, device=device)
+        exact = newton_schulz(x.double().clone())
+        with torch_products(): full = newton_schulz(x.bfloat16())
+        tiles = newton_schulz(x.bfloat16())
+        errs = [((o.double() - exact).abs().max() / exact.abs().max()).item() for o in (full, tiles)]
+        record[f'ns_bf16_vs_fp64_{shape}'] = errs
+        lines.append(f"iteration in bf16 on {shape}, against fp64: torch's products {errs[0]:.1e}, upper tiles {errs[1]:.1e}")
+        assert errs[1] < 1.5 * errs[0] + 1e-3, errs
     shapes = [(512, 512), (512, 512), (1376, 512), (512, 1376)]
     for dtype in (torch.float32, torch.bfloat16):
         ps, grads = make(shapes, dtype, device, seed=1)
@@ -115,30 +143,28 @@ def single(args, device, lines, record):
                 record[f'quality_{shape}_{spectrum}_{name}'] = (err, sv_o.min().item(), sv_o.max().item(), vs5)
                 lines.append(f"| {shape[0]}×{shape[1]} | {spectrum} | {name} | {err:.3f} | {sv_o.min().item():.2f} … {sv_o.max().item():.2f} | {vs5:.3f} |")
 
-    # the iteration alone, per shape's stack and block count
+    # the iteration alone, per shape's stack: symmetric products by torch in full, and by the upper tiles
     mats = hidden_matrices()
     by_shape = {}
     for s in mats: by_shape[s] = by_shape.get(s, 0) + 1
-    lines += ['', '| stack | blocks | ms | TFLOP/s (torch-equivalent) |', '|---|---|---|---|']
-    total_best = 0.
+    lines += ['', '| stack | symmetric products | ms | TFLOP/s (torch-equivalent) |', '|---|---|---|---|']
+    totals = dict(full=0., tiles=0., aol=0.)
     for shape, k in by_shape.items():
         stack = torch.randn(k, *shape, device=device, dtype=torch.bfloat16)
-        best = None
-        for blocks in (1, 2, 4, 8):
-            work = stack.clone()
-            ms = median_ms(lambda: newton_schulz(work.copy_(stack), blocks=blocks), args.reps, device, warmup=2)
-            tf = k * ns_flops(shape) / (ms * 1e-3) / 1e12
-            record[f'ns_{k}x{shape[0]}x{shape[1]}_blocks{blocks}_ms'] = ms
-            lines.append(f"| {k} × {shape[0]}×{shape[1]} | {blocks}{' (default)' if blocks == symmetric_blocks(*sorted(shape)) else ''} | {ms:.2f} | {tf:.0f} |")
-            best = ms if best is None else min(best, ms)
-        total_best += best
         work = stack.clone()
-        ms = median_ms(lambda: newton_schulz(work.copy_(stack), steps=4, aol=True), args.reps, device, warmup=2)
-        record[f'ns_{k}x{shape[0]}x{shape[1]}_aol4_ms'] = ms
-        lines.append(f"| {k} × {shape[0]}×{shape[1]} | AOL + 4 steps, default blocks | {ms:.2f} | {k * ns_flops(shape) / (ms * 1e-3) / 1e12:.0f} |")
+        for name, steps, aol in (('full', 5, False), ('tiles', 5, False), ('aol', 4, True)):
+            with torch_products() if name == 'full' else contextlib.nullcontext():
+                ms = median_ms(lambda: newton_schulz(work.copy_(stack), steps=steps, aol=aol), args.reps, device, warmup=2)
+            totals[name] += ms
+            record[f'ns_{k}x{shape[0]}x{shape[1]}_{name}_ms'] = ms
+            label = dict(full="torch's, in full", tiles='upper tiles (default)', aol='upper tiles, AOL + 4 steps')[name]
+            lines.append(f"| {k} × {shape[0]}×{shape[1]} | {label} | {ms:.2f} | {k * ns_flops(shape) / (ms * 1e-3) / 1e12:.0f} |")
     flops = sum(ns_flops(s) for s in mats)
     record['ns_tflop_torch_equivalent'] = flops / 1e12
-    lines.append(f"\nIteration, 112 matrices: {flops / 1e12:.1f} TFLOP as torch computes it; best blocks per stack {total_best:.1f} ms")
+    record.update({f'ns_total_{k}_ms': v for k, v in totals.items()})
+    lines.append(f"\nIteration, 112 matrices: {flops / 1e12:.1f} TFLOP as torch computes it; torch's products {totals['full']:.1f} ms, "
+                 f"upper tiles {totals['tiles']:.1f} ms ({flops / (totals['tiles'] * 1e-3) / 1e12:.0f} TFLOP/s torch-equivalent), "
+                 f"with AOL {totals['aol']:.1f} ms")
 
     # the optimizer steps
     lines += ['', '| weights | optimizer | step ms | ratio to torch.optim.Muon | TFLOP/s (torch-equivalent) |', '|---|---|---|---|---|']
@@ -148,10 +174,13 @@ def single(args, device, lines, record):
         base = step_ms(torch_opt, ps, grads, device, args.reps)
         del torch_opt
         rows = [('torch.optim.Muon', base)]
-        for backend, options in (('triton', {}), ('foreach', {}), ('jit', {}), ('triton', dict(aol=True))):
+        for backend, options, full in (('triton', {}, False), ('triton', {}, True), ('foreach', {}, False), ('jit', {}, False),
+                                       ('triton', dict(aol=True), False)):
             ps2 = [p.detach().clone().requires_grad_() for p in ps]
             opt = Muon(ps2, lr=1e-3, wd=0.1, **{backend: True}, **options)
-            rows.append((f"fastoptim Muon ({backend}{', aol=True' if options else ''})", step_ms(opt, ps2, grads, device, args.reps)))
+            with torch_products() if full else contextlib.nullcontext():
+                rows.append((f"fastoptim Muon ({backend}{', aol=True' if options else ''}{', torch products in full' if full else ''})",
+                             step_ms(opt, ps2, grads, device, args.reps)))
             del opt, ps2
             torch.cuda.empty_cache()
         # the elementwise passes alone: the same step with the iteration skipped, against their byte bound
@@ -184,10 +213,11 @@ def single(args, device, lines, record):
     ps, grads = make(convs, torch.float32, device)
     base = step_ms(torch.optim.Muon(ps, lr=1e-3, weight_decay=0.1, adjust_lr_fn='match_rms_adamw'), ps, grads, device, args.reps)
     rows = [('torch.optim.Muon', base)]
-    for options in ({}, dict(aol=True)):
+    for options, tiled in (({}, False), (dict(aol=True), False), ({}, True)):
         ps2 = [p.detach().clone().requires_grad_() for p in ps]
-        rows.append((f"fastoptim Muon (triton{', aol=True' if options else ''})",
-                     step_ms(Muon(ps2, lr=1e-3, wd=0.1, triton=True, **options), ps2, grads, device, args.reps)))
+        with every_stack_tiled() if tiled else contextlib.nullcontext():
+            rows.append((f"fastoptim Muon (triton{', aol=True' if options else ''}{', every stack in upper tiles' if tiled else ''})",
+                         step_ms(Muon(ps2, lr=1e-3, wd=0.1, triton=True, **options), ps2, grads, device, args.reps)))
     for name, ms in rows:
         record[f'resnet_step_{name}'] = ms
         lines.append(f"| {name} | {ms:.2f} | {base / ms:.2f}× |")

@@ -6,52 +6,36 @@ Docs: https://fastoptim.github.io/fastoptim/muon.html.md"""
 
 # %% auto #0
 __all__ = ['ns_coefficients', 'newton_schulz_bf16', 'newton_schulz_fp32', 'muon_hypers', 'muon_moments', 'muon_adamw_algorithm',
-           'Muon', 'muon', 'symmetric_product', 'symmetric_blocks', 'newton_schulz', 'muon_algorithm', 'mark_roles',
-           'muon_route', 'muon_router', 'muon_hybrid']
+           'Muon', 'muon', 'newton_schulz', 'muon_algorithm', 'mark_roles', 'muon_route', 'muon_router', 'muon_hybrid']
 
-# %% ../nbs/56_muon.ipynb #80abc483
+# %% ../nbs/56_muon.ipynb #7d5fde83
 import functools
 import torch
 from dataclasses import replace
 from .algorithm import Algorithm, Hybrid, Hyper, State, Moment, MatrixFunction, matrix, renamed, lerp, sqrt, maximum, where
 from .core import make_optimizer, partial_maker, FastOptimizer
 from .adam import adam_algorithm, adam_hypers
+from .symmetric import gram, square_plus
 
-# %% ../nbs/56_muon.ipynb #d31b194b
+# %% ../nbs/56_muon.ipynb #b5597936
 ns_coefficients = (3.4445, -4.7750, 2.0315)  # the authors' quintic
 
-def symmetric_product(x, blocks:int=1):
-    "x·xᵀ for a stack of matrices `x`: only the products of `blocks` row blocks on and above the diagonal are multiplied, the rest are their transposes"
-    if blocks <= 1: return torch.bmm(x, x.mT)
-    m = x.shape[-2]
-    out = torch.empty(*x.shape[:-2], m, m, dtype=x.dtype, device=x.device)
-    edges = [m * i // blocks for i in range(blocks + 1)]
-    for lo, hi in zip(edges, edges[1:]):
-        torch.bmm(x[..., lo:hi, :], x[..., lo:, :].mT, out=out[..., lo:hi, lo:])  # cuBLAS writes the strided block in place
-        if lo: out[..., lo:hi, :lo] = out[..., :lo, lo:hi].mT
-    return out
-
-def symmetric_blocks(rows:int, cols:int) -> int:
-    "Row blocks for the Gram product of a wide rows × cols matrix: 4 where it dominates the iteration (cols ≥ 2·rows ≥ 2048), else none"
-    return 4 if cols >= 2 * rows and rows >= 1024 else 1
-
-def newton_schulz(stack, steps:int=5, eps:float=1e-7, aol:bool=False, blocks:int|None=None):
+def newton_schulz(stack, steps:int=5, eps:float=1e-7, aol:bool=False):
     "Each matrix of `stack` (k, rows, cols) replaced, in place, by `steps` quintic Newton–Schulz iterations towards its orthogonal factor, in the stack's dtype; `aol`: started from AOL's rescaling instead of the Frobenius norm's"
     if stack.ndim != 3: raise ValueError(f"newton_schulz takes a stack of matrices (k, rows, cols), got shape {tuple(stack.shape)}.")
     if stack.numel() == 0: return stack
     tall = stack.shape[-2] > stack.shape[-1]
     x = stack.mT if tall else stack  # wide: the Gram matrix is the smaller one
-    blocks = symmetric_blocks(*x.shape[-2:]) if blocks is None else blocks
     a, b, c = ns_coefficients
     if aol:  # rows scaled by s = (Σⱼ|A|ᵢⱼ)^-½ (Prach & Lampert), the Gram matrix with them: A becomes diag(s)·A·diag(s)
-        gram = symmetric_product(x, blocks)
-        scale = gram.abs().sum(-1, dtype=torch.float32).clamp(min=eps).rsqrt()
-        gram = (gram * scale[..., :, None] * scale[..., None, :]).to(x.dtype)
+        A = gram(x)
+        scale = A.abs().sum(-1, dtype=torch.float32).clamp(min=eps).rsqrt()
+        A = (A * scale[..., :, None] * scale[..., None, :]).to(x.dtype)
         x = (x * scale[..., :, None]).to(x.dtype)
     else: x = x / torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True).clamp(min=eps)  # spectral norm at most 1
     for i in range(steps):
-        if i or not aol: gram = symmetric_product(x, blocks)
-        poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)  # bA + cA²
+        if i or not aol: A = gram(x)
+        poly = square_plus(A, alpha=c, beta=b)  # bA + cA²
         x = torch.baddbmm(x, poly, x, beta=a, out=stack if i == steps - 1 and not tall else None)  # the last into the stack
     if tall: stack.copy_(x.mT)
     return stack
