@@ -20,7 +20,7 @@ def parse_args():
     ap.add_argument('--old', required=True, help='root of the older checkout (holding fastoptim/)')
     ap.add_argument('--sets', default='resnet,llm')
     ap.add_argument('--dtypes', default='fp32,bf16')
-    ap.add_argument('--algos', default='sgd,adamw,lamb')
+    ap.add_argument('--algos', default='sgd,adamw,lamb', help='sgd, adamw, lamb (step_bench\'s hypers) or any class name (Adan, Ranger)')
     ap.add_argument('--backends', default='triton,triton-graph,foreach,jit')
     ap.add_argument('--rounds', type=int, default=5, help='alternations between the versions')
     ap.add_argument('--reps', type=int, default=10, help='timed steps per version and round')
@@ -59,9 +59,11 @@ def load_old(root):
 def factory(lib, algo, flag, kahan):
     "A maker of `lib`'s optimizer `algo` on one backend, with step_bench's hypers (SGD with L2 decay, as torch's)"
     kw, h = {flag: True, 'kahan_sum': kahan}, HP
-    return {'sgd': lambda ps: lib.SGD(ps, h['lr'], mom=h['mom'], wd=h['wd'], decouple_wd=False, **kw),
-            'adamw': lambda ps: lib.Adam(ps, h['lr'], mom=h['mom'], sqr_mom=h['sqr_mom'], eps=h['eps'], wd=h['wd'], **kw),
-            'lamb': lambda ps: lib.Lamb(ps, h['lr'], mom=h['mom'], sqr_mom=h['sqr_mom'], eps=h['eps'], wd=h['wd'], **kw)}[algo]
+    known = {'sgd': lambda ps: lib.SGD(ps, h['lr'], mom=h['mom'], wd=h['wd'], decouple_wd=False, **kw),
+             'adamw': lambda ps: lib.Adam(ps, h['lr'], mom=h['mom'], sqr_mom=h['sqr_mom'], eps=h['eps'], wd=h['wd'], **kw),
+             'lamb': lambda ps: lib.Lamb(ps, h['lr'], mom=h['mom'], sqr_mom=h['sqr_mom'], eps=h['eps'], wd=h['wd'], **kw)}
+    # any other algorithm by its class name (`Adan`, `AdEMAMix`, `Ranger`), at its own defaults but `lr` and `wd`
+    return known[algo] if algo in known else lambda ps: getattr(lib, algo)(ps, h['lr'], wd=h['wd'], **kw)
 
 
 def params(shapes, dtype, device, small):

@@ -116,16 +116,17 @@ def reliability_checks():
 
 
 def bytes_per_step(opt):
-    "Bytes a one-pass step moves at least: every tensor its plan reads, every state it writes, and the weights"
-    n, phases = 0, 1
+    "Bytes a one-pass step moves at least, on average: every tensor its plan reads, every state it writes, and the weights; a state gated by lookahead's sync number once every `lookahead_k` steps"
+    n, phases = 0., 1
     for p in opt.flat_params:
         s, plan = opt.state[p], opt.algorithm_of(p).plan()
         phases = max(phases, len(plan.phases))
-        read = [x for k in plan.tensors if k not in ('p', 'g')  # a factored state: its row and column factors, read and written
+        share = lambda k: 1 / opt.param_groups[0]['lookahead_k'] if k in plan.gates else 1.
+        read = [(x, share(k)) for k in plan.tensors if k not in ('p', 'g')  # a factored state: its row and column factors, read and written
                 for x in ((s[f'{k}_row'], s[f'{k}_col']) * 2 if k in plan.factored else (s[k],))]
-        tensors = [p, p.grad, *read, *[s[k] for k in plan.whole.stores], p]
-        if 'kahan_comp' in s: tensors += [s['kahan_comp']] * 2
-        n += sum(t.numel() * t.element_size() for t in tensors)
+        tensors = [(p, 1.), (p.grad, 1.), *read, *[(s[k], share(k)) for k in plan.whole.stores], (p, 1.)]
+        if 'kahan_comp' in s: tensors += [(s['kahan_comp'], 1.)] * 2
+        n += sum(t.numel() * t.element_size() * f for t, f in tensors)
     return n, phases
 
 
@@ -165,21 +166,24 @@ def peers():
     return out
 
 
-def timing(bandwidth, reps):
+def timing(bandwidth, reps, names):
     rows = []
     sets = [('ResNet-50-like', resnet50_shapes(), torch.float32), ('LLM-like', llm_shapes(), torch.bfloat16)]
     others = peers()
     for set_name, shapes, dtype in sets:
-        for name in algorithms:
-            if '+' in name or name in ('sgd', 'Muon'): continue  # Muon's step is timed by muon_gpu.py
+        for name in names:
+            if name in ('sgd', 'Muon'): continue  # Muon's step is timed by muon_gpu.py
             ps = make_params(shapes, dtype)
             opt = build(name, ps, lr=1e-4, triton=True)
             opt.step(); opt.step()
-            eager = median_ms(opt.step, reps, dev, warmup=3)
+            # a gated state's traffic comes once every `lookahead_k` steps: each sample times that many steps, one sync among them
+            every = int(opt.param_groups[0]['lookahead_k']) if any(opt.algorithm_of(p).plan().gates for p in opt.flat_params) else 1
+            steps = lambda fn: (lambda: [fn() for _ in range(every)])
+            eager = median_ms(steps(opt.step), reps, dev, warmup=3) / every
             graph, replay = None, math.nan
             if not carries(name):
                 graph = capture(opt.step)
-                replay = median_ms(graph.replay, reps, dev, warmup=3)
+                replay = median_ms(steps(graph.replay), reps, dev, warmup=3) / every
             n, phases = bytes_per_step(opt)
             bound = n / bandwidth / 1e6
             row = dict(set=set_name, dtype=str(dtype)[6:], algorithm=name, passes=phases, eager_ms=eager, graph_ms=replay,
@@ -203,21 +207,26 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--out', default=os.environ.get('OUT', 'catalogue_gpu'))
     ap.add_argument('--reps', type=int, default=30)
+    ap.add_argument('--parts', default='correctness,reliability,capture,timing', help='which parts to run')
+    ap.add_argument('--algos', default=None, help='the algorithms to time (registry names, comma-separated): all by default')
     args = ap.parse_args()
+    parts = args.parts.split(',')
+    names = args.algos.split(',') if args.algos else list(algorithms)
     os.makedirs(args.out, exist_ok=True)
     head = (f"# Catalogue on the GPU\n\n{datetime.date.today()}, {torch.cuda.get_device_name()}, torch {torch.__version__}, "
-            f"triton {triton.__version__}; command: `python3 bench/catalogue_gpu.py --out $OUT`\n")
+            f"triton {triton.__version__}; command: `python3 {' '.join(sys.argv)}`\n")
     results = {}
     for part, fn in (('correctness', correctness), ('reliability', reliability_checks),
                      ('capture', lambda: [dict(check=f"{n}: {'capture refused (carries)' if carries(n) else 'graph replay vs eager'}",
                                                backend='triton', value=capture_check(n))
                                           for n in algorithms])):
+        if part not in parts: results[part] = []; continue
         try: results[part] = fn()
         except Exception: results[part] = [dict(check=f'{part} crashed', backend='', value=math.nan, ok=False, error=traceback.format_exc()[-2000:])]
         json.dump(results, open(os.path.join(args.out, 'results.json'), 'w'), indent=1, default=str)
     for r in results['capture']: r['ok'] = r.get('ok', r['value'] < 1e-6)
     bandwidth = copy_bandwidth(dev)
-    try: results['timing'] = timing(bandwidth, args.reps)
+    try: results['timing'] = timing(bandwidth, args.reps, names) if 'timing' in parts else []
     except Exception: results['timing'] = [dict(error=traceback.format_exc()[-2000:])]
     json.dump(results, open(os.path.join(args.out, 'results.json'), 'w'), indent=1, default=str)
     lines = [head, f"Copy bandwidth measured in this run: {bandwidth:.0f} GB/s.\n", '## Checks\n',
@@ -226,7 +235,7 @@ def main():
         for r in results[part]:
             lines.append(f"| {r['check']} | {r['backend']} | {r['value']:.3g} | {'yes' if r.get('ok') else '**NO**'} |")
             if 'error' in r: lines.append(f"\n```\n{r['error']}\n```\n")
-    lines += ['', '## Triton step time (median of CUDA events; fraction = one-pass byte bound / time)\n',
+    lines += ['', '## Triton step time (median of CUDA events; fraction = one-pass byte bound / time; with lookahead, both per step over `lookahead_k` steps)\n',
               '| set | dtype | algorithm | passes | eager ms (frac) | graph ms (frac) | peer | peer ms |', '|---|---|---|---|---|---|---|---|']
     for r in results['timing']:
         if 'error' in r: lines.append(f"\n```\n{r['error']}\n```\n"); continue

@@ -7,7 +7,7 @@ Docs: https://fastoptim.github.io/fastoptim/adan.html.md"""
 # %% auto #0
 __all__ = ['adan_algorithm', 'Adan', 'adan', 'adan_scalars', 'adan_update']
 
-# %% ../nbs/18_adan.ipynb #014f5174
+# %% ../nbs/18_adan.ipynb #8c673745
 from .algorithm import Algorithm, Hyper, State, signed_moment, positive_moment, lerp, addcmul, sqrt, where
 from .core import make_optimizer, partial_maker
 
@@ -22,7 +22,7 @@ def adan_update(p, g, s, h):
     t = g + h.diff_mom * diff
     v = addcmul(s.sqr_avg * h.sqr_mom, t, t, 1 - h.sqr_mom)
     denom = sqrt(v) * (1 / h.root3) + h.eps
-    update = -(h.lr / h.debias1) * (m / denom) - (h.lr * h.diff_mom / h.debias_diff) * (n / denom)
+    update = -((h.lr / h.debias1) * m + (h.lr * h.diff_mom / h.debias_diff) * n) / denom  # one division: fewer instructions per element
     return dict(grad_avg=m, diff_avg=n, sqr_avg=v, prev_grad=g, update=update)
 
 adan_algorithm = Algorithm('Adan', dict(mom=Hyper(0.98, 0, 1), diff_mom=Hyper(0.92, 0, 1), sqr_mom=Hyper(0.99, 0, 1),

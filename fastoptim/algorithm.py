@@ -21,7 +21,7 @@ from types import SimpleNamespace
 from typing import Callable, Optional
 import numpy as np
 
-# %% ../nbs/00_algorithm.ipynb #551d8a88
+# %% ../nbs/00_algorithm.ipynb #564befd7
 # Hypers and states
 
 @dataclass(frozen=True)
@@ -48,6 +48,9 @@ class State:
     floor: str = None      # factored: the hyper that floors the mean of the row factor, which the estimate divides by
     quantize: str = None   # the 8-bit form the state allows (`state_bits=8`): 'signed' (int8, softsign-companded: moments of
                            # either sign) or 'positive' (uint8, the fourth root: non-negative ones, second moments)
+    gate: str = None       # a per-step number (or hyper) of the algorithm: the state is read and written only on steps where it
+                           # is nonzero, and the Triton backend skips its memory traffic on the others (the other backends read
+                           # and write it every step); on those steps the update must neither change it nor depend on it
     def __post_init__(self):
         shapes = ('param', 'number', 'shared', 'factored')
         if self.shape not in shapes: raise ValueError(f"State shape must be one of {shapes}, got {self.shape!r}.")
@@ -56,6 +59,8 @@ class State:
         if self.quantize and self.shape != 'param': raise ValueError("Only a state shaped like the parameter has an 8-bit form.")
         if self.quantize and self.init != 'zeros': raise ValueError("A state with an 8-bit form starts at zero (its codes are made so).")
         if self.dtype == 'q8' and not self.quantize: raise ValueError("A state kept in 8 bits (dtype 'q8') names its form (`quantize`).")
+        if self.gate is not None and (self.shape != 'param' or self.quantize):
+            raise ValueError("Only a state shaped like the parameter, with no 8-bit form, can be gated (`gate`).")
         if (self.floor is not None) != self.factored: raise ValueError(
             "A factored state names the hyper that floors its row factor's mean (`floor`); no other state has one.")
         if self.number or self.factored:
@@ -315,7 +320,7 @@ def substitute(roots, mapping):
         memo[id(n)] = n if all(x is y for x, y in zip(args, n.args)) else Expr(n.op, args, n.tensor, n.device, n.name, n.value)
     return [memo[id(r)] for r in roots]
 
-# %% ../nbs/00_algorithm.ipynb #ea045456
+# %% ../nbs/00_algorithm.ipynb #63d49db5
 def reaches(roots, targets):
     "Whether any node in `targets` is among the nodes the roots depend on"
     ids = {id(t) for t in targets}
@@ -361,6 +366,13 @@ class Plan:
         h = trace_hypers(algorithm)
         p, g = leaf('p', True), leaf('g', True)
         s = trace_states(algorithm)
+        self.gates = {}  # a gated state -> the per-step number that gates it
+        for k, spec in algorithm.states.items():
+            if spec.gate is None: continue
+            node = getattr(h, spec.gate, None)
+            if node is None or node.tensor: raise ValueError(
+                f"{algorithm.name}: state `{k}` is gated by `{spec.gate}`, which is not one of its hypers or per-step numbers.")
+            self.gates[k] = node
         if variant in ('eval', 'train'):  # a change of the weights alone: no state stored, no gradient read
             if algorithm.modes is None: raise ValueError(f"{algorithm.name} has the same weights in training and evaluation.")
             out = {'update': _const(algorithm.modes[variant](p, s, h)) - p, **vars(s)}
@@ -514,6 +526,7 @@ class Plan:
                         if not a.tensor and not a.device and a.op != 'const': self._name(a, names)
             scale = phase.final[0] if phase.final else None
             if scale is not None and not scale.device and scale.op != 'const': self._name(scale, names)
+        for gate in self.gates.values(): self._name(gate, names)  # the Triton backend masks the gated states' loads and stores by it
         for weight, floor in self.factored.values():  # the engine reads them when it updates the factors
             for n in (weight, floor):
                 if n.op != 'const': self._name(n, names)
@@ -796,7 +809,7 @@ def factored(algorithm:Algorithm) -> Hybrid:
     whole = replace(algorithm, states={k: State(dtype='fp32') if spec.factored else spec for k, spec in algorithm.states.items()})
     return Hybrid(algorithm.name, dict(factored=algorithm, whole=whole), factored_or_whole)
 
-# %% ../nbs/00_algorithm.ipynb #17456b4e
+# %% ../nbs/00_algorithm.ipynb #f2635764
 def _direction_modifier(algorithm, key):
     "The update of `algorithm`, masked where it does not descend (`cautious`) or given the gradient's direction (`grams`)"
     def update(p, g, s, h):
@@ -824,7 +837,7 @@ def _lookahead(algorithm):
         return out
     return replace(algorithm, name=f'{algorithm.name}+lookahead', update=update, scalars=scalars,
                    hypers={**algorithm.hypers, 'lookahead_k': Hyper(6., 1.), 'lookahead_alpha': Hyper(0.5, 0., 1., hi_open=False)},
-                   states={**algorithm.states, 'lookahead_slow': State(init='param')})
+                   states={**algorithm.states, 'lookahead_slow': State(init='param', gate='lookahead_sync')})
 
 def orthogonal_gradient(p, g, eps=1e-30):
     "OrthoGrad's gradient: `g`'s part orthogonal to `p`, rescaled to `g`'s norm (0 where that part vanishes), from three sums per tensor"

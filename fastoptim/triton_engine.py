@@ -6,7 +6,7 @@ Docs: https://fastoptim.github.io/fastoptim/triton.html.md"""
 
 # %% auto #0
 __all__ = ['INTERPRETED', 'triton_ops', 'phase_ops', 'tl_dtypes', 'sum_slots', 'SUM_SLOTS', 'roundings', 'locate_block',
-           'tensor_ptr', 'load_factored', 'interpreting', 'divide', 'round_to', 'scalar', 'load_math', 'store',
+           'tensor_ptr', 'load_factored', 'interpreting', 'divide', 'round_to', 'scalar', 'load_math', 'store', 'gated',
            'hash32', 'stochastic_round', 'load_param', 'store_param', 'load_q8', 'store_q8', 'power', 'atan2',
            'triton_expressions', 'derive_source', 'numbers_phase', 'phase_source', 'triton_code', 'build_tables',
            'fold_gradients', 'add_to_sum', 'max_to_slot', 'TritonBackend']
@@ -30,7 +30,7 @@ except ImportError:
     triton, tl = None, SimpleNamespace(constexpr=None)
     def triton_jit(fn): return fn
 
-# %% ../nbs/03_triton.ipynb #2a2cbbfb
+# %% ../nbs/03_triton.ipynb #0a9df430
 @triton_jit
 def locate_block(table, block_tensors, WIDTH: tl.constexpr, BLOCK: tl.constexpr):
     "This program's tensor row, tensor index, element offsets and mask"
@@ -106,6 +106,11 @@ def load_math(ptr, offsets, mask):
 @triton_jit
 def store(ptr, offsets, x, mask, DTYPE: tl.constexpr):
     tl.store(ptr + offsets, round_to(x, DTYPE), mask=mask)
+
+@triton_jit
+def gated(mask, gate):
+    "`mask` on steps where the per-step number `gate` is nonzero, else all false: a masked-off access moves no memory"
+    return mask & (tl.zeros(mask.shape, tl.float32) + gate != 0)  # a block: the interpreter cannot combine int1 blocks with a scalar
 
 @triton_jit
 def hash32(x):
@@ -197,7 +202,7 @@ def store_q8(codes, scales, row, offsets, x, mask, BLOCK: tl.constexpr, FORM: tl
     group = (tl.program_id(0) - tl.load(row + 1)) * (BLOCK // 32) + tl.arange(0, BLOCK // 32)
     tl.store(scales + group, scale, mask=group * 32 < tl.load(row))
 
-# %% ../nbs/03_triton.ipynb #a5bf46a6
+# %% ../nbs/03_triton.ipynb #8e2175dc
 @triton_jit
 def power(x, n):
     "x**n for float64 `x` and positive int32 `n`, by binary powering"
@@ -311,6 +316,9 @@ def phase_source(plan, phase, kernel, n_reductions):
     needed = {k for n in used for a in n.args for k in [frontier.get(id(a))] if k} | {frontier.get(id(x)) for x in (phase.final or ())[:1] if x is not None} - {None}
     if phase.final is not None: needed.add('decay')
     if 'g' in reads: needed.add('l2')
+    # a gated state is loaded and stored only where its gate is nonzero: a masked-off access moves no memory
+    gated = {t: f'gated(mask, {plan.name_of(n)})' for t, n in plan.gates.items() if t in reads or t in phase.stores}
+    needed |= {plan.name_of(plan.gates[t]) for t in gated}
     # the numbers first, then every tensor's loads back to back (the gradient last, for its L2 term): as the
     # hand-written kernels did, so that all of a program's loads are in flight together
     body = ['row, t, offsets, mask = locate_block(table, block_tensors, WIDTH, BLOCK)']
@@ -320,7 +328,7 @@ def phase_source(plan, phase, kernel, n_reductions):
     body += [f'{t} = load_factored(row, {factored[t]}, offsets, mask, BLOCK)' if t in factored else
              f'{t} = load_q8({q8[t][0]}, offsets, mask, {q8[t][1]})' if t in q8 else
              f'p = load_param(row, offsets, mask, {comp}, DTYPE, ROUNDING, ALIGN)' if t == 'p' else
-             f'{t} = load_math(tensor_ptr(row, {columns[t]}, {dtype(t)}, ALIGN), offsets, mask)' for t in reads if t != 'g']
+             f'{t} = load_math(tensor_ptr(row, {columns[t]}, {dtype(t)}, ALIGN), offsets, {gated.get(t, "mask")})' for t in reads if t != 'g']
     if 'g' in reads: body.append(f'g = load_math(tensor_ptr(row, {columns["g"]}, DTYPE, ALIGN), offsets, mask) + l2 * p')
     def known(a):
         if a.op == 'input' and a.tensor: return a.name
@@ -330,7 +338,7 @@ def phase_source(plan, phase, kernel, n_reductions):
     stores = {}  # each state is stored as soon as its new value is known, which frees its registers early
     for k, v in phase.stores.items():
         stores.setdefault(name(v), []).append(f'store_q8({q8[k][0]}, row, offsets, {name(v)}, mask, BLOCK, {q8[k][1]})' if k in q8 else
-                                              f'store(tensor_ptr(row, {columns[k]}, {dtype(k)}, ALIGN), offsets, {name(v)}, mask, {dtype(k)})')
+                                              f'store(tensor_ptr(row, {columns[k]}, {dtype(k)}, ALIGN), offsets, {name(v)}, {gated.get(k, "mask")}, {dtype(k)})')
     body += stores.pop(None, [])
     for line in lines:
         body.append(line)
@@ -366,7 +374,7 @@ def triton_code(plan):
         # named apart from the per-tensor functions of the same phases (`{plan.name}_phase{i}`): source is found by name
         sources += [phase_source(plan, ph, f'{plan.name}_triton{i}', max(n_reductions, 1)) for i, ph in enumerate(phases)]
         namespace = dict(triton=triton, tl=tl, locate_block=locate_block, tensor_ptr=tensor_ptr, scalar=scalar, load_factored=load_factored,
-                         load_math=load_math, divide=divide, load_param=load_param, load_q8=load_q8, store_q8=store_q8, store=store, store_param=store_param, add_to_sum=add_to_sum, max_to_slot=max_to_slot,
+                         load_math=load_math, gated=gated, divide=divide, load_param=load_param, load_q8=load_q8, store_q8=store_q8, store=store, store_param=store_param, add_to_sum=add_to_sum, max_to_slot=max_to_slot,
                          power=power, hash32=hash32, atan2=atan2)
         kernels = [compile_source(src, src.split('def ')[1].split('(')[0], namespace) for src in sources]
         plan.code['triton'] = SimpleNamespace(derive=kernels[0], phases=kernels[1:], hypers=hypers, K=len(plan.frontier) + 1,
