@@ -25,7 +25,7 @@ def parse_args():
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--models', default='resnet,gpt', help='resnet, gpt')
     ap.add_argument('--optimizers', default='fastoptim,fastoptim-none,torch-fused,fastai',
-                    help='fastoptim, fastoptim-none, torch-fused, fastai')
+                    help='fastoptim, fastoptim-none (set_to_none=True), torch-fused, fastai; run in this order')
     ap.add_argument('--epochs', type=int, default=3, help='timed epochs after the warm-up one')
     ap.add_argument('--batches', type=int, default=60, help='training batches per epoch')
     ap.add_argument('--device', default='cuda', help='cuda (default) or cpu')
@@ -52,21 +52,11 @@ from fastoptim.all import adam
 from bf16_gpt import GPT, VOCAB
 from timing import write_report
 
-def grads_to_none(opt_func):
-    "`opt_func` with `zero_grad` setting the gradients to None, as torch's does: a diagnostic of what zeroing in place costs"
-    def make(params, **kwargs):
-        opt = opt_func(params, **kwargs)
-        def zero_grad():
-            for p in opt.flat_params: p.grad = None
-        opt.zero_grad = zero_grad
-        return opt
-    return make
-
 HP = dict(mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0.01)
 LR = 1e-3
 OPTIMIZERS = {  # name: (label, opt_func)
     'fastoptim': ('fastoptim `adam()` (no flag)', adam(**HP)),
-    'fastoptim-none': ('fastoptim `adam()`, gradients set to None', grads_to_none(adam(**HP))),
+    'fastoptim-none': ('fastoptim `adam(set_to_none=True)`', adam(**HP, set_to_none=True)),
     'torch-fused': ('torch `AdamW(fused=True)` via `OptimWrapper`',
                     partial(OptimWrapper, opt=torch.optim.AdamW, betas=(HP['mom'], HP['sqr_mom']), eps=HP['eps'],
                             weight_decay=HP['wd'], fused=True)),

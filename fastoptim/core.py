@@ -1309,7 +1309,7 @@ class GroupView(MutableMapping):
     def __len__(self): return 1 + len(self.opt.hypers[self.i])
     def __repr__(self): return f"GroupView({dict(self)})"
 
-# %% ../nbs/00_core.ipynb #e44582b0
+# %% ../nbs/00_core.ipynb #d80d6112
 class FastOptimizer(Optimizer):
     "A fastai `Optimizer` running `algorithm` over (device, dtype) buckets with one backend call per bucket"
     def __init__(self,
@@ -1334,6 +1334,7 @@ class FastOptimizer(Optimizer):
         lookahead:bool=False,   # Lookahead's slow weights, synchronised every `lookahead_k` steps
         kourkoutas:bool=False,  # Kourkoutas-β: each tensor's second-moment decay from its gradient's norm (the Adam family)
         step_graph:bool|None=None, # replay the step from a CUDA graph the optimizer captures itself: None where the step allows it, True always (else raise), False never
+        set_to_none:bool=False, # `zero_grad` sets the gradients to None (torch's way) instead of zeroing them in place (fastai's)
         **hypers                # the algorithm's hypers (see `algorithm.hypers`)
     ):
         algorithm = modified(algorithm, cautious, grams, lookahead, orthograd, kourkoutas)
@@ -1351,6 +1352,7 @@ class FastOptimizer(Optimizer):
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {seed!r}.")
         if not (step_graph is None or isinstance(step_graph, bool)): raise ValueError(f"step_graph must be None, True or False, got {step_graph!r}.")
+        if not isinstance(set_to_none, bool): raise ValueError(f"set_to_none must be True or False, got {set_to_none!r}.")
         if backend is not None and backend not in backends:
             raise ImportError(f"The {backend} backend is not loaded: import fastoptim.all.")
         unknown = set(hypers) - set(algorithm.hypers)
@@ -1367,6 +1369,7 @@ class FastOptimizer(Optimizer):
         self.algorithm, self.backend, self.decouple_wd, self.decouple_lr = algorithm, backend, decouple_wd, decouple_lr
         self.kahan_sum, self.stochastic_rounding, self.seed = kahan_sum, stochastic_rounding, seed
         self.master_weight_bits, self.state_bits, self.step_graph = master_weight_bits, state_bits, step_graph
+        self.set_to_none = set_to_none
         self.backends_used, self._warned_lr, self._releasing, self._accumulation = {}, False, False, None
         self.layout, self.numbers, self.preparation, self.graph = Layout(self), Numbers(self), Preparation(self), StepGraph(self)
         super().__init__(params, [], lr=lr, **{**{k: h.default for k, h in algorithm.hypers.items()}, **hypers})
@@ -1543,8 +1546,11 @@ class FastOptimizer(Optimizer):
                 for st in b.states: engine_write(st, 'eval_weights', mode == 'eval')  # saved with the state: a load knows the mode
         self.mode = mode
 
-    def zero_grad(self):
-        "Zero the gradients in place, as fastai's `zero_grad` does (detaching any from `create_graph`), in one `torch._foreach_zero_`"
+    def zero_grad(self, set_to_none:bool|None=None):
+        "Set the gradients to None (`set_to_none`; None: the optimizer's own choice), or zero them in place as fastai's `zero_grad` does (detaching any from `create_graph`), in one `torch._foreach_zero_`"
+        if self.set_to_none if set_to_none is None else set_to_none:
+            for p in self.flat_params: p.grad = None
+            return
         grads = [p.grad for p in self.flat_params if p.grad is not None]
         for g in grads:
             if g.requires_grad: g.detach_()
