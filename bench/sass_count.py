@@ -33,6 +33,8 @@ KERNELS = [  # (label, algorithm, dtype, rounding)
     ('AdamW, fp32 weights', algorithms['Adam'].algorithm, tl.float32, 'nearest'),
     ('Adam-atan2, bf16 weights, Kahan', algorithms['AdamAtan2'].algorithm, tl.bfloat16, 'kahan'),
     ('Adan, bf16 weights, Kahan', algorithms['Adan'].algorithm, tl.bfloat16, 'kahan'),
+    ('RAdam, bf16 weights, Kahan', algorithms['RAdam'].algorithm, tl.bfloat16, 'kahan'),
+    ('RAdam with lookahead (Ranger), bf16 weights, Kahan', algorithms['RAdam+lookahead'].algorithm, tl.bfloat16, 'kahan'),
 ]
 
 
