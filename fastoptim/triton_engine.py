@@ -11,8 +11,9 @@ __all__ = ['INTERPRETED', 'triton_ops', 'phase_ops', 'tl_dtypes', 'sum_slots', '
            'triton_expressions', 'derive_source', 'numbers_phase', 'phase_source', 'triton_code', 'build_tables',
            'fold_gradients', 'add_to_sum', 'max_to_slot', 'TritonBackend']
 
-# %% ../nbs/03_triton.ipynb #1b656ed9
+# %% ../nbs/03_triton.ipynb #27c00ccf
 import math
+import re
 import numpy as np
 import torch
 from types import SimpleNamespace
@@ -202,7 +203,7 @@ def store_q8(codes, scales, row, offsets, x, mask, BLOCK: tl.constexpr, FORM: tl
     group = (tl.program_id(0) - tl.load(row + 1)) * (BLOCK // 32) + tl.arange(0, BLOCK // 32)
     tl.store(scales + group, scale, mask=group * 32 < tl.load(row))
 
-# %% ../nbs/03_triton.ipynb #8e2175dc
+# %% ../nbs/03_triton.ipynb #0bf5d3ac
 @triton_jit
 def power(x, n):
     "x**n for float64 `x` and positive int32 `n`, by binary powering"
@@ -328,7 +329,13 @@ def phase_source(plan, phase, kernel, n_reductions):
     body += [f'{t} = load_factored(row, {factored[t]}, offsets, mask, BLOCK)' if t in factored else
              f'{t} = load_q8({q8[t][0]}, offsets, mask, {q8[t][1]})' if t in q8 else
              f'p = load_param(row, offsets, mask, {comp}, DTYPE, ROUNDING, ALIGN)' if t == 'p' else
-             f'{t} = load_math(tensor_ptr(row, {columns[t]}, {dtype(t)}, ALIGN), offsets, {gated.get(t, "mask")})' for t in reads if t != 'g']
+             f'{t} = load_math(tensor_ptr(row, {columns[t]}, {dtype(t)}, ALIGN), offsets, mask)' for t in reads if t != 'g' and t not in gated]
+    # a gated state is loaded where it is first used: it moves memory only on the steps its gate opens, and loaded with
+    # the others its values would hold registers through every step (Ranger's kernel: 78 registers, 64 loaded late)
+    late = {t: f'{t} = load_math(tensor_ptr(row, {columns[t]}, {dtype(t)}, ALIGN), offsets, {gated[t]})' for t in reads if t in gated}
+    def loads_for(line):
+        "The late loads `line` needs first"
+        return [late.pop(t) for t in [t for t in late if re.search(rf'\b{t}\b', line)]]
     if 'g' in reads: body.append(f'g = load_math(tensor_ptr(row, {columns["g"]}, DTYPE, ALIGN), offsets, mask) + l2 * p')
     def known(a):
         if a.op == 'input' and a.tensor: return a.name
@@ -339,6 +346,7 @@ def phase_source(plan, phase, kernel, n_reductions):
     for k, v in phase.stores.items():
         stores.setdefault(name(v), []).append(f'store_q8({q8[k][0]}, row, offsets, {name(v)}, mask, BLOCK, {q8[k][1]})' if k in q8 else
                                               f'store(tensor_ptr(row, {columns[k]}, {dtype(k)}, ALIGN), offsets, {name(v)}, {gated.get(k, "mask")}, {dtype(k)})')
+    loaded = len(body)
     body += stores.pop(None, [])
     for line in lines:
         body.append(line)
@@ -355,6 +363,7 @@ def phase_source(plan, phase, kernel, n_reductions):
         scale, direction, denom = phase.final
         d = name(direction) if denom is None else f'divide({name(direction)}, {name(denom)})'
         body.append(f'store_param(row, t, offsets, mask, p, {d}, {name(scale)}, decay, scalars, K, {comp}, DTYPE, ROUNDING, ALIGN)')
+    body = body[:loaded] + [l for line in body[loaded:] for l in loads_for(line) + [line]]
     # the body twice: for a block wholly inside its tensor with a mask the compiler knows to be all true, so that it
     # loads and stores several elements per instruction (a mask bounded by a size it cannot see makes each element
     # its own access: Triton's PTX for sm_90), and for the tensor's last block with the true mask
