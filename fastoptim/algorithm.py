@@ -21,7 +21,7 @@ from types import SimpleNamespace
 from typing import Callable, Optional
 import numpy as np
 
-# %% ../nbs/00_algorithm.ipynb #564befd7
+# %% ../nbs/00_algorithm.ipynb #b712fd24
 # Hypers and states
 
 @dataclass(frozen=True)
@@ -50,7 +50,8 @@ class State:
                            # either sign) or 'positive' (uint8, the fourth root: non-negative ones, second moments)
     gate: str = None       # a per-step number (or hyper) of the algorithm: the state is read and written only on steps where it
                            # is nonzero, and the Triton backend skips its memory traffic on the others (the other backends read
-                           # and write it every step); on those steps the update must neither change it nor depend on it
+                           # and write it every step); on those steps the update must neither change it nor depend on it (a
+                           # non-finite update, which the others would write into it as NaN, leaves it unchanged there)
     def __post_init__(self):
         shapes = ('param', 'number', 'shared', 'factored')
         if self.shape not in shapes: raise ValueError(f"State shape must be one of {shapes}, got {self.shape!r}.")
@@ -211,7 +212,7 @@ def matrix(fn:MatrixFunction, x, **options):
     if not x.tensor: raise TypeError(f"{fn.name} takes a tensor expression, got a number.")
     return Expr('matrix', [x], tensor=True, name=fn.name, value=(fn, tuple(sorted(options.items()))))
 
-# %% ../nbs/00_algorithm.ipynb #990db752
+# %% ../nbs/00_algorithm.ipynb #2b8cab72
 # The description
 
 engine_hypers = dict(lr=Hyper(1e-3), wd=Hyper(0.), max_lr=Hyper(1e-3, lo_open=True))
@@ -220,7 +221,10 @@ engine_scalars = ('lr', 'decay', 'l2', 'step', 'numel', 'rows', 'cols')  # what 
 # these, or begin with `_` (the generated temporaries)
 generated_names = {'p', 'g', 't', 'n', 'row', 'offsets', 'mask', 'table', 'block_tensors', 'scalars', 'inputs', 'sums', 'reds',
                    'comp', 'seed', 'hypers', 'steps', 'step_count', 'base', 'direction', 'rounding', 'torch', 'tl', 'triton',
-                   'np', 'Tensor', 'Optional'}
+                   'np', 'Tensor', 'Optional',
+                   # the Triton kernels' helpers (`03_triton` checks that its kernels call no other)
+                   'locate_block', 'tensor_ptr', 'scalar', 'load_factored', 'load_math', 'gated', 'divide', 'load_param',
+                   'load_q8', 'store_q8', 'store', 'store_param', 'add_to_sum', 'max_to_slot', 'power', 'hash32', 'atan2'}
 
 def check_names(owner, names):
     "Raise unless every name is an identifier that generated code can use as a variable without a clash"

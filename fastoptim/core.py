@@ -19,8 +19,8 @@ __all__ = ['fp32_max', 'fold_numel', 'residual_dtypes', 'rounding_states', 'grou
            'capture_refusal', 'same_tensors', 'StepGraph', 'GroupView', 'FastOptimizer', 'make_partial', 'OptFunc',
            'partial_maker', 'make_optimizer']
 
-# %% ../nbs/00_core.ipynb #7982abd0
-import gc, inspect, linecache, math, operator, warnings, weakref
+# %% ../nbs/00_core.ipynb #ec23cca0
+import gc, inspect, linecache, math, operator, warnings
 from collections import deque
 from itertools import repeat
 from collections.abc import MutableMapping
@@ -1172,7 +1172,7 @@ class Preparation:
                 stacks.append(stack)
             b.workspace[name], b.stacks[name] = kept[key] = views, stacks
 
-# %% ../nbs/00_core.ipynb #a567985d
+# %% ../nbs/00_core.ipynb #6113ee3d
 def capture_refusal(b):
     "Why a CUDA graph cannot capture the step of bucket `b` (a sentence), or None"
     backend, plan = backends[b.backend], b.algorithm.plan('step')
@@ -1201,7 +1201,7 @@ class StepGraph:
     def __init__(self, opt):
         self.opt, self.graph, self.buffers, self.stream = opt, None, None, None
         self.warm = None  # the layout generation last stepped eagerly: its tables exist and its kernels are compiled
-        self.inputs = []  # the last step's tensors that captured torch ops read by address (see `graph_inputs`)
+        self.inputs = []  # the addresses and strides of the last step's tensors that captured torch ops read (see `graph_inputs`)
         self.seen = []  # the device buffers of the last step's kernels: a capture reuses them, so every kernel is compiled
         self.replays = 0  # steps taken by replaying a graph
 
@@ -1237,10 +1237,10 @@ class StepGraph:
             self.graph = None
             return False
         # the tensors this step's torch ops read by address, outside the backends' tables (a factored state's gradients):
-        # where they moved since the last step, the step is eager until they stay (not a capture at every step)
-        inputs = [t for b in buckets.values() for t in backends[b.backend].graph_inputs(b.algorithm.plan('step'), b)]
-        moved = not same_tensors(inputs, [seen() for seen in self.inputs])
-        self.inputs = [weakref.ref(t) for t in inputs]  # weak: a graph must not keep the last step's gradients alive
+        # where they moved since the last step, the step is eager until they stay (not a capture at every step); new
+        # tensors where the old ones were (gradients set to None, then written again by backward) are read as they were
+        inputs = [(t.data_ptr(), t.stride()) for b in buckets.values() for t in backends[b.backend].graph_inputs(b.algorithm.plan('step'), b)]
+        moved, self.inputs = inputs != self.inputs, inputs
         if self.warm != opt.layout.generation or moved:
             self.graph = None
             return False
@@ -1309,7 +1309,7 @@ class GroupView(MutableMapping):
     def __len__(self): return 1 + len(self.opt.hypers[self.i])
     def __repr__(self): return f"GroupView({dict(self)})"
 
-# %% ../nbs/00_core.ipynb #d80d6112
+# %% ../nbs/00_core.ipynb #32c19a27
 class FastOptimizer(Optimizer):
     "A fastai `Optimizer` running `algorithm` over (device, dtype) buckets with one backend call per bucket"
     def __init__(self,
@@ -1548,6 +1548,8 @@ class FastOptimizer(Optimizer):
 
     def zero_grad(self, set_to_none:bool|None=None):
         "Set the gradients to None (`set_to_none`; None: the optimizer's own choice), or zero them in place as fastai's `zero_grad` does (detaching any from `create_graph`), in one `torch._foreach_zero_`"
+        if set_to_none is not None and not isinstance(set_to_none, bool):
+            raise ValueError(f"set_to_none must be True, False or None (the optimizer's own choice), got {set_to_none!r}.")
         if self.set_to_none if set_to_none is None else set_to_none:
             for p in self.flat_params: p.grad = None
             return

@@ -8,7 +8,8 @@ Docs: https://fastoptim.github.io/fastoptim/symmetric.html.md"""
 __all__ = ['min_tiled_work', 'symmetric_kernel', 'interpreting', 'upper_tiles', 'symmetric_product', 'symmetric_tiles', 'gram',
            'square_plus']
 
-# %% ../nbs/08_symmetric.ipynb #383bfe60
+# %% ../nbs/08_symmetric.ipynb #5e6afb10
+import contextlib
 import functools
 import torch
 
@@ -19,7 +20,7 @@ except ImportError:  # fastoptim imports without Triton: `gram` and `square_plus
     from types import SimpleNamespace
     triton, tl = None, SimpleNamespace(constexpr=None)
 
-# %% ../nbs/08_symmetric.ipynb #1fad07e0
+# %% ../nbs/08_symmetric.ipynb #5d954b59
 def _jit(fn): return triton.jit(fn) if triton is not None else fn
 
 @_jit
@@ -63,9 +64,15 @@ def upper_tiles(T:int, device):
     "The (i, j), i ≤ j, of a T × T grid's upper tiles, row by row, as a flat int32 tensor on `device`"
     return torch.tensor([(i, j) for i in range(T) for j in range(i, T)], dtype=torch.int32, device=device).flatten()
 
+def _span(t):
+    "The bytes from a tensor's first element to just past its last, whatever its strides"
+    last = sum((n - 1) * abs(s) for n, s in zip(t.shape, t.stride())) if t.numel() else -1
+    return t.data_ptr(), t.data_ptr() + (last + 1) * t.element_size()
+
 def _overlap(a, b):
-    "Whether two contiguous tensors share memory"
-    return a.data_ptr() < b.data_ptr() + b.nbytes and b.data_ptr() < a.data_ptr() + a.nbytes
+    "Whether the spans of two tensors' memory overlap (views with strides included)"
+    (a0, a1), (b0, b1) = _span(a), _span(b)
+    return a0 < b1 and b0 < a1
 
 def symmetric_product(y, alpha:float=1., addend=None, beta:float=0., out=None, *, block:int=128, block_k:int=64,
                       warps:int=8, stages:int=3):
@@ -89,13 +96,14 @@ def symmetric_product(y, alpha:float=1., addend=None, beta:float=0., out=None, *
     if out.numel() == 0: return out
     T = triton.cdiv(m, block)
     P = T * (T + 1) // 2
-    symmetric_kernel[(P * k,)](y, out if addend is None else addend, out, upper_tiles(T, y.device), P, m, n, *y.stride(),
-                               float(alpha), float(beta), HAS_ADDEND=addend is not None,
-                               PRECISION='ieee' if y.dtype == torch.float32 else 'tf32',  # fp32 as torch's: no TF32
-                               UPCAST=interpreting(), BLOCK=block, BLOCK_K=block_k, num_warps=warps, num_stages=stages)
+    with torch.cuda.device(y.device) if y.is_cuda else contextlib.nullcontext():  # Triton launches on the current device
+        symmetric_kernel[(P * k,)](y, out if addend is None else addend, out, upper_tiles(T, y.device), P, m, n, *y.stride(),
+                                   float(alpha), float(beta), HAS_ADDEND=addend is not None,
+                                   PRECISION='ieee' if y.dtype == torch.float32 else 'tf32',  # fp32 as torch's: no TF32
+                                   UPCAST=interpreting(), BLOCK=block, BLOCK_K=block_k, num_warps=warps, num_stages=stages)
     return out
 
-# %% ../nbs/08_symmetric.ipynb #fc46a9f4
+# %% ../nbs/08_symmetric.ipynb #3db04925
 min_tiled_work = 2**34  # multiply-adds of a stack's full product k·m²·n from which the upper tiles pay for their launch
 
 def symmetric_tiles(x) -> bool:
@@ -111,5 +119,7 @@ def gram(x):
 
 def square_plus(a, alpha:float, beta:float):
     "beta·A + alpha·A² for a stack `a` of symmetric matrices (A² = A·Aᵀ)"
-    if symmetric_tiles(a): return symmetric_product(a, alpha, a, beta, block=128, block_k=64, warps=4, stages=3)
+    if symmetric_tiles(a):
+        a = a.contiguous()  # the addend is read as a contiguous stack
+        return symmetric_product(a, alpha, a, beta, block=128, block_k=64, warps=4, stages=3)
     return torch.baddbmm(a, a, a, beta=beta, alpha=alpha)

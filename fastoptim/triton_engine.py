@@ -8,8 +8,8 @@ Docs: https://fastoptim.github.io/fastoptim/triton.html.md"""
 __all__ = ['INTERPRETED', 'triton_ops', 'phase_ops', 'tl_dtypes', 'sum_slots', 'SUM_SLOTS', 'roundings', 'locate_block',
            'tensor_ptr', 'load_factored', 'interpreting', 'divide', 'round_to', 'scalar', 'load_math', 'store', 'gated',
            'hash32', 'stochastic_round', 'load_param', 'store_param', 'load_q8', 'store_q8', 'power', 'atan2',
-           'triton_expressions', 'derive_source', 'numbers_phase', 'phase_source', 'triton_code', 'build_tables',
-           'fold_gradients', 'add_to_sum', 'max_to_slot', 'TritonBackend']
+           'triton_expressions', 'derive_source', 'numbers_phase', 'phase_source', 'kernel_helpers', 'triton_code',
+           'build_tables', 'fold_gradients', 'add_to_sum', 'max_to_slot', 'TritonBackend']
 
 # %% ../nbs/03_triton.ipynb #27c00ccf
 import math
@@ -203,7 +203,7 @@ def store_q8(codes, scales, row, offsets, x, mask, BLOCK: tl.constexpr, FORM: tl
     group = (tl.program_id(0) - tl.load(row + 1)) * (BLOCK // 32) + tl.arange(0, BLOCK // 32)
     tl.store(scales + group, scale, mask=group * 32 < tl.load(row))
 
-# %% ../nbs/03_triton.ipynb #0bf5d3ac
+# %% ../nbs/03_triton.ipynb #a15a331e
 @triton_jit
 def power(x, n):
     "x**n for float64 `x` and positive int32 `n`, by binary powering"
@@ -373,6 +373,12 @@ def phase_source(plan, phase, kernel, n_reductions):
             "DTYPE: tl.constexpr, BLOCK: tl.constexpr, ROUNDING: tl.constexpr, ALIGN: tl.constexpr):\n"
             + ''.join(f'    {l}\n' for l in body))
 
+def kernel_helpers():
+    "The functions the generated kernels call, by name: every name is reserved in descriptions (`generated_names`), so that no hyper or state shadows one"
+    return dict(locate_block=locate_block, tensor_ptr=tensor_ptr, scalar=scalar, load_factored=load_factored, load_math=load_math,
+                gated=gated, divide=divide, load_param=load_param, load_q8=load_q8, store_q8=store_q8, store=store,
+                store_param=store_param, add_to_sum=add_to_sum, max_to_slot=max_to_slot, power=power, hash32=hash32, atan2=atan2)
+
 def triton_code(plan):
     "The plan's kernels, compiled once: `derive`, one kernel per phase, the hyper table's columns, and the sums"
     if 'triton' not in plan.code:
@@ -382,10 +388,8 @@ def triton_code(plan):
         phases = plan.phases[:-1] + [numbers_phase(plan) if plan.numbers else plan.phases[-1]]
         # named apart from the per-tensor functions of the same phases (`{plan.name}_phase{i}`): source is found by name
         sources += [phase_source(plan, ph, f'{plan.name}_triton{i}', max(n_reductions, 1)) for i, ph in enumerate(phases)]
-        namespace = dict(triton=triton, tl=tl, locate_block=locate_block, tensor_ptr=tensor_ptr, scalar=scalar, load_factored=load_factored,
-                         load_math=load_math, gated=gated, divide=divide, load_param=load_param, load_q8=load_q8, store_q8=store_q8, store=store, store_param=store_param, add_to_sum=add_to_sum, max_to_slot=max_to_slot,
-                         power=power, hash32=hash32, atan2=atan2)
-        kernels = [compile_source(src, src.split('def ')[1].split('(')[0], namespace) for src in sources]
+        kernels = [compile_source(src, src.split('def ')[1].split('(')[0], dict(triton=triton, tl=tl, **kernel_helpers()))
+                   for src in sources]
         plan.code['triton'] = SimpleNamespace(derive=kernels[0], phases=kernels[1:], hypers=hypers, K=len(plan.frontier) + 1,
                                               reductions=n_reductions, source='\n'.join(sources))
     return plan.code['triton']
