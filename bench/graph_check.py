@@ -13,7 +13,7 @@ assert os.environ.get('TRITON_INTERPRET', '0') != '1', 'unset TRITON_INTERPRET t
 
 import torch
 import triton
-from fastoptim.all import SGD, Adam, Lamb, RAdam, Lion
+from fastoptim.all import SGD, Adam, Lamb, RAdam, Lion, Adafactor, Ranger
 from graphed import Graphed
 from shapes import resnet50_shapes
 from timing import write_report
@@ -105,6 +105,25 @@ def own_graph():
             states_equal = all(a.keys() == b.keys() and all(torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k]
                                                             for k in a) for a, b in zip(s0, s1))
             rows.append((name, prec, max_rel(w1, w0), floor, states_equal, [s['step'] for s in s1] == [s['step'] for s in s0], r0, r1))
+    return rows
+
+
+def set_to_none_runs():
+    "`set_to_none=True`, each step's gradients made anew after `zero_grad()` (as backward writes them): the own graph against step_graph=False, for AdamW, Adafactor (a factored plan: its gradients are read by address) and Ranger (a gated state)"
+    makers = {'AdamW': lambda ps, **kw: Adam(ps, lr=1e-2, wd=0.1, **kw), 'Adafactor': lambda ps, **kw: Adafactor(ps, lr=1e-2, **kw),
+              'Ranger': lambda ps, **kw: Ranger(ps, lr=1e-2, wd=0.1, **kw)}
+    rows = []
+    for name, make in makers.items():
+        runs = []
+        for step_graph in (False, None):
+            ps = [torch.nn.Parameter(t) for t in randn(SHAPES, torch.float32, 0)]
+            opt = make(ps, triton=True, set_to_none=True, step_graph=step_graph)
+            for i in range(STEPS):
+                for p, g in zip(ps, randn(SHAPES, torch.float32, 100 + i)): p.grad = g
+                opt.step(); opt.zero_grad()
+            torch.cuda.synchronize()
+            runs.append(([p.detach().float() for p in ps], opt.graph.replays))
+        rows.append((name, max_rel(runs[1][0], runs[0][0]), runs[0][1], runs[1][1]))
     return rows
 
 
@@ -213,6 +232,9 @@ def main():
               '|---|---|---|---|---|---|---|---|']
     lines += [f'| {a} | {p} | {d:.1e} | {f:.1e} | {"yes" if se else "NO"} | {"yes" if ce else "NO"} | {r0} | {r1} |'
               for a, p, d, f, se, ce, r0, r1 in own_graph()]
+    lines += ['', f'`set_to_none=True`, {STEPS} steps, new gradient tensors after each `zero_grad()`: the default against `step_graph=False`', '',
+              '| algorithm | max rel. diff of weights | replays, step_graph=False | replays, default |', '|---|---|---|---|']
+    lines += [f'| {a} | {d:.1e} | {r0} | {r1} |' for a, d, r0, r1 in set_to_none_runs()]
     lines += ['', f'Six default steps (eager, captured, four replays with an lr change and moved gradients) under '
               f'`set_sync_debug_mode("error")`: {own_graph_no_sync()}.', '', '| step_graph=True with | error |', '|---|---|']
     lines += [f'| {k} | {v} |' for k, v in own_graph_refusals().items()]
