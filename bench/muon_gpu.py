@@ -13,7 +13,7 @@ Two processes (`torchrun --nproc_per_node=2 bench/muon_gpu.py --out $OUT`): ever
 gradients (as under DDP); the step of torch.optim.Muon (all of the work on every process), fastoptim's with the
 work repeated (`data_parallel=False`) and divided (the default).
 """
-import argparse, contextlib, datetime, json, os, platform, sys
+import argparse, contextlib, datetime, json, math, os, platform, sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch
 import torch.distributed as dist
@@ -47,20 +47,11 @@ def step_ms(opt, ps, grads, device, reps):
     return median_ms(opt.step, reps, device, warmup=3)
 
 @contextlib.contextmanager
-def torch_products():
-    "Within: Muon's symmetric products computed in full by torch, as on the CPU (`gram` and `square_plus` look this up per call)"
-    import fastoptim.symmetric as symmetric
-    chooser = symmetric.symmetric_tiles
-    symmetric.symmetric_tiles = lambda x: False
-    try: yield
-    finally: symmetric.symmetric_tiles = chooser
-
-@contextlib.contextmanager
-def every_stack_tiled():
-    "Within: the upper tiles for every bf16 CUDA stack, however small (the default leaves small ones to torch)"
+def tiled_from(work):
+    "Within: `fastoptim.symmetric.min_tiled_work` at `work` (inf: Muon's symmetric products computed in full by torch, as on the CPU; 0: every bf16 CUDA stack in upper tiles, however small)"
     import fastoptim.symmetric as symmetric
     least = symmetric.min_tiled_work
-    symmetric.min_tiled_work = 0
+    symmetric.min_tiled_work = work
     try: yield
     finally: symmetric.min_tiled_work = least
 
@@ -93,7 +84,7 @@ def single(args, device, lines, record):
     for shape in ((8, 2048, 4096), (8, 4096, 2048)):  # both symmetric products above `min_tiled_work`: in upper tiles
         x = torch.randn(*shape, device=device)
         exact = newton_schulz(x.double().clone())
-        with torch_products(): full = newton_schulz(x.bfloat16())
+        with tiled_from(math.inf): full = newton_schulz(x.bfloat16())
         tiles = newton_schulz(x.bfloat16())
         errs = [((o.double() - exact).abs().max() / exact.abs().max()).item() for o in (full, tiles)]
         record[f'ns_bf16_vs_fp64_{shape}'] = errs
@@ -153,7 +144,7 @@ def single(args, device, lines, record):
         stack = torch.randn(k, *shape, device=device, dtype=torch.bfloat16)
         work = stack.clone()
         for name, steps, aol in (('full', 5, False), ('tiles', 5, False), ('aol', 4, True)):
-            with torch_products() if name == 'full' else contextlib.nullcontext():
+            with tiled_from(math.inf) if name == 'full' else contextlib.nullcontext():
                 ms = median_ms(lambda: newton_schulz(work.copy_(stack), steps=steps, aol=aol), args.reps, device, warmup=2)
             totals[name] += ms
             record[f'ns_{k}x{shape[0]}x{shape[1]}_{name}_ms'] = ms
@@ -178,7 +169,7 @@ def single(args, device, lines, record):
                                        ('triton', dict(aol=True), False)):
             ps2 = [p.detach().clone().requires_grad_() for p in ps]
             opt = Muon(ps2, lr=1e-3, wd=0.1, **{backend: True}, **options)
-            with torch_products() if full else contextlib.nullcontext():
+            with tiled_from(math.inf) if full else contextlib.nullcontext():
                 rows.append((f"fastoptim Muon ({backend}{', aol=True' if options else ''}{', torch products in full' if full else ''})",
                              step_ms(opt, ps2, grads, device, args.reps)))
             del opt, ps2
@@ -215,7 +206,7 @@ def single(args, device, lines, record):
     rows = [('torch.optim.Muon', base)]
     for options, tiled in (({}, False), (dict(aol=True), False), ({}, True)):
         ps2 = [p.detach().clone().requires_grad_() for p in ps]
-        with every_stack_tiled() if tiled else contextlib.nullcontext():
+        with tiled_from(0) if tiled else contextlib.nullcontext():
             rows.append((f"fastoptim Muon (triton{', aol=True' if options else ''}{', every stack in upper tiles' if tiled else ''})",
                          step_ms(Muon(ps2, lr=1e-3, wd=0.1, triton=True, **options), ps2, grads, device, args.reps)))
     for name, ms in rows:

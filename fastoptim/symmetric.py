@@ -103,14 +103,13 @@ def symmetric_product(y, alpha:float=1., addend=None, beta:float=0., out=None, *
                                    UPCAST=interpreting(), BLOCK=block, BLOCK_K=block_k, num_warps=warps, num_stages=stages)
     return out
 
-# %% ../nbs/08_symmetric.ipynb #3db04925
+# %% ../nbs/08_symmetric.ipynb #caac7d5e
 min_tiled_work = 2**34  # multiply-adds of a stack's full product k·m²·n from which the upper tiles pay for their launch
 
 def symmetric_tiles(x) -> bool:
     "Whether `gram` and `square_plus` compute only the upper tiles of the stack `x`'s products (bf16 on CUDA, with Triton, large enough) rather than calling torch"
-    k, m, n = x.shape
-    return (x.is_cuda and x.dtype == torch.bfloat16 and triton is not None and not interpreting()
-            and k * m * m * n >= min_tiled_work)
+    return (x.ndim == 3 and x.is_cuda and x.dtype == torch.bfloat16 and triton is not None and not interpreting()
+            and x.shape[0] * x.shape[1] ** 2 * x.shape[2] >= min_tiled_work)  # else torch's products, and their errors
 
 def gram(x):
     "x·xᵀ for a stack `x` (k, m, n)"
