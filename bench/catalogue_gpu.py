@@ -9,7 +9,7 @@ Run on the GPU machine from the repository root (wheels: ../shared/gpu/wheels.sh
 adam-atan2-pytorch==0.4.1 einops):
     python3 bench/catalogue_gpu.py --out $OUT
 """
-import argparse, datetime, json, math, os, sys, traceback
+import argparse, datetime, gc, json, math, os, sys, traceback
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 assert os.environ.get('TRITON_INTERPRET', '0') != '1', 'unset TRITON_INTERPRET to run the kernels on the GPU'
 
@@ -29,8 +29,9 @@ MODIFIERS = {'cautious': dict(cautious=True), 'grams': dict(grams=True), 'lookah
 
 
 def build(name, *args, **kwargs):
-    "Optimizer `name`, in training mode (a schedule-free one starts in evaluation mode)"
-    opt = algorithms[name](*args, **kwargs)
+    "Optimizer `name` (a registered one, or one with a modifier: `Adam+cautious`), in training mode (a schedule-free one starts in evaluation mode)"
+    base, modifier = (name, None) if name in algorithms else name.split('+')
+    opt = algorithms[base](*args, **kwargs, **(MODIFIERS[modifier] if modifier else {}))
     opt.train()
     return opt
 
@@ -141,15 +142,30 @@ def make_params(shapes, dtype):
 
 
 def peers():
-    "Other people's implementations of the new algorithms, to time beside ours (only those that are installed)"
-    out = {'Adamax': ('torch.optim foreach', lambda ps: torch.optim.Adamax(ps, lr=1e-3, foreach=True)),
-           'nesterov': ('torch.optim foreach', lambda ps: torch.optim.SGD(ps, lr=1e-3, momentum=0.9, nesterov=True, foreach=True)),
-           'rmsprop': ('torch.optim foreach', lambda ps: torch.optim.RMSprop(ps, lr=1e-3, foreach=True))}
+    "Other people's implementations, to time beside ours (only those that are installed): name -> [(label, constructor)]; optimi with Kahan summation on bf16 weights, as ours"
+    out = {'Adam': [('torch.optim fused', lambda ps: torch.optim.AdamW(ps, lr=1e-3, fused=True))],
+           'Adamax': [('torch.optim foreach', lambda ps: torch.optim.Adamax(ps, lr=1e-3, foreach=True))],
+           'nesterov': [('torch.optim foreach', lambda ps: torch.optim.SGD(ps, lr=1e-3, momentum=0.9, nesterov=True, foreach=True))],
+           'momentum': [('torch.optim fused', lambda ps: torch.optim.SGD(ps, lr=1e-3, momentum=0.9, fused=True))],
+           'rmsprop': [('torch.optim foreach', lambda ps: torch.optim.RMSprop(ps, lr=1e-3, foreach=True))],
+           'RAdam': [('torch.optim foreach', lambda ps: torch.optim.RAdam(ps, lr=1e-3, decoupled_weight_decay=True, foreach=True))],
+           'NAdam': [('torch.optim foreach', lambda ps: torch.optim.NAdam(ps, lr=1e-3, decoupled_weight_decay=True, foreach=True))]}
+    def add(name, label, ctor): out.setdefault(name, []).append((label, ctor))
+    try:
+        import optimi
+        kahan = lambda ps: ps[0].dtype == torch.bfloat16
+        for name, cls, kw in (('Adam', optimi.AdamW, {}), ('RAdam', optimi.RAdam, dict(decouple_wd=True)), ('Lion', optimi.Lion, {}),
+                              ('Adan', optimi.Adan, {}), ('RAdam+lookahead', optimi.Ranger, {}),
+                              ('StableAdamW', optimi.StableAdamW, {}), ('momentum', optimi.SGD, dict(momentum=0.9))):
+            for backend in ('triton', 'foreach'):
+                add(name, f'optimi {backend}', lambda ps, cls=cls, kw=kw, backend=backend:
+                    cls(ps, lr=1e-3, kahan_sum=kahan(ps), **{backend: True}, **kw))
+    except ImportError: pass
     try:
         import pytorch_optimizer as po
-        out.update(Adan=('pytorch_optimizer foreach', lambda ps: po.Adan(ps, lr=1e-3, weight_decouple=True, foreach=True)),
-                   ADOPT=('pytorch_optimizer foreach', lambda ps: po.ADOPT(ps, lr=1e-3, foreach=True)),
-                   AdEMAMix=('pytorch_optimizer foreach', lambda ps: po.AdEMAMix(ps, lr=1e-3, foreach=True)))
+        add('Adan', 'pytorch_optimizer foreach', lambda ps: po.Adan(ps, lr=1e-3, weight_decouple=True, foreach=True))
+        add('ADOPT', 'pytorch_optimizer foreach', lambda ps: po.ADOPT(ps, lr=1e-3, foreach=True))
+        add('AdEMAMix', 'pytorch_optimizer foreach', lambda ps: po.AdEMAMix(ps, lr=1e-3, foreach=True))
     except ImportError: pass
     try:
         import schedulefree
@@ -157,13 +173,18 @@ def peers():
             opt = schedulefree.AdamWScheduleFree(ps, lr=1e-3, foreach=True)
             opt.train()
             return opt
-        out['ScheduleFreeAdamW'] = ('schedulefree foreach', sf)
+        add('ScheduleFreeAdamW', 'schedulefree foreach', sf)
     except ImportError: pass
     try:
         from adam_atan2_pytorch import AdamAtan2
-        out['AdamAtan2'] = ('adam_atan2_pytorch (reference)', lambda ps: AdamAtan2(ps, lr=1e-3))
+        add('AdamAtan2', 'adam_atan2_pytorch (reference)', lambda ps: AdamAtan2(ps, lr=1e-3))
     except ImportError: pass
     return out
+
+
+def steps_per_sample(opt):
+    "Steps each timed sample takes: a gated state's traffic comes once every `lookahead_k` steps, so that many, one sync among them"
+    return int(opt.param_groups[0]['lookahead_k']) if any(opt.algorithm_of(p).plan().gates for p in opt.flat_params) else 1
 
 
 def timing(bandwidth, reps, names):
@@ -176,8 +197,7 @@ def timing(bandwidth, reps, names):
             ps = make_params(shapes, dtype)
             opt = build(name, ps, lr=1e-4, triton=True)
             opt.step(); opt.step()
-            # a gated state's traffic comes once every `lookahead_k` steps: each sample times that many steps, one sync among them
-            every = int(opt.param_groups[0]['lookahead_k']) if any(opt.algorithm_of(p).plan().gates for p in opt.flat_params) else 1
+            every = steps_per_sample(opt)
             steps = lambda fn: (lambda: [fn() for _ in range(every)])
             eager = median_ms(steps(opt.step), reps, dev, warmup=3) / every
             graph, replay = None, math.nan
@@ -189,16 +209,18 @@ def timing(bandwidth, reps, names):
             row = dict(set=set_name, dtype=str(dtype)[6:], algorithm=name, passes=phases, eager_ms=eager, graph_ms=replay,
                        bound_ms=bound, eager_frac=bound / eager, graph_frac=bound / replay)
             del opt, graph
-            if name in others and dtype == torch.float32:
-                label, ctor = others[name]
+            row['peers'] = []
+            for label, ctor in others.get(name, []):  # eager, as their users call them
                 try:
                     qs = make_params(shapes, dtype)
                     peer = ctor(qs); peer.step()
-                    row.update(peer=label, peer_ms=median_ms(peer.step, reps, dev, warmup=3))
+                    row['peers'].append((label, f'{median_ms(peer.step, reps, dev, warmup=3):.3f}'))
                     del peer, qs
-                except Exception as e: row.update(peer=f'{label}: {type(e).__name__}: {str(e)[:80]}')
+                except Exception as e: row['peers'].append((label, f'{type(e).__name__}: {str(e)[:80]}'))
+                gc.collect(); torch.cuda.empty_cache()
             rows.append(row)
             del ps
+            gc.collect()  # an optimizer and its layout refer to each other: freed by the collector, not on `del`
             torch.cuda.empty_cache()
     return rows
 
@@ -208,10 +230,10 @@ def main():
     ap.add_argument('--out', default=os.environ.get('OUT', 'catalogue_gpu'))
     ap.add_argument('--reps', type=int, default=30)
     ap.add_argument('--parts', default='correctness,reliability,capture,timing', help='which parts to run')
-    ap.add_argument('--algos', default=None, help='the algorithms to time (registry names, comma-separated): all by default')
+    ap.add_argument('--algos', default=None, help='the algorithms to time (registry names, or with a modifier: Adam+cautious; comma-separated): all, and three modified, by default')
     args = ap.parse_args()
     parts = args.parts.split(',')
-    names = args.algos.split(',') if args.algos else list(algorithms)
+    names = args.algos.split(',') if args.algos else list(algorithms) + ['Adam+cautious', 'Adam+grams', 'Lion+cautious']
     os.makedirs(args.out, exist_ok=True)
     head = (f"# Catalogue on the GPU\n\n{datetime.date.today()}, {torch.cuda.get_device_name()}, torch {torch.__version__}, "
             f"triton {triton.__version__}; command: `python3 {' '.join(sys.argv)}`\n")
@@ -236,14 +258,11 @@ def main():
             lines.append(f"| {r['check']} | {r['backend']} | {r['value']:.3g} | {'yes' if r.get('ok') else '**NO**'} |")
             if 'error' in r: lines.append(f"\n```\n{r['error']}\n```\n")
     lines += ['', '## Triton step time (median of CUDA events; fraction = one-pass byte bound / time; with lookahead, both per step over `lookahead_k` steps)\n',
-              '| set | dtype | algorithm | passes | eager ms (frac) | graph ms (frac) | peer | peer ms |', '|---|---|---|---|---|---|---|---|']
+              '| set | dtype | algorithm | passes | eager ms (frac) | graph ms (frac) | others, eager ms |', '|---|---|---|---|---|---|---|']
     for r in results['timing']:
         if 'error' in r: lines.append(f"\n```\n{r['error']}\n```\n"); continue
         lines.append(f"| {r['set']} | {r['dtype']} | {r['algorithm']} | {r['passes']} | {r['eager_ms']:.3f} ({r['eager_frac']:.2f}) | "
-                     f"{r['graph_ms']:.3f} ({r['graph_frac']:.2f}) | {r.get('peer', '')} | "
-                     f"{r['peer_ms']:.3f} |" if 'peer_ms' in r else
-                     f"| {r['set']} | {r['dtype']} | {r['algorithm']} | {r['passes']} | {r['eager_ms']:.3f} ({r['eager_frac']:.2f}) | "
-                     f"{r['graph_ms']:.3f} ({r['graph_frac']:.2f}) | {r.get('peer', '')} | |")
+                     f"{r['graph_ms']:.3f} ({r['graph_frac']:.2f}) | {'; '.join(f'{label} {ms}' for label, ms in r['peers'])} |")
     bad = [r for part in ('correctness', 'reliability', 'capture') for r in results[part] if not r.get('ok')]
     lines.append(f"\n{len(bad)} failed checks.")
     write_report('\n'.join(lines), os.path.join(args.out, 'catalogue_gpu.md'))

@@ -1,14 +1,16 @@
 """The Triton backend's launch (elements per program, warps) swept for chosen algorithms on the ResNet-50-like (or
 LLM-like) set, fp32 or bf16, each step replayed from a CUDA graph, as a fraction of its byte bound at the copy bandwidth measured in the
-same run: to choose `TritonBackend.launch` from measurements.
+same run: to choose `TritonBackend.launch` and `register_cap` from measurements. A configuration is elements x warps
+(`1024x4`: registers as `register_cap` chooses), optionally with `r` and the most registers per thread (`1024x4r56`; `r0`:
+the compiler's choice); with lookahead each sample times `lookahead_k` steps.
 
     PYTHONPATH=$PWD/.site:$PWD python3 bench/launch_sweep.py --out $OUT/launch_sweep.md
 """
-import argparse, os, sys
+import argparse, gc, os, re, sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch
 from fastoptim.core import backends
-from catalogue_gpu import build, bytes_per_step, make_params
+from catalogue_gpu import build, bytes_per_step, make_params, steps_per_sample
 from shapes import llm_shapes, resnet50_shapes
 from timing import capture, copy_bandwidth, median_ms, write_report
 
@@ -23,28 +25,33 @@ args = ap.parse_args()
 dev, triton_backend = torch.device('cuda'), backends['triton']
 dtype = dict(fp32=torch.float32, bf16=torch.bfloat16)[args.dtype]
 shapes = dict(resnet=resnet50_shapes, llm=llm_shapes)[args.set]()
-configs = [tuple(map(int, c.split('x'))) for c in args.configs.split(',')]
+configs = [(int(b), int(w), int(r) if r else None) for b, w, r in (re.fullmatch(r'(\d+)x(\d+)(?:r(\d+))?', c).groups() for c in args.configs.split(','))]
+label = lambda b, w, r: f'{b}x{w}' + (f'r{r}' if r is not None else '')
 bandwidth = copy_bandwidth(dev)
 lines = [f'# Launch sweep: {torch.cuda.get_device_name()}, torch {torch.__version__}', '',
          f'{dict(resnet="ResNet-50-like", llm="LLM-like")[args.set]} set, {args.dtype}, each step replayed from a CUDA graph (median of {args.reps}); fraction of the one-pass '
-         f'byte bound at {bandwidth:.0f} GB/s (copy bandwidth measured in this run). Columns: elements per program x warps.', '',
-         '| algorithm | tensors | ' + ' | '.join(f'{b}x{w}' for b, w in configs) + ' |', '|---|---|' + '---|' * len(configs)]
-default = triton_backend.launch
+         f'byte bound at {bandwidth:.0f} GB/s (copy bandwidth measured in this run). Columns: elements per program x warps [r most registers per thread, r0 the compiler\'s choice]; in brackets, each kernel\'s cap (None: the compiler\'s choice).', '',
+         '| algorithm | tensors | ' + ' | '.join(label(*c) for c in configs) + ' |', '|---|---|' + '---|' * len(configs)]
+default, default_cap = triton_backend.launch, triton_backend.register_cap
 for name in args.algos.split(','):
     cells, tensors = [], None
-    for block, warps in configs:
+    for block, warps, registers in configs:
         triton_backend.launch = lambda plan, size, cfg=(block, warps): cfg
+        if registers is not None: triton_backend.register_cap = lambda n_regs, size, gated=False, cap=registers: cap or None
         try:
             ps = make_params(shapes, dtype)
             opt = build(name, ps, lr=1e-4, triton=True, step_graph=False)
             opt.step(); opt.step()
             tensors = len(next(iter(opt.layout.buckets.values())).algorithm.plan('step').tensors)
             graph = capture(opt.step)
-            ms = median_ms(graph.replay, args.reps, dev, warmup=3)
+            every = steps_per_sample(opt)
+            ms = median_ms(lambda: [graph.replay() for _ in range(every)], args.reps, dev, warmup=3) / every
             n, _ = bytes_per_step(opt)
-            cells.append(f'{ms:.3f} ({n / bandwidth / 1e6 / ms:.2f})')
+            caps = [str(v) for c in opt.layout.caches.values() for v in c.get('registers', {}).values()]  # per kernel, None: the compiler's
+            cells.append(f'{ms:.3f} ({n / bandwidth / 1e6 / ms:.2f}) [{"/".join(caps)}]')
             del opt, graph, ps
-        finally: triton_backend.launch = default
+        finally: triton_backend.launch, triton_backend.register_cap = default, default_cap
+        gc.collect()  # an optimizer and its layout refer to each other: freed by the collector, not on `del`
         torch.cuda.empty_cache()
     lines.append(f'| {name} | {tensors} | ' + ' | '.join(cells) + ' |')
     print(lines[-1], flush=True)

@@ -15,12 +15,12 @@ __all__ = ['fp32_max', 'fold_numel', 'residual_dtypes', 'rounding_states', 'grou
            'number_inputs', 'factor_shapes', 'expanded', 'FactorLayout', 'update_factors', 'refuse_partial_steps',
            'apply_matrices', 'Stepper', 'ForLoopBackend', 'piece_limit', 'backend_from_flags', 'auto_backend',
            'check_state', 'is_sharded', 'local_tensor', 'sharding', 'shard_salt', 'full_precision', 'state_of_shards',
-           'local_state', 'complete_shards', 'ParamState', 'StateTable', 'Layout', 'Numbers', 'Preparation',
-           'capture_refusal', 'same_tensors', 'StepGraph', 'GroupView', 'FastOptimizer', 'make_partial', 'OptFunc',
-           'partial_maker', 'make_optimizer']
+           'local_state', 'complete_shards', 'ParamState', 'StateTable', 'OptimizerPart', 'Layout', 'Numbers',
+           'Preparation', 'capture_refusal', 'same_tensors', 'StepGraph', 'GroupView', 'FastOptimizer', 'make_partial',
+           'OptFunc', 'partial_maker', 'make_optimizer']
 
-# %% ../nbs/00_core.ipynb #ec23cca0
-import gc, inspect, linecache, math, operator, warnings
+# %% ../nbs/00_core.ipynb #cd5ce8d3
+import copy, gc, inspect, linecache, math, operator, warnings, weakref
 from collections import deque
 from itertools import repeat
 from collections.abc import MutableMapping
@@ -122,7 +122,7 @@ def fold_moments(bucket, moments, l2, decays, weights):
                 if name in forms: quantize_into(dst, scales, t, forms[name])
                 elif t is not dst: write_back(dst, t)
 
-# %% ../nbs/00_core.ipynb #6feaece3
+# %% ../nbs/00_core.ipynb #69d9bf00
 def _mul32(x, c: int):
     "x·c modulo 2³², for 0 ≤ x < 2³² held in int64, without overflowing"
     return (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & 0xFFFFFFFF
@@ -198,10 +198,14 @@ def update_param(p: Tensor, p_math: Tensor, direction: Tensor, scale: float, dec
     u = direction * scale if denom is None else direction / denom * scale
     if decay != 0: u = u - p_math * decay
     if comp is not None:
-        u.add_(as_math(comp))
-        s = (p_math + u).to(p.dtype)
-        write_back(comp, u.sub_(as_math(s) - p_math))
-        p.copy_(s)
+        u.add_(comp)  # a 16-bit compensation is read in fp32 as it is added: no working copy of it
+        if p.dtype == p_math.dtype:  # fp32 weights are `p_math` itself (`as_math`): their sum needs a tensor of its own
+            s = p_math + u
+            write_back(comp, u.sub_(s - p_math))
+            p.copy_(s)
+        else:  # rounded once, to nearest, straight into the 16-bit weights, which are then read back in fp32
+            torch.add(p_math, u, out=p)
+            write_back(comp, u.sub_(p - p_math))
     else: p.copy_(stochastic_round(p_math.add_(u), seed, start))
 
 # %% ../nbs/00_core.ipynb #c2bf6b89
@@ -295,7 +299,7 @@ class Bucket:
     def __len__(self): return len(self.params)
     def __repr__(self): return f"Bucket({self.device}, {self.dtype}, {len(self)} tensors{', ' + self.algorithm.name if self.algorithm else ''})"
 
-# %% ../nbs/00_core.ipynb #771e7c1b
+# %% ../nbs/00_core.ipynb #a8766e3a
 backends = {}
 
 def compile_source(source, name, namespace):
@@ -526,7 +530,7 @@ class ForLoopBackend(Stepper):
         self.wide_piece_numel = wide_piece_numel or self.piece_numel
         self.piece_bytes = piece_bytes or {}
     def piece_numel_of(self, plan, bucket):
-        "The most elements of a piece of `bucket`'s tensors (None: whole tensors): `wide_piece_numel` where every tensor the plan reads is fp32, which the per-tensor functions use as they are; else, where `piece_bytes` is given, the longest power of two whose fp32 working copies fit in it — a staged copy of each tensor the plan reads, and four more with a rounding state (the compensated write's; TorchScript on an H200, LLM-like bf16 set: SGD 12 bytes per element, AdamW 16, with Kahan 22 and 30) — else `piece_numel`"
+        "The most elements of a piece of `bucket`'s tensors (None: whole tensors): `wide_piece_numel` where every tensor the plan reads is fp32, which the per-tensor functions use as they are; else, where `piece_bytes` is given, the longest power of two whose fp32 working copies fit in it — a staged copy of each tensor the plan reads, and four more with a rounding state (the compensated write's; TorchScript on an H200, LLM-like bf16 set: SGD 12 bytes per element, AdamW 16, with Kahan 16 and 28) — else `piece_numel`"
         wide = bucket.dtype == torch.float32 and all(plan.dtype_of(t) in ('param', 'fp32') for t in plan.tensors)  # from the plan: no tensor visited
         device = bucket.device.type
         if wide or device not in self.piece_bytes: return (self.wide_piece_numel if wide else self.piece_numel).get(device)
@@ -812,10 +816,22 @@ class StateTable(dict):
     def __delitem__(self, p): self.layout.stale(); super().__delitem__(p)
     def __reduce__(self): return dict, (dict(self),)
 
-# %% ../nbs/00_core.ipynb #621c3499
+# %% ../nbs/00_core.ipynb #04cd6eb3
 _grad, _requires_grad = operator.attrgetter('grad'), operator.attrgetter('requires_grad')
 
-class Layout:
+class OptimizerPart:
+    "A part of a `FastOptimizer` (its layout, numbers, preparation, own graph), which refers to the optimizer weakly: with no cycle between them, dropping the optimizer frees its state at once, as dropping one of torch's does, not when the garbage collector next runs"
+    @property
+    def opt(self): return self._opt()
+    @opt.setter
+    def opt(self, opt): self._opt = weakref.ref(opt)
+    def __deepcopy__(self, memo):
+        "A copy of the part, made while its optimizer is copied: it refers to the copy"
+        new = memo[id(self)] = object.__new__(type(self))
+        for k, v in self.__dict__.items(): setattr(new, k, copy.deepcopy(v, memo) if k != '_opt' else weakref.ref(copy.deepcopy(self.opt, memo)))
+        return new
+
+class Layout(OptimizerPart):
     "The buckets of a step: parameters with gradients by (device, dtype), kept while no parameter moves and each gradient keeps its kind"
     def __init__(self, opt):
         self.opt, self.sig, self.buckets, self.generation, self.caches = opt, None, {}, 0, {}
@@ -923,8 +939,8 @@ class Layout:
                 for s, n in zip(b.states, steps): engine_write(s, 'step', n)
                 b.step_counts = np.array(steps, dtype=np.int64)
 
-# %% ../nbs/00_core.ipynb #9ddbaa60
-class Numbers:
+# %% ../nbs/00_core.ipynb #f8bc7c0e
+class Numbers(OptimizerPart):
     "The per-tensor numbers an update reads (the plan's inputs), from the hypers of each tensor's group; what depends on the hypers and the weight-decay flags alone is redone only when one of them changed"
     def __init__(self, opt): self.opt, self.checked, self.arrays = opt, None, (None, None)
 
@@ -972,8 +988,8 @@ class Numbers:
         if b.algorithm.carries: leaves.update(carry_values(b.algorithm, leaves, b.carries))  # from the last step's values
         return leaves, step
 
-# %% ../nbs/00_core.ipynb #2b7ab225
-class Preparation:
+# %% ../nbs/00_core.ipynb #25aca381
+class Preparation(OptimizerPart):
     "Check buckets and choose their backends, then give them their state: whatever can raise does so before any write"
     def __init__(self, opt): self.opt, self.workspaces = opt, {}  # the step's workspace stacks, kept while the layout is rebuilt
 
@@ -1172,7 +1188,7 @@ class Preparation:
                 stacks.append(stack)
             b.workspace[name], b.stacks[name] = kept[key] = views, stacks
 
-# %% ../nbs/00_core.ipynb #6113ee3d
+# %% ../nbs/00_core.ipynb #31ca143d
 def capture_refusal(b):
     "Why a CUDA graph cannot capture the step of bucket `b` (a sentence), or None"
     backend, plan = backends[b.backend], b.algorithm.plan('step')
@@ -1191,7 +1207,7 @@ def same_tensors(xs, ys):
 
 retired_graphs = []  # graphs of optimizers the garbage collector took, destroyed at a later step (see `StepGraph.__del__`)
 
-class StepGraph:
+class StepGraph(OptimizerPart):
     "The optimizer's own CUDA graph of its step (`step_graph`): captured at a layout's second step, replayed by each later `step()` while the device buffers its kernels read stay the same"
     def __del__(self):
         # an optimizer is freed by the cyclic garbage collector, which may run while some CUDA graph is being captured

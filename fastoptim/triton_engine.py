@@ -6,10 +6,11 @@ Docs: https://fastoptim.github.io/fastoptim/triton.html.md"""
 
 # %% auto #0
 __all__ = ['INTERPRETED', 'triton_ops', 'phase_ops', 'tl_dtypes', 'sum_slots', 'SUM_SLOTS', 'roundings', 'locate_block',
-           'tensor_ptr', 'load_factored', 'interpreting', 'divide', 'round_to', 'scalar', 'load_math', 'store', 'gated',
-           'hash32', 'stochastic_round', 'load_param', 'store_param', 'load_q8', 'store_q8', 'power', 'atan2',
-           'triton_expressions', 'derive_source', 'numbers_phase', 'phase_source', 'kernel_helpers', 'triton_code',
-           'build_tables', 'fold_gradients', 'add_to_sum', 'max_to_slot', 'TritonBackend']
+           'tensor_ptr', 'load_factored', 'interpreting', 'compiled_registers', 'divide', 'round_to', 'scalar',
+           'load_math', 'store', 'gated', 'hash32', 'stochastic_round', 'load_param', 'store_param', 'load_q8',
+           'store_q8', 'power', 'atan2', 'triton_expressions', 'derive_source', 'numbers_phase', 'phase_source',
+           'kernel_helpers', 'triton_code', 'build_tables', 'fold_gradients', 'add_to_sum', 'max_to_slot',
+           'TritonBackend']
 
 # %% ../nbs/03_triton.ipynb #27c00ccf
 import math
@@ -31,7 +32,7 @@ except ImportError:
     triton, tl = None, SimpleNamespace(constexpr=None)
     def triton_jit(fn): return fn
 
-# %% ../nbs/03_triton.ipynb #0a9df430
+# %% ../nbs/03_triton.ipynb #a82a9c78
 @triton_jit
 def locate_block(table, block_tensors, WIDTH: tl.constexpr, BLOCK: tl.constexpr):
     "This program's tensor row, tensor index, element offsets and mask"
@@ -72,6 +73,12 @@ def load_factored(row, k, offsets, mask, BLOCK: tl.constexpr):
 def interpreting():
     "Whether Triton kernels run in the interpreter (TRITON_INTERPRET=1 when triton was imported)"
     return triton is not None and type(locate_block).__name__ == 'InterpretedFunction'
+
+def compiled_registers(kernel, args, meta):
+    "The registers per thread the compiler gives `kernel` for these arguments: compiled and loaded, not launched"
+    compiled = kernel.warmup(*args, grid=(1,), **meta)
+    compiled._init_handles()  # loading the binary reports its register count (as Triton's own tutorials read it)
+    return compiled.n_regs
 
 # kernels read globals only as constexpr: the two helpers below choose their instructions by it, at compile time
 INTERPRETED = tl.constexpr(interpreting()) if triton is not None else False
@@ -433,7 +440,7 @@ def fold_gradients(table, block_tensors, scalars, WIDTH: tl.constexpr, K: tl.con
             moment = load_math(ptr, offsets, mask) * scalar(scalars, t, 1 + 2 * j, K)
             store(ptr, offsets, moment + scalar(scalars, t, 2 + 2 * j, K) * term, mask, DTYPE)
 
-# %% ../nbs/03_triton.ipynb #1b8d1565
+# %% ../nbs/03_triton.ipynb #45b96e2c
 tl_dtypes = {torch.float32: 'float32', torch.bfloat16: 'bfloat16', torch.float16: 'float16'}
 # each tensor's partial sums go to this many slots (by program), added up after the pass: with 32, a pass that reads
 # little (LARS's norms of p and g) waited on contended atomics; 256 took LARS's replayed step on the LLM-like set from
@@ -514,7 +521,7 @@ class TritonBackend(Stepper):
             reductions = max(triton_code(plan).reductions, 1)
             cache['sums'] = torch.empty(len(bucket) * reductions * sum_slots, device=bucket.device)  # set before use
             cache['reds'] = torch.empty(len(bucket), reductions, device=bucket.device)
-            cache.update(key=key, width=len(tensors) + 2, captured=False, block=block, warps=warps, params=tuple(bucket.params),
+            cache.update(key=key, width=len(tensors) + 2, captured=False, block=block, warps=warps, registers={}, params=tuple(bucket.params),
                          grads=bucket.grad_generation, grad_column=2 + names.index('g') if 'g' in names else None)
         self.upload(plan, bucket, leaves, cache)  # raises, before anything changes, if a capture cannot
         cache['captured'] |= bucket.capturing is True  # a user's graph: its replays advance the device's step counts alone
@@ -541,13 +548,13 @@ class TritonBackend(Stepper):
         if len(code.phases) == 1 or cache['n_blocks'] == 0: return None
         inputs = cache['sums'] if inputs is None else inputs  # a pass that reads none is given any address
         if not plan.reduction_kinds:  # the pass writes a matrix function's input
-            self.launch_phase(code.phases[0], bucket, cache, inputs, cache['sums'])
+            self.launch_phase(code.phases[0], plan, bucket, cache, inputs, cache['sums'])
             return None
         slots = cache['sums'].view(n, code.reductions, sum_slots)
         slots.zero_()
         maxima = [j for j, k in enumerate(plan.reduction_kinds) if k == 'max']
         for j in maxima: slots[:, j].fill_(-math.inf)  # a view each: indexing by a list would copy the list from the host, which a capture refuses
-        self.launch_phase(code.phases[0], bucket, cache, inputs, cache['sums'])
+        self.launch_phase(code.phases[0], plan, bucket, cache, inputs, cache['sums'])
         torch.sum(slots, -1, out=cache['reds'])
         for j in maxima: cache['reds'][:, j].copy_(slots[:, j].amax(-1))
         return cache['reds']
@@ -555,7 +562,7 @@ class TritonBackend(Stepper):
     def finish(self, plan, bucket, leaves, cache, reds):
         "The last phase, reading each tensor's device numbers from `reds` (its reductions, from `reduce`, and number states)"
         if cache['n_blocks'] == 0: return
-        self.launch_phase(triton_code(plan).phases[-1], bucket, cache, cache['sums'] if reds is None else reds, cache['sums'])
+        self.launch_phase(triton_code(plan).phases[-1], plan, bucket, cache, cache['sums'] if reds is None else reds, cache['sums'])
         # as torch's in-place ops do, so that autograd refuses a graph that saved the old weights; the parameters only
         # (10 µs for 161 of them on the CPU this was measured on): a state tensor is not in a graph unless a user puts it there
         increment_version(cache['params'])
@@ -568,10 +575,19 @@ class TritonBackend(Stepper):
         if cache['align'] == 16 and (addresses % 16).any(): cache['key'] = None
         else: to_device(addresses, bucket.device, out=cache['table'][:, cache['grad_column']])
 
-    def launch_phase(self, kernel, bucket, cache, inputs, sums):
-        kernel[(cache['n_blocks'],)](cache['table'], cache['block_tensors'], cache['scalars'], inputs, sums, WIDTH=cache['width'],
-            K=cache['scalars'].shape[1], DTYPE=getattr(tl, tl_dtypes[bucket.dtype]), BLOCK=cache['block'],
-            ROUNDING=roundings[bucket.rounding], ALIGN=cache['align'], num_warps=cache['warps'])
+    def register_cap(self, n_regs, element_size, gated=False):
+        "The most registers per thread for a kernel the compiler gave `n_regs` (None: its choice). In 16-bit buckets, one allocation step of 8 below its choice, never below 48: one more program fits on each SM (H200, LLM-like bf16 set with Kahan, replayed, against the compiler's choice in the same process: Adan 0.95–0.96 → 0.98–0.99 of its byte bound, AdEMAMix 0.95 → 0.98, Adam 0.97 → 1.00, ADOPT alone slower, 0.99 → 0.96; fixed caps of 56 for Adan and 48 for AdEMAMix gave 0.94 and 0.85). A `gated` plan's kernel gets 48: its gated values need their registers only on the steps its gate opens (Ranger: 64 registers 0.93–0.94, 56 0.96, 48 0.98). fp32 kernels keep the compiler's choice: caps moved the ResNet-like set by at most 1%, or spilled. `bench/results/registers_h200_2026-12-01`"
+        if element_size != 2 or n_regs <= 48: return None
+        return 48 if gated else max(48, (n_regs - 1) // 8 * 8)
+
+    def launch_phase(self, kernel, plan, bucket, cache, inputs, sums):
+        args = (cache['table'], cache['block_tensors'], cache['scalars'], inputs, sums)
+        meta = dict(WIDTH=cache['width'], K=cache['scalars'].shape[1], DTYPE=getattr(tl, tl_dtypes[bucket.dtype]), BLOCK=cache['block'],
+                    ROUNDING=roundings[bucket.rounding], ALIGN=cache['align'], num_warps=cache['warps'])
+        if kernel not in cache['registers']:  # compiled once as the compiler chooses, to read its register count
+            cache['registers'][kernel] = None if interpreting() else self.register_cap(
+                compiled_registers(kernel, args, meta), bucket.params[0].element_size(), bool(plan.gates))
+        kernel[(cache['n_blocks'],)](*args, **meta, maxnreg=cache['registers'][kernel])
 
     def fold(self, bucket, moments, l2, decays, weights):
         "Optimizer accumulation's fold (`fastoptim.core.fold_moments`) in one launch over the bucket"
