@@ -42,7 +42,7 @@ def make(name, backend, **kw):
 
 def carries(name):
     "Whether an algorithm works out numbers on the host at each step (schedule-free): a CUDA graph cannot capture its step"
-    a = algorithms[name].algorithm
+    a = algorithms[name if name in algorithms else name.split('+')[0]].algorithm
     return any(x.carries for x in getattr(a, 'algorithms', {None: a}).values())
 
 
