@@ -9,7 +9,7 @@ Run on the GPU machine from the repository root (wheels: ../shared/gpu/wheels.sh
 adam-atan2-pytorch==0.4.1 einops):
     python3 bench/catalogue_gpu.py --out $OUT
 """
-import argparse, datetime, gc, json, math, os, sys, traceback
+import argparse, copy, datetime, gc, json, math, os, sys, traceback
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 assert os.environ.get('TRITON_INTERPRET', '0') != '1', 'unset TRITON_INTERPRET to run the kernels on the GPU'
 
@@ -30,8 +30,10 @@ MODIFIERS = {'cautious': dict(cautious=True), 'grams': dict(grams=True), 'lookah
 
 def build(name, *args, **kwargs):
     "Optimizer `name` (a registered one, or one with a modifier: `Adam+cautious`), in training mode (a schedule-free one starts in evaluation mode)"
-    base, modifier = (name, None) if name in algorithms else name.split('+')
-    opt = algorithms[base](*args, **kwargs, **(MODIFIERS[modifier] if modifier else {}))
+    base, *modifiers = [name] if name in algorithms else name.split('+')
+    unknown = [m for m in modifiers if m not in MODIFIERS]
+    if base not in algorithms or unknown: raise SystemExit(f'{name}: not an algorithm, or modifiers {unknown} not among {sorted(MODIFIERS)}')
+    opt = algorithms[base](*args, **kwargs, **{k: v for m in modifiers for k, v in MODIFIERS[m].items()})
     opt.train()
     return opt
 
@@ -113,6 +115,29 @@ def reliability_checks():
             o.step()
     d = rel_diff(ps, qs)
     rows.append(dict(check='seed_master_weights after two steps, live vs reloaded', backend='triton', value=d, ok=d == 0.))
+    # a deep copy after steps (its register caps known, its own graph not yet captured) steps as the original does
+    opt = algorithms['Adam'](ps, lr=1e-3, triton=True, step_graph=False)
+    opt.step()
+    twin = copy.deepcopy(opt)
+    for o in (opt, twin):
+        for p in o.param_lists[0]: p.grad.fill_(0.5)
+        o.step()
+    d = rel_diff(opt.param_lists[0], twin.param_lists[0])
+    rows.append(dict(check='deep copy after a step steps as the original', backend='triton', value=d, ok=d == 0.))
+    # dropping an optimizer frees its device memory at once, without the garbage collector
+    del opt, twin, opts
+    torch.cuda.synchronize(); gc.collect(); gc.disable()
+    before = torch.cuda.memory_allocated()
+    big = [torch.randn(2**20, device=dev, requires_grad=True) for _ in range(4)]
+    for p in big: p.grad = torch.randn_like(p)
+    opt = algorithms['Adam'](big, lr=1e-3, triton=True)
+    for _ in range(3): opt.step()  # the third replays its own graph
+    held = torch.cuda.memory_allocated()
+    del opt
+    left = torch.cuda.memory_allocated() - before - sum(p.numel() * 8 for p in big)  # the weights and gradients stay
+    gc.enable()
+    rows.append(dict(check=f'del opt frees its {(held - before) / 2**20:.0f} MiB without the collector: bytes left', backend='triton',
+                     value=float(left), ok=left <= 0))
     return rows
 
 
@@ -220,7 +245,7 @@ def timing(bandwidth, reps, names):
                 gc.collect(); torch.cuda.empty_cache()
             rows.append(row)
             del ps
-            gc.collect()  # an optimizer and its layout refer to each other: freed by the collector, not on `del`
+            gc.collect()  # anything a cycle still holds (a CUDA graph's pool, a peer's hooks) goes before the next build
             torch.cuda.empty_cache()
     return rows
 

@@ -25,7 +25,13 @@ args = ap.parse_args()
 dev, triton_backend = torch.device('cuda'), backends['triton']
 dtype = dict(fp32=torch.float32, bf16=torch.bfloat16)[args.dtype]
 shapes = dict(resnet=resnet50_shapes, llm=llm_shapes)[args.set]()
-configs = [(int(b), int(w), int(r) if r else None) for b, w, r in (re.fullmatch(r'(\d+)x(\d+)(?:r(\d+))?', c).groups() for c in args.configs.split(','))]
+def config(text):
+    "(elements, warps, registers or None) from `1024x4` or `1024x4r56`"
+    found = re.fullmatch(r'(\d+)x(\d+)(?:r(\d+))?', text.strip())
+    if found is None: raise SystemExit(f'--configs: {text!r} is not ELEMENTSxWARPS[rREGISTERS], e.g. 1024x4 or 1024x4r56')
+    b, w, r = found.groups()
+    return int(b), int(w), int(r) if r else None
+configs = [config(c) for c in args.configs.split(',')]
 label = lambda b, w, r: f'{b}x{w}' + (f'r{r}' if r is not None else '')
 bandwidth = copy_bandwidth(dev)
 lines = [f'# Launch sweep: {torch.cuda.get_device_name()}, torch {torch.__version__}', '',
@@ -37,7 +43,7 @@ for name in args.algos.split(','):
     cells, tensors = [], None
     for block, warps, registers in configs:
         triton_backend.launch = lambda plan, size, cfg=(block, warps): cfg
-        if registers is not None: triton_backend.register_cap = lambda n_regs, size, gated=False, cap=registers: cap or None
+        if registers is not None: triton_backend.register_cap = lambda compiler_registers, size, gated=False, cap=registers: cap or None
         try:
             ps = make_params(shapes, dtype)
             opt = build(name, ps, lr=1e-4, triton=True, step_graph=False)
@@ -51,7 +57,7 @@ for name in args.algos.split(','):
             cells.append(f'{ms:.3f} ({n / bandwidth / 1e6 / ms:.2f}) [{"/".join(caps)}]')
             del opt, graph, ps
         finally: triton_backend.launch, triton_backend.register_cap = default, default_cap
-        gc.collect()  # an optimizer and its layout refer to each other: freed by the collector, not on `del`
+        gc.collect()  # anything a cycle still holds (a CUDA graph's pool, say) goes before the next build
         torch.cuda.empty_cache()
     lines.append(f'| {name} | {tensors} | ' + ' | '.join(cells) + ' |')
     print(lines[-1], flush=True)

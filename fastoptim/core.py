@@ -15,9 +15,9 @@ __all__ = ['fp32_max', 'fold_numel', 'residual_dtypes', 'rounding_states', 'grou
            'number_inputs', 'factor_shapes', 'expanded', 'FactorLayout', 'update_factors', 'refuse_partial_steps',
            'apply_matrices', 'Stepper', 'ForLoopBackend', 'piece_limit', 'backend_from_flags', 'auto_backend',
            'check_state', 'is_sharded', 'local_tensor', 'sharding', 'shard_salt', 'full_precision', 'state_of_shards',
-           'local_state', 'complete_shards', 'ParamState', 'StateTable', 'OptimizerPart', 'Layout', 'Numbers',
-           'Preparation', 'capture_refusal', 'same_tensors', 'StepGraph', 'GroupView', 'FastOptimizer', 'make_partial',
-           'OptFunc', 'partial_maker', 'make_optimizer']
+           'local_state', 'complete_shards', 'no_layout', 'LayoutLink', 'ParamState', 'StateTable', 'OptimizerPart',
+           'Layout', 'Numbers', 'Preparation', 'capture_refusal', 'same_tensors', 'StepGraph', 'GroupView',
+           'FastOptimizer', 'make_partial', 'OptFunc', 'partial_maker', 'make_optimizer']
 
 # %% ../nbs/00_core.ipynb #cd5ce8d3
 import copy, gc, inspect, linecache, math, operator, warnings, weakref
@@ -299,7 +299,7 @@ class Bucket:
     def __len__(self): return len(self.params)
     def __repr__(self): return f"Bucket({self.device}, {self.dtype}, {len(self)} tensors{', ' + self.algorithm.name if self.algorithm else ''})"
 
-# %% ../nbs/00_core.ipynb #a8766e3a
+# %% ../nbs/00_core.ipynb #41261a09
 backends = {}
 
 def compile_source(source, name, namespace):
@@ -530,7 +530,7 @@ class ForLoopBackend(Stepper):
         self.wide_piece_numel = wide_piece_numel or self.piece_numel
         self.piece_bytes = piece_bytes or {}
     def piece_numel_of(self, plan, bucket):
-        "The most elements of a piece of `bucket`'s tensors (None: whole tensors): `wide_piece_numel` where every tensor the plan reads is fp32, which the per-tensor functions use as they are; else, where `piece_bytes` is given, the longest power of two whose fp32 working copies fit in it — a staged copy of each tensor the plan reads, and four more with a rounding state (the compensated write's; TorchScript on an H200, LLM-like bf16 set: SGD 12 bytes per element, AdamW 16, with Kahan 16 and 28) — else `piece_numel`"
+        "The most elements of a piece of `bucket`'s tensors (None: whole tensors): `wide_piece_numel` where every tensor the plan reads is fp32, which the per-tensor functions use as they are; else, where `piece_bytes` is given, the longest power of two whose fp32 working copies fit in it — a staged copy of each tensor the plan reads, and four more with a rounding state (the compensated write's, an upper bound: TorchScript on an H200, LLM-like bf16 set, SGD 12 bytes per element, AdamW 16, with Kahan 16 and 28) — else `piece_numel`"
         wide = bucket.dtype == torch.float32 and all(plan.dtype_of(t) in ('param', 'fp32') for t in plan.tensors)  # from the plan: no tensor visited
         device = bucket.device.type
         if wide or device not in self.piece_bytes: return (self.wide_piece_numel if wide else self.piece_numel).get(device)
@@ -779,48 +779,64 @@ def complete_shards(plan, buckets, reds):
                 at += n
     return reds
 
-# %% ../nbs/00_core.ipynb #cb4246a2
+# %% ../nbs/00_core.ipynb #a457d62a
 engine_write = dict.__setitem__  # the engine's writes into a `ParamState` (step counts, created state): not an edit
 
-class ParamState(dict):
+def no_layout(): return None  # the layout of a state whose optimizer is gone
+
+class LayoutLink:
+    "State that tells its optimizer's layout when it is edited. It refers to the layout weakly: the layout's buckets hold the state, and a cycle through them would keep an optimizer's tensors alive after `del opt`, until the garbage collector ran"
+    def link(self, layout): self._layout = no_layout if layout is None else weakref.ref(layout)
+    def stale(self):
+        "The state is about to be edited: tell the layout, if its optimizer still lives"
+        layout = self._layout()
+        if layout is not None: layout.stale()
+    def __deepcopy__(self, memo):
+        "A copy, linked to the copy of the layout (made as the optimizer is copied), of the same kind: not the plain dict `__reduce__` gives"
+        new = memo[id(self)] = type(self).__new__(type(self))
+        new.link(copy.deepcopy(self._layout(), memo))
+        for k, v in self.items(): dict.__setitem__(new, copy.deepcopy(k, memo), copy.deepcopy(v, memo))
+        return new
+
+class ParamState(LayoutLink, dict):
     "One parameter's state: a dict that tells its optimizer's layout when it is edited, so the next step reads it again"
     def __init__(self, layout, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.layout = layout
-    def __setitem__(self, k, v): self.layout.stale(); super().__setitem__(k, v)
-    def __delitem__(self, k): self.layout.stale(); super().__delitem__(k)
-    def __ior__(self, other): self.layout.stale(); return super().__ior__(other)
-    def update(self, *args, **kwargs): self.layout.stale(); super().update(*args, **kwargs)
+        self.link(layout)
+    def __setitem__(self, k, v): self.stale(); super().__setitem__(k, v)
+    def __delitem__(self, k): self.stale(); super().__delitem__(k)
+    def __ior__(self, other): self.stale(); return super().__ior__(other)
+    def update(self, *args, **kwargs): self.stale(); super().update(*args, **kwargs)
     def setdefault(self, k, default=None):
-        if k not in self: self.layout.stale()
+        if k not in self: self.stale()
         return super().setdefault(k, default)
-    def pop(self, *args): self.layout.stale(); return super().pop(*args)
-    def popitem(self): self.layout.stale(); return super().popitem()
-    def clear(self): self.layout.stale(); super().clear()
-    def __reduce__(self): return dict, (dict(self),)  # saved, pickled and copied as a plain dict
+    def pop(self, *args): self.stale(); return super().pop(*args)
+    def popitem(self): self.stale(); return super().popitem()
+    def clear(self): self.stale(); super().clear()
+    def __reduce__(self): return dict, (dict(self),)  # saved and pickled as a plain dict
     def copy(self): return dict(self)
 
-class StateTable(dict):
+class StateTable(LayoutLink, dict):
     "`opt.state`: parameter → `ParamState`, created on first access like fastai's `defaultdict(dict)`"
     def __init__(self, layout, states=()):
         super().__init__()
-        self.layout = layout
+        self.link(layout)
         for p, s in dict(states).items(): dict.__setitem__(self, p, ParamState(layout, s))
     def __missing__(self, p):
-        s = ParamState(self.layout)
+        s = ParamState(self._layout())
         dict.__setitem__(self, p, s)
         return s
     def __setitem__(self, p, s):
         if not isinstance(s, dict): raise TypeError(f"A parameter's state must be a dict, got {type(s).__name__}.")
-        self.layout.stale(); super().__setitem__(p, ParamState(self.layout, s))
-    def __delitem__(self, p): self.layout.stale(); super().__delitem__(p)
+        self.stale(); super().__setitem__(p, ParamState(self._layout(), s))
+    def __delitem__(self, p): self.stale(); super().__delitem__(p)
     def __reduce__(self): return dict, (dict(self),)
 
-# %% ../nbs/00_core.ipynb #04cd6eb3
+# %% ../nbs/00_core.ipynb #870245fe
 _grad, _requires_grad = operator.attrgetter('grad'), operator.attrgetter('requires_grad')
 
 class OptimizerPart:
-    "A part of a `FastOptimizer` (its layout, numbers, preparation, own graph), which refers to the optimizer weakly: with no cycle between them, dropping the optimizer frees its state at once, as dropping one of torch's does, not when the garbage collector next runs"
+    "A part of a `FastOptimizer` (its layout, numbers, preparation, own graph), which refers to the optimizer weakly: with no cycle between them (nor through the state, see `LayoutLink`), dropping the optimizer frees its state at once, as dropping one of torch's does, not when the garbage collector next runs"
     @property
     def opt(self): return self._opt()
     @opt.setter
@@ -1188,7 +1204,7 @@ class Preparation(OptimizerPart):
                 stacks.append(stack)
             b.workspace[name], b.stacks[name] = kept[key] = views, stacks
 
-# %% ../nbs/00_core.ipynb #31ca143d
+# %% ../nbs/00_core.ipynb #c8969743
 def capture_refusal(b):
     "Why a CUDA graph cannot capture the step of bucket `b` (a sentence), or None"
     backend, plan = backends[b.backend], b.algorithm.plan('step')
@@ -1210,8 +1226,9 @@ retired_graphs = []  # graphs of optimizers the garbage collector took, destroye
 class StepGraph(OptimizerPart):
     "The optimizer's own CUDA graph of its step (`step_graph`): captured at a layout's second step, replayed by each later `step()` while the device buffers its kernels read stay the same"
     def __del__(self):
-        # an optimizer is freed by the cyclic garbage collector, which may run while some CUDA graph is being captured
-        # (a user's, torch.compile's), and destroying a graph then breaks that capture: destroy it at a step instead
+        # an optimizer may be freed by the cyclic garbage collector (when it is part of a cycle: a Learner and its
+        # callbacks), which may run while some CUDA graph is being captured (a user's, torch.compile's), and destroying
+        # a graph then breaks that capture: destroy it at a step instead
         if self.graph is not None and torch.cuda.is_current_stream_capturing(): retired_graphs.append(self.graph)
 
     def __init__(self, opt):

@@ -32,7 +32,7 @@ except ImportError:
     triton, tl = None, SimpleNamespace(constexpr=None)
     def triton_jit(fn): return fn
 
-# %% ../nbs/03_triton.ipynb #a82a9c78
+# %% ../nbs/03_triton.ipynb #e1a9ef45
 @triton_jit
 def locate_block(table, block_tensors, WIDTH: tl.constexpr, BLOCK: tl.constexpr):
     "This program's tensor row, tensor index, element offsets and mask"
@@ -75,8 +75,9 @@ def interpreting():
     return triton is not None and type(locate_block).__name__ == 'InterpretedFunction'
 
 def compiled_registers(kernel, args, meta):
-    "The registers per thread the compiler gives `kernel` for these arguments: compiled and loaded, not launched"
+    "The registers per thread the compiler gives `kernel` for these arguments (compiled and loaded, not launched); None where Triton does not hand the compiled kernel back (a `jit_cache_hook`, asynchronous compilation)"
     compiled = kernel.warmup(*args, grid=(1,), **meta)
+    if not hasattr(compiled, '_init_handles'): return None
     compiled._init_handles()  # loading the binary reports its register count (as Triton's own tutorials read it)
     return compiled.n_regs
 
@@ -440,7 +441,7 @@ def fold_gradients(table, block_tensors, scalars, WIDTH: tl.constexpr, K: tl.con
             moment = load_math(ptr, offsets, mask) * scalar(scalars, t, 1 + 2 * j, K)
             store(ptr, offsets, moment + scalar(scalars, t, 2 + 2 * j, K) * term, mask, DTYPE)
 
-# %% ../nbs/03_triton.ipynb #45b96e2c
+# %% ../nbs/03_triton.ipynb #54efed1c
 tl_dtypes = {torch.float32: 'float32', torch.bfloat16: 'bfloat16', torch.float16: 'float16'}
 # each tensor's partial sums go to this many slots (by program), added up after the pass: with 32, a pass that reads
 # little (LARS's norms of p and g) waited on contended atomics; 256 took LARS's replayed step on the LLM-like set from
@@ -575,19 +576,22 @@ class TritonBackend(Stepper):
         if cache['align'] == 16 and (addresses % 16).any(): cache['key'] = None
         else: to_device(addresses, bucket.device, out=cache['table'][:, cache['grad_column']])
 
-    def register_cap(self, n_regs, element_size, gated=False):
-        "The most registers per thread for a kernel the compiler gave `n_regs` (None: its choice). In 16-bit buckets, one allocation step of 8 below its choice, never below 48: one more program fits on each SM (H200, LLM-like bf16 set with Kahan, replayed, against the compiler's choice in the same process: Adan 0.95–0.96 → 0.98–0.99 of its byte bound, AdEMAMix 0.95 → 0.98, Adam 0.97 → 1.00, ADOPT alone slower, 0.99 → 0.96; fixed caps of 56 for Adan and 48 for AdEMAMix gave 0.94 and 0.85). A `gated` plan's kernel gets 48: its gated values need their registers only on the steps its gate opens (Ranger: 64 registers 0.93–0.94, 56 0.96, 48 0.98). fp32 kernels keep the compiler's choice: caps moved the ResNet-like set by at most 1%, or spilled. `bench/results/registers_h200_2026-12-01`"
-        if element_size != 2 or n_regs <= 48: return None
+    def register_cap(self, compiler_registers, element_size, gated=False):
+        "The most registers per thread for a kernel (None: the compiler's choice); `compiler_registers()` compiles it and tells how many the compiler gives it (None: unknown), called only where it decides. In 16-bit buckets, one allocation step of 8 below its choice, never below 48: one more program fits on each SM (H200, LLM-like bf16 set with Kahan, replayed, against the compiler's choice in the same process: Adan 0.95–0.96 → 0.98–0.99 of its byte bound, AdEMAMix 0.95 → 0.98, Adam 0.97 → 1.00, ADOPT alone slower, 0.99 → 0.96; fixed caps of 56 for Adan and 48 for AdEMAMix gave 0.94 and 0.85). A `gated` plan's kernel gets 48: its gated values need their registers only on the steps its gate opens (Ranger: 64 registers 0.93–0.94, 56 0.96, 48 0.98). fp32 kernels keep the compiler's choice: caps moved the ResNet-like set by at most 1%, or spilled. `bench/results/registers_h200_2026-12-01`"
+        if element_size != 2: return None
+        n_regs = compiler_registers()
+        if n_regs is None or n_regs <= 48: return None
         return 48 if gated else max(48, (n_regs - 1) // 8 * 8)
 
     def launch_phase(self, kernel, plan, bucket, cache, inputs, sums):
         args = (cache['table'], cache['block_tensors'], cache['scalars'], inputs, sums)
         meta = dict(WIDTH=cache['width'], K=cache['scalars'].shape[1], DTYPE=getattr(tl, tl_dtypes[bucket.dtype]), BLOCK=cache['block'],
                     ROUNDING=roundings[bucket.rounding], ALIGN=cache['align'], num_warps=cache['warps'])
-        if kernel not in cache['registers']:  # compiled once as the compiler chooses, to read its register count
-            cache['registers'][kernel] = None if interpreting() else self.register_cap(
-                compiled_registers(kernel, args, meta), bucket.params[0].element_size(), bool(plan.gates))
-        kernel[(cache['n_blocks'],)](*args, **meta, maxnreg=cache['registers'][kernel])
+        key = id(kernel)  # kernels live as long as their plans; a deep copy of the cache keeps the numbers
+        if key not in cache['registers']:  # compiled once as the compiler chooses, to read its register count
+            cache['registers'][key] = None if interpreting() else self.register_cap(
+                lambda: compiled_registers(kernel, args, meta), bucket.params[0].element_size(), bool(plan.gates))
+        kernel[(cache['n_blocks'],)](*args, **meta, maxnreg=cache['registers'][key])
 
     def fold(self, bucket, moments, l2, decays, weights):
         "Optimizer accumulation's fold (`fastoptim.core.fold_moments`) in one launch over the bucket"
