@@ -6,13 +6,12 @@ Docs: https://fastoptim.github.io/fastoptim/triton.html.md"""
 
 # %% auto #0
 __all__ = ['INTERPRETED', 'triton_ops', 'phase_ops', 'tl_dtypes', 'sum_slots', 'SUM_SLOTS', 'roundings', 'locate_block',
-           'tensor_ptr', 'load_factored', 'interpreting', 'compiled_registers', 'divide', 'round_to', 'scalar',
-           'load_math', 'store', 'gated', 'hash32', 'stochastic_round', 'load_param', 'store_param', 'load_q8',
-           'store_q8', 'power', 'atan2', 'triton_expressions', 'derive_source', 'numbers_phase', 'phase_source',
-           'kernel_helpers', 'triton_code', 'build_tables', 'fold_gradients', 'add_to_sum', 'max_to_slot',
-           'TritonBackend']
+           'tensor_ptr', 'load_factored', 'compiled_registers', 'divide', 'round_to', 'scalar', 'load_math', 'store',
+           'gated', 'hash32', 'stochastic_round', 'load_param', 'store_param', 'load_q8', 'store_q8', 'power', 'atan2',
+           'triton_expressions', 'derive_source', 'numbers_phase', 'phase_source', 'kernel_helpers', 'triton_code',
+           'build_tables', 'fold_gradients', 'add_to_sum', 'max_to_slot', 'TritonBackend']
 
-# %% ../nbs/03_triton.ipynb #27c00ccf
+# %% ../nbs/03_triton.ipynb #8fd2f6f2
 import math
 import re
 import numpy as np
@@ -21,18 +20,9 @@ from types import SimpleNamespace
 from torch.autograd.graph import increment_version
 from .core import backends, to_device, compile_source, Stepper, update_factors, residual_dtypes
 from .algorithm import Phase, nodes_of, substitute
+from .triton_support import triton, tl, libdevice, triton_jit, interpreting
 
-try:
-    import triton
-    import triton.language as tl
-    from triton.language.extra import libdevice
-    triton_jit = triton.jit
-except ImportError:
-    # fastoptim imports without Triton; kernels are then never launched, since `triton=True` raises first
-    triton, tl = None, SimpleNamespace(constexpr=None)
-    def triton_jit(fn): return fn
-
-# %% ../nbs/03_triton.ipynb #e1a9ef45
+# %% ../nbs/03_triton.ipynb #f5ed2ce4
 @triton_jit
 def locate_block(table, block_tensors, WIDTH: tl.constexpr, BLOCK: tl.constexpr):
     "This program's tensor row, tensor index, element offsets and mask"
@@ -69,10 +59,6 @@ def load_factored(row, k, offsets, mask, BLOCK: tl.constexpr):
         c = o - r * m
         if n > 0: c += (r // n) * m
     return tl.load(rows + r, mask=mask, other=0.) * tl.load(cols + c, mask=mask, other=0.)
-
-def interpreting():
-    "Whether Triton kernels run in the interpreter (TRITON_INTERPRET=1 when triton was imported)"
-    return triton is not None and type(locate_block).__name__ == 'InterpretedFunction'
 
 def compiled_registers(kernel, args, meta):
     "The registers per thread the compiler gives `kernel` for these arguments (compiled and loaded, not launched); None where Triton does not hand the compiled kernel back (a `jit_cache_hook`, asynchronous compilation)"

@@ -18,7 +18,7 @@ import fastoptim.all  # registers every backend
 from fastoptim.all import SGD, Adam, Lamb, adam
 from fastoptim.core import backends, algorithms, refuse_partial_steps
 from fastoptim.algorithm import modified
-from fastoptim.triton_engine import interpreting
+from fastoptim.triton_support import interpreting
 from functools import partial
 from fastoptim.testing import drive as full_drive, rel_diff, param_groups, accumulation_runs
 from fastoptim.low_precision import master_weights
@@ -368,7 +368,7 @@ def test_sparse_grad(algo, backend):
 TRITON_ON_CPU = """
 import torch
 from fastoptim.all import Adam
-from fastoptim.triton_engine import interpreting
+from fastoptim.triton_support import interpreting
 assert not interpreting()
 p = torch.randn(4, 3, requires_grad=True)
 auto = Adam([p], lr=1e-3)
