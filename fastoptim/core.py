@@ -11,13 +11,13 @@ __all__ = ['fp32_max', 'fold_numel', 'residual_dtypes', 'rounding_states', 'grou
            'pieces', 'combine_pieces', 'fold_moments', 'hash32', 'stochastic_round', 'join_master', 'split_master',
            'held_weights', 'param_math', 'apply_update', 'update_param', 'scale_count', 'dequantize', 'quantize_into',
            'to_device', 'Bucket', 'compile_source', 'per_tensor_functions', 'reduction_columns', 'combine_totals',
-           'evaluate_numbers', 'host_names', 'upload_hosts', 'shared_hosts', 'check_shared_numbers', 'new_numbers',
-           'number_inputs', 'factor_shapes', 'expanded', 'FactorLayout', 'update_factors', 'refuse_partial_steps',
-           'apply_matrices', 'Stepper', 'ForLoopBackend', 'piece_limit', 'backend_from_flags', 'auto_backend',
-           'check_state', 'is_sharded', 'local_tensor', 'sharding', 'shard_salt', 'full_precision', 'state_of_shards',
-           'local_state', 'complete_shards', 'no_layout', 'LayoutLink', 'ParamState', 'StateTable', 'OptimizerPart',
-           'Layout', 'Numbers', 'Preparation', 'capture_refusal', 'same_tensors', 'StepGraph', 'GroupView',
-           'FastOptimizer', 'make_partial', 'OptFunc', 'partial_maker', 'make_optimizer']
+           'number_value', 'evaluate_numbers', 'host_names', 'upload_hosts', 'shared_hosts', 'check_shared_numbers',
+           'new_numbers', 'number_inputs', 'factor_shapes', 'expanded', 'FactorLayout', 'update_factors',
+           'refuse_partial_steps', 'apply_matrices', 'Stepper', 'ForLoopBackend', 'piece_limit', 'backend_from_flags',
+           'auto_backend', 'check_state', 'is_sharded', 'local_tensor', 'sharding', 'shard_salt', 'full_precision',
+           'state_of_shards', 'local_state', 'complete_shards', 'no_layout', 'LayoutLink', 'ParamState', 'StateTable',
+           'OptimizerPart', 'Layout', 'Numbers', 'Preparation', 'capture_refusal', 'same_tensors', 'StepGraph',
+           'GroupView', 'FastOptimizer', 'make_partial', 'OptFunc', 'partial_maker', 'make_optimizer']
 
 # %% ../nbs/00_core.ipynb #cd5ce8d3
 import copy, gc, inspect, linecache, math, operator, warnings, weakref
@@ -299,7 +299,7 @@ class Bucket:
     def __len__(self): return len(self.params)
     def __repr__(self): return f"Bucket({self.device}, {self.dtype}, {len(self)} tensors{', ' + self.algorithm.name if self.algorithm else ''})"
 
-# %% ../nbs/00_core.ipynb #41261a09
+# %% ../nbs/00_core.ipynb #4cfb15ec
 backends = {}
 
 def compile_source(source, name, namespace):
@@ -364,15 +364,18 @@ number_ops = dict(add=operator.add, sub=operator.sub, mul=operator.mul, div=oper
                   atan2=lambda y, x: torch.atan2(*_both_tensors(y, x, (y if isinstance(y, Tensor) else x).device)),
                   **{'and': operator.and_, 'or': operator.or_})
 
+def number_value(n, plan, inputs, host, values):
+    "Number node `n` computed on the device, each node once (`values`, by node); a function of the module, not a closure that would refer to itself and keep `inputs`, the bucket's number states, alive until the garbage collector ran"
+    if n.op == 'const': return n.value
+    if not n.device: return host(plan.name_of(n))
+    if id(n) not in values:
+        values[id(n)] = inputs[n.name] if n.op == 'input' else number_ops[n.op](*[number_value(a, plan, inputs, host, values) for a in n.args])
+    return values[id(n)]
+
 def evaluate_numbers(plan, roots, inputs, host):
     "Number expressions of `plan` computed on the device: `inputs` gives each device input (a tensor), `host(name)` each host number the expressions read"
     values = {}
-    def value(n):
-        if n.op == 'const': return n.value
-        if not n.device: return host(plan.name_of(n))
-        if id(n) not in values: values[id(n)] = inputs[n.name] if n.op == 'input' else number_ops[n.op](*map(value, n.args))
-        return values[id(n)]
-    return [value(r) for r in roots]
+    return [number_value(r, plan, inputs, host, values) for r in roots]
 
 def host_names(plan, roots):
     "The host numbers (frontier names) that the device numbers `roots` read"
@@ -779,7 +782,7 @@ def complete_shards(plan, buckets, reds):
                 at += n
     return reds
 
-# %% ../nbs/00_core.ipynb #a457d62a
+# %% ../nbs/00_core.ipynb #b3006166
 engine_write = dict.__setitem__  # the engine's writes into a `ParamState` (step counts, created state): not an edit
 
 def no_layout(): return None  # the layout of a state whose optimizer is gone
@@ -792,9 +795,10 @@ class LayoutLink:
         layout = self._layout()
         if layout is not None: layout.stale()
     def __deepcopy__(self, memo):
-        "A copy, linked to the copy of the layout (made as the optimizer is copied), of the same kind: not the plain dict `__reduce__` gives"
+        "A copy of the same kind (not the plain dict `__reduce__` gives): linked to the copy of the layout when the optimizer is being copied, else to none (a state copied alone does not copy its optimizer)"
         new = memo[id(self)] = type(self).__new__(type(self))
-        new.link(copy.deepcopy(self._layout(), memo))
+        layout = self._layout()
+        new.link(memo.get(id(layout)) if layout is not None else None)
         for k, v in self.items(): dict.__setitem__(new, copy.deepcopy(k, memo), copy.deepcopy(v, memo))
         return new
 
@@ -1342,7 +1346,7 @@ class GroupView(MutableMapping):
     def __len__(self): return 1 + len(self.opt.hypers[self.i])
     def __repr__(self): return f"GroupView({dict(self)})"
 
-# %% ../nbs/00_core.ipynb #32c19a27
+# %% ../nbs/00_core.ipynb #409167cc
 class FastOptimizer(Optimizer):
     "A fastai `Optimizer` running `algorithm` over (device, dtype) buckets with one backend call per bucket"
     def __init__(self,
@@ -1457,6 +1461,13 @@ class FastOptimizer(Optimizer):
     def owns(self, p):
         "Whether `p` is one of this optimizer's parameters"
         return id(p) in self._index
+
+    def __deepcopy__(self, memo):
+        "A copy stepping copies of the parameters, which it knows as its own: `_index` is keyed by the parameters' ids"
+        new = memo[id(self)] = type(self).__new__(type(self))
+        new.__dict__.update({k: copy.deepcopy(v, memo) for k, v in self.__dict__.items()})
+        new._index = {id(p): i for i, p in enumerate(new.flat_params)}
+        return new
 
     def algorithm_of(self, p) -> Algorithm:
         "The algorithm that steps parameter `p` (the optimizer's, or the one a `Hybrid` routes it to)"
