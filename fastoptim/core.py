@@ -836,7 +836,7 @@ class StateTable(LayoutLink, dict):
     def __delitem__(self, p): self.stale(); super().__delitem__(p)
     def __reduce__(self): return dict, (dict(self),)
 
-# %% ../nbs/00_core.ipynb #870245fe
+# %% ../nbs/00_core.ipynb #1c29f9ad
 _grad, _requires_grad = operator.attrgetter('grad'), operator.attrgetter('requires_grad')
 
 class OptimizerPart:
@@ -846,9 +846,8 @@ class OptimizerPart:
     @opt.setter
     def opt(self, opt): self._opt = weakref.ref(opt)
     def __deepcopy__(self, memo):
-        "A copy of the part, made while its optimizer is copied: it refers to the copy"
-        new = memo[id(self)] = object.__new__(type(self))
-        for k, v in self.__dict__.items(): setattr(new, k, copy.deepcopy(v, memo) if k != '_opt' else weakref.ref(copy.deepcopy(self.opt, memo)))
+        "A fresh part for the copy of the optimizer, as `__init__` makes one: a part holds caches of the original's tensors (buckets and their views, device tables, CUDA graphs), which the copy builds for its own at its first step"
+        new = memo[id(self)] = type(self)(copy.deepcopy(self.opt, memo))
         return new
 
 class Layout(OptimizerPart):
@@ -1346,7 +1345,7 @@ class GroupView(MutableMapping):
     def __len__(self): return 1 + len(self.opt.hypers[self.i])
     def __repr__(self): return f"GroupView({dict(self)})"
 
-# %% ../nbs/00_core.ipynb #409167cc
+# %% ../nbs/00_core.ipynb #a4a3bc28
 class FastOptimizer(Optimizer):
     "A fastai `Optimizer` running `algorithm` over (device, dtype) buckets with one backend call per bucket"
     def __init__(self,
@@ -1463,7 +1462,8 @@ class FastOptimizer(Optimizer):
         return id(p) in self._index
 
     def __deepcopy__(self, memo):
-        "A copy stepping copies of the parameters, which it knows as its own: `_index` is keyed by the parameters' ids"
+        "A copy stepping copies of the parameters, which it knows as its own (`_index` is keyed by the parameters' ids), from the state as it is (step counts a CUDA graph advanced are brought to the host first)"
+        self.layout.sync_steps()
         new = memo[id(self)] = type(self).__new__(type(self))
         new.__dict__.update({k: copy.deepcopy(v, memo) for k, v in self.__dict__.items()})
         new._index = {id(p): i for i, p in enumerate(new.flat_params)}
