@@ -212,7 +212,7 @@ def matrix(fn:MatrixFunction, x, **options):
     if not x.tensor: raise TypeError(f"{fn.name} takes a tensor expression, got a number.")
     return Expr('matrix', [x], tensor=True, name=fn.name, value=(fn, tuple(sorted(options.items()))))
 
-# %% ../nbs/00_algorithm.ipynb #2b8cab72
+# %% ../nbs/00_algorithm.ipynb #aab38261
 # The description
 
 engine_hypers = dict(lr=Hyper(1e-3), wd=Hyper(0.), max_lr=Hyper(1e-3, lo_open=True))
@@ -277,6 +277,8 @@ class Algorithm:
     # (TorchScript functions, Triton kernels) cannot be pickled, and is made again on first use
     def __getstate__(self): return {k: v for k, v in self.__dict__.items() if k not in ('_plans', '_variants')}
     def __setstate__(self, state): self.__dict__.update(state, _plans={}, _variants={})
+    # a description is never changed once made: a deep copy of an optimizer shares it, with its compiled code
+    def __deepcopy__(self, memo): return self
 
     def plan(self, variant='step'):
         "The traced update (`variant` 'step'; 'apply': the weights from moments folded by accumulation; 'eval', 'train': the weights of that mode from the other's)"
@@ -760,7 +762,7 @@ def torch_source(plan, name, phase=None):
     return (f"def {name}({', '.join(args)}, reds: Tensor, comp: Optional[Tensor], seed: int, start: int) -> Tensor:\n"
             + ''.join(f'    {l}\n' for l in prologue + lines))
 
-# %% ../nbs/00_algorithm.ipynb #ed597f3e
+# %% ../nbs/00_algorithm.ipynb #a909c0fb
 def _view(h, names):
     "The numbers `h` as an algorithm written with the old names sees them (`names`: old -> new)"
     inverse = {new: old for old, new in names.items()}
@@ -785,6 +787,7 @@ class Hybrid:
     name: str
     algorithms: dict   # route name -> Algorithm
     route: Callable    # (parameter, index of its param group) -> a key of `algorithms`
+    def __deepcopy__(self, memo): return self  # as an `Algorithm`'s: never changed once made
     def __post_init__(self):
         hypers = {}
         for a in self.algorithms.values():

@@ -7,14 +7,15 @@ Docs: https://fastoptim.github.io/fastoptim/torch_optim.html.md"""
 # %% auto #0
 __all__ = ['engine_options', 'TorchOptimizer', 'refuse', 'AdamW', 'Adam', 'SGD']
 
-# %% ../nbs/06_torch_optim.ipynb #a5a3a5b7
+# %% ../nbs/06_torch_optim.ipynb #4f0aa72d
+import copy
 import torch
 from torch import Tensor
 from .core import FastOptimizer, state_of_shards
 from .adam import adam_algorithm
 from .sgd import sgd_algorithm, momentum_algorithm, nesterov_algorithm
 
-# %% ../nbs/06_torch_optim.ipynb #8e59673c
+# %% ../nbs/06_torch_optim.ipynb #5f9eb999
 engine_options = ('forloop', 'foreach', 'jit', 'triton', 'kahan_sum', 'stochastic_rounding', 'seed', 'master_weight_bits', 'state_bits', 'cautious', 'grams', 'orthograd')
 
 class TorchOptimizer(torch.optim.Optimizer):
@@ -70,6 +71,12 @@ class TorchOptimizer(torch.optim.Optimizer):
         self._exact = exact
         try: super().load_state_dict(state_dict)
         finally: self._exact = None
+
+    def __deepcopy__(self, memo):
+        "A copy with its own engine, options and algorithm: `deepcopy` would otherwise go through torch's `__getstate__`, which keeps only the defaults, the state and the param groups"
+        new = memo[id(self)] = type(self).__new__(type(self))
+        new.__dict__.update({k: copy.deepcopy(v, memo) for k, v in self.__dict__.items()})
+        return new
 
     def __setstate__(self, state):
         "torch's `load_state_dict` ends here, writing `state` into `__dict__`: hand it to the engine, checked"

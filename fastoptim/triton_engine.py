@@ -427,7 +427,7 @@ def fold_gradients(table, block_tensors, scalars, WIDTH: tl.constexpr, K: tl.con
             moment = load_math(ptr, offsets, mask) * scalar(scalars, t, 1 + 2 * j, K)
             store(ptr, offsets, moment + scalar(scalars, t, 2 + 2 * j, K) * term, mask, DTYPE)
 
-# %% ../nbs/03_triton.ipynb #78c92b23
+# %% ../nbs/03_triton.ipynb #3f84c8e8
 tl_dtypes = {torch.float32: 'float32', torch.bfloat16: 'bfloat16', torch.float16: 'float16'}
 # each tensor's partial sums go to this many slots (by program), added up after the pass: with 32, a pass that reads
 # little (LARS's norms of p and g) waited on contended atomics; 256 took LARS's replayed step on the LLM-like set from
@@ -573,7 +573,7 @@ class TritonBackend(Stepper):
         args = (cache['table'], cache['block_tensors'], cache['scalars'], inputs, sums)
         meta = dict(WIDTH=cache['width'], K=cache['scalars'].shape[1], DTYPE=getattr(tl, tl_dtypes[bucket.dtype]), BLOCK=cache['block'],
                     ROUNDING=roundings[bucket.rounding], ALIGN=cache['align'], num_warps=cache['warps'])
-        key = kernel.__name__  # unique among a plan's kernels; a deep copy's kernels are copies, of the same names
+        key = kernel.__name__  # unique among the plan's kernels
         if key not in cache['registers']:  # compiled once as the compiler chooses, to read its register count
             cache['registers'][key] = None if interpreting() else self.register_cap(
                 lambda: compiled_registers(kernel, args, meta), bucket.params[0].element_size(), bool(plan.gates))
