@@ -836,7 +836,7 @@ class StateTable(LayoutLink, dict):
     def __delitem__(self, p): self.stale(); super().__delitem__(p)
     def __reduce__(self): return dict, (dict(self),)
 
-# %% ../nbs/00_core.ipynb #1c29f9ad
+# %% ../nbs/00_core.ipynb #5240428c
 _grad, _requires_grad = operator.attrgetter('grad'), operator.attrgetter('requires_grad')
 
 class OptimizerPart:
@@ -847,7 +847,9 @@ class OptimizerPart:
     def opt(self, opt): self._opt = weakref.ref(opt)
     def __deepcopy__(self, memo):
         "A fresh part for the copy of the optimizer, as `__init__` makes one: a part holds caches of the original's tensors (buckets and their views, device tables, CUDA graphs), which the copy builds for its own at its first step"
-        new = memo[id(self)] = type(self)(copy.deepcopy(self.opt, memo))
+        opt = copy.deepcopy(self.opt, memo)
+        if id(self) in memo: return memo[id(self)]  # made as the optimizer was copied (a part copied before it)
+        new = memo[id(self)] = type(self)(opt)
         return new
 
 class Layout(OptimizerPart):
@@ -1345,7 +1347,7 @@ class GroupView(MutableMapping):
     def __len__(self): return 1 + len(self.opt.hypers[self.i])
     def __repr__(self): return f"GroupView({dict(self)})"
 
-# %% ../nbs/00_core.ipynb #a4a3bc28
+# %% ../nbs/00_core.ipynb #b1a3a498
 class FastOptimizer(Optimizer):
     "A fastai `Optimizer` running `algorithm` over (device, dtype) buckets with one backend call per bucket"
     def __init__(self,
@@ -1464,9 +1466,14 @@ class FastOptimizer(Optimizer):
     def __deepcopy__(self, memo):
         "A copy stepping copies of the parameters, which it knows as its own (`_index` is keyed by the parameters' ids), from the state as it is (step counts a CUDA graph advanced are brought to the host first)"
         self.layout.sync_steps()
+        if self.matrix_group is not None: memo[id(self.matrix_group)] = self.matrix_group  # a process group is shared
         new = memo[id(self)] = type(self).__new__(type(self))
         new.__dict__.update({k: copy.deepcopy(v, memo) for k, v in self.__dict__.items()})
         new._index = {id(p): i for i, p in enumerate(new.flat_params)}
+        new._releasing = False  # gradient release's hooks are on the original's parameters
+        # the state may have been copied before the optimizer (`deepcopy((opt.state, opt))`), and then linked to no layout
+        new._state.link(new.layout)
+        for s in dict.values(new._state): s.link(new.layout)
         return new
 
     def algorithm_of(self, p) -> Algorithm:

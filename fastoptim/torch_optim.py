@@ -15,7 +15,7 @@ from .core import FastOptimizer, state_of_shards
 from .adam import adam_algorithm
 from .sgd import sgd_algorithm, momentum_algorithm, nesterov_algorithm
 
-# %% ../nbs/06_torch_optim.ipynb #5f9eb999
+# %% ../nbs/06_torch_optim.ipynb #8a52b2a6
 engine_options = ('forloop', 'foreach', 'jit', 'triton', 'kahan_sum', 'stochastic_rounding', 'seed', 'master_weight_bits', 'state_bits', 'cautious', 'grams', 'orthograd')
 
 class TorchOptimizer(torch.optim.Optimizer):
@@ -73,9 +73,10 @@ class TorchOptimizer(torch.optim.Optimizer):
         finally: self._exact = None
 
     def __deepcopy__(self, memo):
-        "A copy with its own engine, options and algorithm: `deepcopy` would otherwise go through torch's `__getstate__`, which keeps only the defaults, the state and the param groups"
+        "A copy with its own engine, options and algorithm (`deepcopy` would otherwise go through torch's `__getstate__`, which keeps only the defaults, the state and the param groups); as torch's own copies, without the original's hooks, nor the `step` a scheduler wrapped"
         new = memo[id(self)] = type(self).__new__(type(self))
-        new.__dict__.update({k: copy.deepcopy(v, memo) for k, v in self.__dict__.items()})
+        kept = {k: v for k, v in self.__dict__.items() if k not in ('step', '_opt_called') and not k.startswith('_optimizer_')}
+        torch.optim.Optimizer.__setstate__(new, copy.deepcopy(kept, memo))
         return new
 
     def __setstate__(self, state):
