@@ -14,10 +14,11 @@ __all__ = ['fp32_max', 'fold_numel', 'residual_dtypes', 'rounding_states', 'grou
            'number_value', 'evaluate_numbers', 'host_names', 'upload_hosts', 'shared_hosts', 'check_shared_numbers',
            'new_numbers', 'number_inputs', 'factor_shapes', 'expanded', 'FactorLayout', 'update_factors',
            'refuse_partial_steps', 'apply_matrices', 'Stepper', 'ForLoopBackend', 'piece_limit', 'backend_from_flags',
-           'auto_backend', 'check_state', 'is_sharded', 'local_tensor', 'sharding', 'shard_salt', 'full_precision',
-           'state_of_shards', 'local_state', 'complete_shards', 'no_layout', 'LayoutLink', 'ParamState', 'StateTable',
-           'OptimizerPart', 'Layout', 'Numbers', 'Preparation', 'capture_refusal', 'same_tensors', 'StepGraph',
-           'GroupView', 'FastOptimizer', 'make_partial', 'OptFunc', 'partial_maker', 'make_optimizer']
+           'load_backends', 'auto_backend', 'check_state', 'is_sharded', 'local_tensor', 'sharding', 'shard_salt',
+           'full_precision', 'state_of_shards', 'local_state', 'complete_shards', 'no_layout', 'LayoutLink',
+           'ParamState', 'StateTable', 'OptimizerPart', 'Layout', 'Numbers', 'Preparation', 'capture_refusal',
+           'same_tensors', 'StepGraph', 'GroupView', 'FastOptimizer', 'make_partial', 'OptFunc', 'partial_maker',
+           'make_optimizer']
 
 # %% ../nbs/00_core.ipynb #cd5ce8d3
 import copy, gc, inspect, linecache, math, operator, warnings, weakref
@@ -600,7 +601,7 @@ def piece_limit(limit, plan):
 
 backends['forloop'] = ForLoopBackend()
 
-# %% ../nbs/00_core.ipynb #b2886776
+# %% ../nbs/00_core.ipynb #fb84e290
 backend_flags = ('forloop', 'foreach', 'jit', 'triton')
 
 def backend_from_flags(**flags):
@@ -609,11 +610,15 @@ def backend_from_flags(**flags):
     if len(named) > 1: raise ValueError(f"Choose one backend, got {' and '.join(f'{k}=True' for k in named)}.")
     return named[0] if named else None
 
+def load_backends():
+    "Register every backend, as importing `fastoptim.all` does: an optimizer imported from its own module (`from fastoptim.adam import Adam`) then steps as one imported from `fastoptim.all` (no algorithm module imports a backend)"
+    import fastoptim.foreach, fastoptim.torchscript, fastoptim.triton_engine  # noqa: F401 (each registers itself)
+
 def auto_backend(device, dtype, bucket=None):
     "Triton on CUDA where it can run (and step `bucket`: not a factored state on weights that are not contiguous), else foreach (never Triton's slow CPU interpreter)"
+    if 'foreach' not in backends: load_backends()
     if (device.type == 'cuda' and 'triton' in backends and backends['triton'].check(device, dtype) is None
         and (bucket is None or backends['triton'].check_bucket(bucket.algorithm.plan('step'), bucket) is None)): return 'triton'
-    if 'foreach' not in backends: raise ImportError("No fast backend is loaded: import fastoptim.all.")
     return 'foreach'
 
 # %% ../nbs/00_core.ipynb #728dab5b
@@ -1347,7 +1352,7 @@ class GroupView(MutableMapping):
     def __len__(self): return 1 + len(self.opt.hypers[self.i])
     def __repr__(self): return f"GroupView({dict(self)})"
 
-# %% ../nbs/00_core.ipynb #b1a3a498
+# %% ../nbs/00_core.ipynb #c404d65b
 class FastOptimizer(Optimizer):
     "A fastai `Optimizer` running `algorithm` over (device, dtype) buckets with one backend call per bucket"
     def __init__(self,
@@ -1391,8 +1396,7 @@ class FastOptimizer(Optimizer):
             raise ValueError(f"seed must be a non-negative int, got {seed!r}.")
         if not (step_graph is None or isinstance(step_graph, bool)): raise ValueError(f"step_graph must be None, True or False, got {step_graph!r}.")
         if not isinstance(set_to_none, bool): raise ValueError(f"set_to_none must be True or False, got {set_to_none!r}.")
-        if backend is not None and backend not in backends:
-            raise ImportError(f"The {backend} backend is not loaded: import fastoptim.all.")
+        if backend is not None and backend not in backends: load_backends()
         unknown = set(hypers) - set(algorithm.hypers)
         if unknown: raise TypeError(f"{algorithm.name} got unknown hyperparameters {sorted(unknown)}; "
                                     f"it takes lr and {sorted(algorithm.hypers)}.")
