@@ -787,7 +787,7 @@ def complete_shards(plan, buckets, reds):
                 at += n
     return reds
 
-# %% ../nbs/00_core.ipynb #b3006166
+# %% ../nbs/00_core.ipynb #b53a165b
 engine_write = dict.__setitem__  # the engine's writes into a `ParamState` (step counts, created state): not an edit
 
 def no_layout(): return None  # the layout of a state whose optimizer is gone
@@ -800,10 +800,9 @@ class LayoutLink:
         layout = self._layout()
         if layout is not None: layout.stale()
     def __deepcopy__(self, memo):
-        "A copy of the same kind (not the plain dict `__reduce__` gives): linked to the copy of the layout when the optimizer is being copied, else to none (a state copied alone does not copy its optimizer)"
+        "A copy of the same kind (not the plain dict `__reduce__` gives), linked to no layout: a state copied alone does not copy its optimizer, and a copied optimizer links its state to its own layout"
         new = memo[id(self)] = type(self).__new__(type(self))
-        layout = self._layout()
-        new.link(memo.get(id(layout)) if layout is not None else None)
+        new.link(None)
         for k, v in self.items(): dict.__setitem__(new, copy.deepcopy(k, memo), copy.deepcopy(v, memo))
         return new
 
@@ -841,7 +840,7 @@ class StateTable(LayoutLink, dict):
     def __delitem__(self, p): self.stale(); super().__delitem__(p)
     def __reduce__(self): return dict, (dict(self),)
 
-# %% ../nbs/00_core.ipynb #5240428c
+# %% ../nbs/00_core.ipynb #dfb948b3
 _grad, _requires_grad = operator.attrgetter('grad'), operator.attrgetter('requires_grad')
 
 class OptimizerPart:
@@ -853,9 +852,8 @@ class OptimizerPart:
     def __deepcopy__(self, memo):
         "A fresh part for the copy of the optimizer, as `__init__` makes one: a part holds caches of the original's tensors (buckets and their views, device tables, CUDA graphs), which the copy builds for its own at its first step"
         opt = copy.deepcopy(self.opt, memo)
-        if id(self) in memo: return memo[id(self)]  # made as the optimizer was copied (a part copied before it)
-        new = memo[id(self)] = type(self)(opt)
-        return new
+        if id(self) not in memo: memo[id(self)] = type(self)(opt)  # else made as the optimizer was copied (a part copied before it)
+        return memo[id(self)]
 
 class Layout(OptimizerPart):
     "The buckets of a step: parameters with gradients by (device, dtype), kept while no parameter moves and each gradient keeps its kind"
@@ -1352,7 +1350,7 @@ class GroupView(MutableMapping):
     def __len__(self): return 1 + len(self.opt.hypers[self.i])
     def __repr__(self): return f"GroupView({dict(self)})"
 
-# %% ../nbs/00_core.ipynb #c404d65b
+# %% ../nbs/00_core.ipynb #2728c655
 class FastOptimizer(Optimizer):
     "A fastai `Optimizer` running `algorithm` over (device, dtype) buckets with one backend call per bucket"
     def __init__(self,
@@ -1475,8 +1473,7 @@ class FastOptimizer(Optimizer):
         new.__dict__.update({k: copy.deepcopy(v, memo) for k, v in self.__dict__.items()})
         new._index = {id(p): i for i, p in enumerate(new.flat_params)}
         new._releasing = False  # gradient release's hooks are on the original's parameters
-        # the state may have been copied before the optimizer (`deepcopy((opt.state, opt))`), and then linked to no layout
-        new._state.link(new.layout)
+        new._state.link(new.layout)  # copied states link to no layout (`LayoutLink`): the copy's are its layout's
         for s in dict.values(new._state): s.link(new.layout)
         return new
 
