@@ -4,6 +4,7 @@ ResNet-50-like parameter sets. Per implementation: the step (eager, and replayed
 captured) as a fraction of its own byte bound at the copy bandwidth measured in the same run, the optimizer state's
 bytes per parameter (`torch.cuda.memory_allocated` after the first step, less before the optimizer was made), and the
 error of the weights each holds after 5 steps against an fp64 AdamW from the same start on the same gradients.
+And the 8-bit moments of the Triton step against the foreach step's, code by code.
 
 On the GPU machine, from the repository root (wheels from ../shared/gpu/wheels.sh flashoptim==0.1.4, in .whl/):
     python3 -m pip install -q --no-index --no-deps --no-compile --target .site .whl/*.whl && \
@@ -126,6 +127,34 @@ def run_set(set_name, shapes, device, bw):
     return rows
 
 
+def code_parity(shapes, device, steps=5):
+    "The 8-bit moments the Triton step writes against the foreach step's (torch ops, `fastoptim.core.quantize_into`) from the same weights and gradients, after each step: the fraction of codes that differ, the largest difference in codes, and the fraction of scales that differ"
+    g = torch.Generator(device=device).manual_seed(2)
+    grads = [[torch.randn(s, generator=g, device=device).bfloat16() for s in shapes] for _ in range(steps)]
+    p0 = params_like(shapes, device, 3)
+    opts, params = {}, {}
+    for backend in ('triton', 'foreach'):
+        params[backend] = [p.detach().clone().requires_grad_() for p in p0]
+        opts[backend] = Adam(params[backend], lr=LR, wd=WD, mom=BETAS[0], sqr_mom=BETAS[1], eps=EPS, master_weight_bits=24,
+                             state_bits=8, **{backend: True})
+    rows = []
+    for step, gs in enumerate(grads, 1):
+        for backend, opt in opts.items():
+            for p, gr in zip(params[backend], gs): p.grad = gr.clone()
+            opt.step()
+        for name in ('grad_avg', 'sqr_avg'):
+            pairs = [(opts['triton'].state[a][name], opts['foreach'].state[b][name]) for a, b in zip(params['triton'], params['foreach'])]
+            scale_pairs = [(opts['triton'].state[a][f'{name}_scales'], opts['foreach'].state[b][f'{name}_scales'])
+                           for a, b in zip(params['triton'], params['foreach'])]
+            n = sum(x.numel() for x, _ in pairs)
+            differ = sum(int((x != y).sum()) for x, y in pairs)
+            largest = max(int((x.int() - y.int()).abs().max()) for x, y in pairs)
+            scales = sum(int((x != y).sum()) for x, y in scale_pairs) / sum(x.numel() for x, _ in scale_pairs)
+            rows.append(dict(step=step, state=name, codes_differing=differ / n, largest_code_difference=largest, scales_differing=scales))
+            print(rows[-1], flush=True)
+    return rows
+
+
 def main():
     device = torch.device(ARGS.device)
     os.makedirs(ARGS.out, exist_ok=True)
@@ -135,9 +164,10 @@ def main():
         shapes = llm_shapes() if s == 'llm' else resnet50_shapes()
         if ARGS.small: shapes = [tuple(max(1, d // 16) for d in sh) for sh in shapes]
         rows += run_set(s, shapes, device, bw)
+    parity = code_parity(shapes, device)  # the last set's shapes
     meta = dict(device=torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu', torch=torch.__version__,
                 copy_bandwidth_GBps=bw, flashoptim=getattr(flashoptim, '__version__', None), argv=sys.argv)
-    json.dump(dict(meta=meta, rows=rows), open(os.path.join(ARGS.out, 'results.json'), 'w'), indent=1)
+    json.dump(dict(meta=meta, rows=rows, parity=parity), open(os.path.join(ARGS.out, 'results.json'), 'w'), indent=1)
     lines = [f"# Compressed state: AdamW on bf16 weights\n\n{meta['device']}, torch {meta['torch']}, copy bandwidth "
              f"{bw:.0f} GB/s. Fraction: the implementation's own byte bound at that bandwidth over its step time. Error: "
              "max |held − fp64| over the fp64 run's largest move, after 5 steps.\n",
@@ -147,6 +177,10 @@ def main():
         rep = f"{r['replayed_ms']:.3f} | {r['replayed_fraction']:.2f}" if r['replayed_ms'] else '– | –'
         lines.append(f"| {r['set']} | {r['impl']} | {r['state_bytes_per_param']:.2f} | {r['eager_ms']:.3f} | {r['eager_fraction']:.2f} | "
                      f"{rep} | {r['bytes_per_param']:.2f} | {r['error_vs_fp64']:.2e} |")
+    lines += ['', f"8-bit moments, the Triton step against the foreach step (the formulas of `fastoptim.core.quantize_into` in torch "
+              f"ops) from the same weights and gradients ({ARGS.sets.split(',')[-1]} set), after each step:", '',
+              '| step | state | codes differing | largest difference (codes) | scales differing |', '|---|---|---|---|---|']
+    lines += [f"| {r['step']} | {r['state']} | {r['codes_differing']:.2e} | {r['largest_code_difference']} | {r['scales_differing']:.2e} |" for r in parity]
     open(os.path.join(ARGS.out, 'results.md'), 'w').write('\n'.join(lines) + '\n')
     print('\n'.join(lines))
 

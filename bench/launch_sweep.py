@@ -43,7 +43,7 @@ for name in args.algos.split(','):
     cells, tensors = [], None
     for block, warps, registers in configs:
         triton_backend.launch = lambda plan, size, cfg=(block, warps): cfg
-        if registers is not None: triton_backend.register_cap = lambda compiler_registers, size, gated=False, cap=registers: cap or None
+        if registers is not None: triton_backend.register_cap = lambda compiler_registers, size, gated=False, quantized=False, cap=registers: cap or None
         try:
             ps = make_params(shapes, dtype)
             opt = build(name, ps, lr=1e-4, triton=True, step_graph=False)

@@ -209,7 +209,7 @@ def update_param(p: Tensor, p_math: Tensor, direction: Tensor, scale: float, dec
             write_back(comp, u.sub_(p - p_math))
     else: p.copy_(stochastic_round(p_math.add_(u), seed, start))
 
-# %% ../nbs/00_core.ipynb #c2bf6b89
+# %% ../nbs/00_core.ipynb #44123636
 group_size = 32  # elements per scale of an 8-bit state
 code_dtypes = {'signed': torch.int8, 'positive': torch.uint8}
 
@@ -220,7 +220,7 @@ def dequantize(codes: Tensor, scales: Tensor, form: str) -> Tensor:
     "The fp32 values of 8-bit `codes` (a tensor, or a flat piece of one from a multiple of 32 elements) and their groups' `scales`"
     q = flat(codes).float()
     s = scales.float().repeat_interleave(group_size)[:q.numel()]
-    x = q.div_(254 - q.abs()).mul_(s) if form == 'signed' else q.square_().mul_(255.**-2).square_().mul_(s)
+    x = q.div_(254 - q.abs()).mul_(s) if form == 'signed' else q.square_().mul_(s.sqrt_().mul_(255.**-2)).square_()
     out = torch.empty_like(codes, dtype=torch.float32, memory_format=torch.preserve_format)
     flat(out).copy_(x)
     return out
@@ -235,9 +235,11 @@ def quantize_into(codes: Tensor, scales: Tensor, x: Tensor, form: str):
     scale = ((top.view(torch.int32) + 0xFFEF) & -0x10000).view(torch.float32)  # `top` rounded up to bf16, within 16 units
     scale = torch.where(top >= 2**-126, scale, 0.).to(torch.bfloat16)  # below fp32's normal numbers: zeros (1/scale would be ∞)
     inverse = 1 / torch.where(scale > 0, scale.float(), 1.)  # a group of zeros stays zeros; a product, as the kernels compute it
-    t = (groups * inverse.unsqueeze(1)).clamp_(-1 if form == 'signed' else 0, 1)
-    y = t.mul(254).div_(t.abs().add_(1)) if form == 'signed' else t.sqrt_().sqrt_().mul_(255)
-    flat(codes).copy_(y.add_(0.5).floor_().view(-1)[:n])
+    if form == 'signed':
+        t = (groups * inverse.unsqueeze(1)).clamp_(-1, 1)
+        y = t.mul(254).div_(t.abs().add_(1))
+    else: y = torch.fmin(groups.sqrt() * inverse.sqrt().unsqueeze(1), torch.tensor(1.)).sqrt_().mul_(255)  # √(x/s) as √x·√(1/s); NaN (x < 0): 1
+    flat(codes).copy_(y.round_().view(-1)[:n])  # half to even
     scales.copy_(scale)
 
 # %% ../nbs/00_core.ipynb #48d8450f

@@ -164,18 +164,19 @@ def store_param(row, t, offsets, mask, p, direction, scale, decay, scalars, K: t
             seed = tl.load(scalars + t * K + K - 1).to(tl.uint32, bitcast=True)
             tl.store(ptr + offsets, stochastic_round(p + u, offsets.to(tl.uint32) ^ seed), mask=mask)
 
-# %% ../nbs/03_triton.ipynb #3810e486
+# %% ../nbs/03_triton.ipynb #e83b9e80
 @triton_jit
 def load_q8(codes, scales, offsets, mask, FORM: tl.constexpr):
     "An 8-bit state's fp32 values (FORM 0: signed, 1: positive; see `fastoptim.core.dequantize`)"
     s = tl.load(scales + offsets // 32, mask=mask, other=0.).to(tl.float32)
-    q = tl.load(codes + offsets, mask=mask, other=0).to(tl.float32)
-    if FORM == 0:
-        r = tl.rsqrt(254 - tl.abs(q))
-        return q * r * r * s  # the scale last: 127·s overflows for a scale above 2.7e36
-    else:
-        q = q * q * 1.5378700499807768e-05  # (q/255)²: 255**-4 on the scale would underflow for scales below 2**-94
-        return q * q * s
+    q = tl.load(codes + offsets, mask=mask, other=0).to(tl.int32)
+    if FORM == 0:  # the code as an fp32 number without a conversion instruction: the bits of 2**23 + 128 + q, less 2**23 + 128
+        q = (q + 0x4B000080).to(tl.float32, bitcast=True) - 8388736.0
+        return divide(q, 254 - tl.abs(q)) * s  # the scale last: 127·s overflows for a scale above 2.7e36
+    else:  # √s is one number per thread (its 8 elements share a group): one square root, not eight
+        q = q.to(tl.float32)
+        q = q * q * (tl.sqrt(s) * 1.5378700499807768e-05)  # q²·√s/255²: 255**-4 on the scale would underflow for scales below 2**-94
+        return q * q
 
 @triton_jit
 def store_q8(codes, scales, row, offsets, x, mask, BLOCK: tl.constexpr, FORM: tl.constexpr):
@@ -185,15 +186,15 @@ def store_q8(codes, scales, row, offsets, x, mask, BLOCK: tl.constexpr, FORM: tl
     else: top = tl.max(groups, axis=1)
     scale = ((top.to(tl.int32, bitcast=True) + 0xFFEF) & -65536).to(tl.float32, bitcast=True)  # rounded up, within 16 units
     scale = tl.where(top >= 1.1754943508222875e-38, scale, 0.).to(tl.bfloat16)  # below fp32's normal numbers: zeros
-    inverse = 1 / tl.where(scale > 0, scale.to(tl.float32), 1.)  # exact: once per group; zeros stay zeros
-    t = groups * inverse[:, None]
+    inverse = 1 / tl.where(scale > 0, scale.to(tl.float32), 1.)  # once per group, for every scale (see above); zeros stay zeros
     if FORM == 0:
-        r = tl.rsqrt(tl.abs(t) + 1)
-        q = tl.floor(t * r * r * 254 + 0.5).to(tl.int8)
-    else:
-        t = tl.minimum(tl.maximum(t, 0.), 1.)
-        q = tl.floor(tl.sqrt(tl.sqrt(t)) * 255 + 0.5).to(tl.uint8)
-    tl.store(codes + offsets, tl.reshape(q, (BLOCK,)), mask=mask)
+        t = groups * inverse[:, None]
+        y = divide(t * 254, tl.abs(t) + 1)
+    else:  # √(x/s) as √x·√(1/s): the compiler shares √x with the update's own (Adam's √v)
+        y = tl.sqrt(tl.minimum(tl.sqrt(tl.reshape(x, (BLOCK // 32, 32))) * tl.sqrt(inverse)[:, None], 1.)) * 255
+    # rounded half to even by fp32's own addition: y + 1.5·2**23 holds round(y) in its low byte (two's complement for y < 0)
+    q = (y + 12582912.0).to(tl.int32, bitcast=True).to(tl.int8)
+    tl.store(codes.to(tl.pointer_type(tl.int8)) + offsets, tl.reshape(q, (BLOCK,)), mask=mask)
     group = (tl.program_id(0) - tl.load(row + 1)) * (BLOCK // 32) + tl.arange(0, BLOCK // 32)
     tl.store(scales + group, scale, mask=group * 32 < tl.load(row))
 
@@ -427,7 +428,7 @@ def fold_gradients(table, block_tensors, scalars, WIDTH: tl.constexpr, K: tl.con
             moment = load_math(ptr, offsets, mask) * scalar(scalars, t, 1 + 2 * j, K)
             store(ptr, offsets, moment + scalar(scalars, t, 2 + 2 * j, K) * term, mask, DTYPE)
 
-# %% ../nbs/03_triton.ipynb #3f84c8e8
+# %% ../nbs/03_triton.ipynb #ee68bda1
 tl_dtypes = {torch.float32: 'float32', torch.bfloat16: 'bfloat16', torch.float16: 'float16'}
 # each tensor's partial sums go to this many slots (by program), added up after the pass: with 32, a pass that reads
 # little (LARS's norms of p and g) waited on contended atomics; 256 took LARS's replayed step on the LLM-like set from
@@ -562,12 +563,12 @@ class TritonBackend(Stepper):
         if cache['align'] == 16 and (addresses % 16).any(): cache['key'] = None
         else: to_device(addresses, bucket.device, out=cache['table'][:, cache['grad_column']])
 
-    def register_cap(self, compiler_registers, element_size, gated=False):
-        "The most registers per thread for a kernel (None: the compiler's choice); `compiler_registers()` compiles it and tells how many the compiler gives it (None: unknown), called only where it decides. In 16-bit buckets, one allocation step of 8 below its choice, never below 48: one more program fits on each SM (H200, LLM-like bf16 set with Kahan, replayed, against the compiler's choice in the same process: Adan 0.95–0.96 → 0.98–0.99 of its byte bound, AdEMAMix 0.95 → 0.98, Adam 0.97 → 1.00, ADOPT alone slower, 0.99 → 0.96; fixed caps of 56 for Adan and 48 for AdEMAMix gave 0.94 and 0.85). A `gated` plan's kernel gets 48: its gated values need their registers only on the steps its gate opens (Ranger: 64 registers 0.93–0.94, 56 0.96, 48 0.98). fp32 kernels keep the compiler's choice: caps moved the ResNet-like set by at most 1%, or spilled. `bench/results/registers_h200_2026-12-01`"
+    def register_cap(self, compiler_registers, element_size, gated=False, quantized=False):
+        "The most registers per thread for a kernel (None: the compiler's choice); `compiler_registers()` compiles it and tells how many the compiler gives it (None: unknown), called only where it decides. In 16-bit buckets, one allocation step of 8 below its choice, never below 48: one more program fits on each SM (H200, LLM-like bf16 set with Kahan, replayed, against the compiler's choice in the same process: Adan 0.95–0.96 → 0.98–0.99 of its byte bound, AdEMAMix 0.95 → 0.98, Adam 0.97 → 1.00, ADOPT alone slower, 0.99 → 0.96; fixed caps of 56 for Adan and 48 for AdEMAMix gave 0.94 and 0.85). A `gated` plan's kernel gets 48: its gated values need their registers only on the steps its gate opens (Ranger: 64 registers 0.93–0.94, 56 0.96, 48 0.98). A `quantized` plan's kernel (8-bit states), bound by its instructions more than the others, two steps below (AdamW with 8-bit moments: 64 registers 0.82–0.83, 56 0.84–0.85, `bench/results/q8_h200_2026-12-01`). fp32 kernels keep the compiler's choice: caps moved the ResNet-like set by at most 1%, or spilled. `bench/results/registers_h200_2026-12-01`"
         if element_size != 2: return None
         n_regs = compiler_registers()
         if n_regs is None or n_regs <= 48: return None
-        return 48 if gated else max(48, (n_regs - 1) // 8 * 8)
+        return 48 if gated else max(48, (n_regs - 1) // 8 * 8 - (8 if quantized else 0))
 
     def launch_phase(self, kernel, plan, bucket, cache, inputs, sums):
         args = (cache['table'], cache['block_tensors'], cache['scalars'], inputs, sums)
@@ -576,7 +577,7 @@ class TritonBackend(Stepper):
         key = kernel.__name__  # unique among the plan's kernels
         if key not in cache['registers']:  # compiled once as the compiler chooses, to read its register count
             cache['registers'][key] = None if interpreting() else self.register_cap(
-                lambda: compiled_registers(kernel, args, meta), bucket.params[0].element_size(), bool(plan.gates))
+                lambda: compiled_registers(kernel, args, meta), bucket.params[0].element_size(), bool(plan.gates), bool(plan.quantized))
         kernel[(cache['n_blocks'],)](*args, **meta, maxnreg=cache['registers'][key])
 
     def fold(self, bucket, moments, l2, decays, weights):
