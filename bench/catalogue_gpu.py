@@ -1,5 +1,6 @@
 """GPU check of the catalogue and of this session's reliability changes, in one call: every registered algorithm
-(and each modifier) in every backend against the for-loop reference on CUDA, fp32 and bf16 with Kahan; each
+(and each modifier) in every backend against the for-loop reference on CUDA, fp32 and bf16 with Kahan, and with 8-bit
+states where it has some; each
 algorithm's Triton step captured in a CUDA graph and replayed against eager; autograd's in-place check after a
 Triton step; a state edit between steps; then each algorithm's Triton step timed on the ResNet-50-like (fp32) and
 LLM-like (bf16 + Kahan) sets, eager and replayed, as a fraction of the copy bandwidth measured in the same run, beside
@@ -57,6 +58,15 @@ def correctness():
                 _, actual = drive(make(name, b), device=dev, dtype=dtype, steps=24, frozen=(8, 16))
                 d = rel_diff(actual, expected)
                 rows.append(dict(check=f'{name} {str(dtype)[6:]}', backend=b, value=d, ok=d < tol))
+    for name in algorithms:  # 8-bit states, on bf16 weights with the int8 residual: the kernels' maps against the for-loop's torch ops
+        a = algorithms[name].algorithm
+        if not any(spec.quantize for x in getattr(a, 'algorithms', {None: a}).values() for spec in x.states.values()): continue
+        eight = dict(state_bits=8, master_weight_bits=24)
+        _, expected = drive(make(name, 'forloop', **eight), device=dev, dtype=torch.bfloat16, steps=24, frozen=(8, 16))
+        for b in BACKENDS:
+            _, actual = drive(make(name, b, **eight), device=dev, dtype=torch.bfloat16, steps=24, frozen=(8, 16))
+            d = rel_diff(actual, expected)
+            rows.append(dict(check=f'{name} bf16, 8-bit states', backend=b, value=d, ok=d < 3e-2))
     for name in ('Adam', 'Lion', 'AdEMAMix', 'Lamb'):
         for mod, kw in MODIFIERS.items():
             if mod in ('cautious', 'orthograd') and name == 'Lamb': continue  # refused: a third pass
