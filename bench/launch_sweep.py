@@ -38,11 +38,12 @@ lines = [f'# Launch sweep: {torch.cuda.get_device_name()}, torch {torch.__versio
          f'{dict(resnet="ResNet-50-like", llm="LLM-like")[args.set]} set, {args.dtype}, each step replayed from a CUDA graph (median of {args.reps}); fraction of the one-pass '
          f'byte bound at {bandwidth:.0f} GB/s (copy bandwidth measured in this run). Columns: elements per program x warps [r most registers per thread, r0 the compiler\'s choice]; in brackets, each kernel\'s cap (None: the compiler\'s choice).', '',
          '| algorithm | tensors | ' + ' | '.join(label(*c) for c in configs) + ' |', '|---|---|' + '---|' * len(configs)]
-default, default_cap = triton_backend.launch, triton_backend.register_cap
+default, default_cap, default_wide = triton_backend.launch, triton_backend.register_cap, triton_backend.wide_launch
 for name in args.algos.split(','):
     cells, tensors = [], None
     for block, warps, registers in configs:
         triton_backend.launch = lambda plan, size, cfg=(block, warps): cfg
+        triton_backend.wide_launch = lambda plan, bucket, width: None  # the configuration as given, for 8-bit plans too
         if registers is not None: triton_backend.register_cap = lambda compiler_registers, size, gated=False, quantized=False, cap=registers: cap or None
         try:
             ps = make_params(shapes, dtype)
@@ -56,7 +57,7 @@ for name in args.algos.split(','):
             caps = [str(v) for c in opt.layout.caches.values() for v in c.get('registers', {}).values()]  # per kernel, None: the compiler's
             cells.append(f'{ms:.3f} ({n / bandwidth / 1e6 / ms:.2f}) [{"/".join(caps)}]')
             del opt, graph, ps
-        finally: triton_backend.launch, triton_backend.register_cap = default, default_cap
+        finally: triton_backend.launch, triton_backend.register_cap, triton_backend.wide_launch = default, default_cap, default_wide
         gc.collect()  # anything a cycle still holds (a CUDA graph's pool, say) goes before the next build
         torch.cuda.empty_cache()
     lines.append(f'| {name} | {tensors} | ' + ' | '.join(cells) + ' |')

@@ -20,8 +20,8 @@ On the GPU machine, from the repository root:
 import argparse, os, re, sys
 ap = argparse.ArgumentParser()
 ap.add_argument('--variants', default='committed,magic,magic_sqrt_scale,magic_plain')
-ap.add_argument('--configs', default='1024x4,1024x4r0,2048x4,2048x8,512x4', help='ELEMENTSxWARPS[rREGISTERS] (r0: the compiler\'s choice; none: the engine\'s rule)')
-ap.add_argument('--algos', default='AdamW')
+ap.add_argument('--configs', default='1024x4,1024x4r0,2048x4,2048x8,512x4', help='ELEMENTSxWARPS[rREGISTERS] (r0: the compiler\'s choice; none: `register_cap`\'s rule), or engine (the launch and registers the engine chooses)')
+ap.add_argument('--algos', default='AdamW', help='AdamW, Lion, SGD momentum, AdamW bf16 moments, or any registered algorithm (with the int8 residual and 8-bit states)')
 ap.add_argument('--rounds', type=int, default=5)
 ap.add_argument('--reps', type=int, default=10)
 ap.add_argument('--small', action='store_true', help='every dimension divided by 64: for dry runs')
@@ -161,11 +161,10 @@ def store_fast_inverse(codes, scales, row, offsets, x, mask, BLOCK: tl.constexpr
 VARIANTS = {'committed': (te.load_q8, te.store_q8), 'before': (load_before, store_before), 'magic': (load_magic, store_magic),
             'magic_sqrt_scale': (load_sqrt_scale, store_magic), 'magic_plain': (load_sqrt_scale, store_plain),
             'fast_inverse': (load_sqrt_scale, store_fast_inverse)}
-EIGHT = 2 * (2 + 2 * 2 / 32)
-ALGOS = {'AdamW': (lambda ps: Adam(ps, lr=1e-3, wd=1e-2, triton=True, master_weight_bits=24, state_bits=8, step_graph=False), 8 + EIGHT),
-         'Lion': (lambda ps: Lion(ps, lr=1e-4, wd=1e-2, triton=True, master_weight_bits=24, state_bits=8, step_graph=False), 8 + EIGHT / 2),
-         'SGD momentum': (lambda ps: SGD(ps, lr=1e-3, mom=0.9, wd=1e-2, triton=True, master_weight_bits=24, state_bits=8, step_graph=False), 8 + EIGHT / 2),
-         'AdamW bf16 moments': (lambda ps: Adam(ps, lr=1e-3, wd=1e-2, triton=True, master_weight_bits=24, step_graph=False), 16)}
+ALGOS = {'AdamW': lambda ps: Adam(ps, lr=1e-3, wd=1e-2, triton=True, master_weight_bits=24, state_bits=8, step_graph=False),
+         'Lion': lambda ps: Lion(ps, lr=1e-4, wd=1e-2, triton=True, master_weight_bits=24, state_bits=8, step_graph=False),
+         'SGD momentum': lambda ps: SGD(ps, lr=1e-3, mom=0.9, wd=1e-2, triton=True, master_weight_bits=24, state_bits=8, step_graph=False),
+         'AdamW bf16 moments': lambda ps: Adam(ps, lr=1e-3, wd=1e-2, triton=True, master_weight_bits=24, step_graph=False)}
 
 
 
@@ -181,23 +180,38 @@ def with_barrier(phase_source):
     return patched
 
 
+def make(algo):
+    "A maker of `algo`'s optimizer: one of ALGOS, or any registered algorithm by name with the int8 residual and 8-bit states"
+    if algo in ALGOS: return ALGOS[algo]
+    return lambda ps: algorithms[algo](ps, lr=1e-4, wd=1e-2, triton=True, master_weight_bits=24, state_bits=8, step_graph=False)
+
+
+def bytes_per_step(opt):
+    "Bytes a one-pass step moves: the weights read and written, the gradient read, every state tensor (codes, scales, the residual) read and written"
+    return sum(2 * p.nbytes + p.grad.nbytes + 2 * sum(t.nbytes for t in opt.state[p].values() if isinstance(t, torch.Tensor))
+               for group in opt.param_groups for p in group['params'])
+
+
 def build(algo, variant, config, params):
     "A captured step of `algo` with `variant`'s kernels at `config` (elements, warps, registers)"
-    block, warps, registers = config
     triton_backend = backends['triton']
-    default = triton_backend.launch, triton_backend.register_cap, te.load_q8, te.store_q8, te.phase_source
-    triton_backend.launch = lambda plan, size: (block, warps)
-    if registers is not None: triton_backend.register_cap = lambda compiler_registers, size, gated=False, quantized=False: registers or None
+    default = triton_backend.launch, triton_backend.register_cap, triton_backend.wide_launch, te.load_q8, te.store_q8, te.phase_source
+    if config is not None:  # else the engine's own choice
+        block, warps, registers = config
+        triton_backend.launch = lambda plan, size: (block, warps)
+        triton_backend.wide_launch = lambda plan, bucket, width: None
+        if registers is not None: triton_backend.register_cap = lambda compiler_registers, size, gated=False, quantized=False: registers or None
     te.load_q8, te.store_q8 = VARIANTS[variant.removesuffix('+barrier')]
     if variant.endswith('+barrier'): te.phase_source = with_barrier(te.phase_source)
     try:
-        for algorithm in (quantized(algorithms['Adam'].algorithm), quantized(algorithms['Lion'].algorithm), quantized(algorithms['momentum'].algorithm), algorithms['Adam'].algorithm):
-            algorithm.plan('step').code.pop('triton', None)  # compiled again, with this variant's helpers
-        opt = ALGOS[algo][0](params)
+        for name in ('Adam', 'Lion', 'momentum', *([algo] if algo in algorithms else [])):
+            for algorithm in (algorithms[name].algorithm, quantized(algorithms[name].algorithm)):
+                algorithm.plan('step').code.pop('triton', None)  # compiled again, with this variant's helpers
+        opt = make(algo)(params)
         opt.step(); opt.step(); opt.step()
         return opt, capture(opt.step) if args.device == 'cuda' else opt.step
     finally:
-        triton_backend.launch, triton_backend.register_cap, te.load_q8, te.store_q8, te.phase_source = default
+        triton_backend.launch, triton_backend.register_cap, triton_backend.wide_launch, te.load_q8, te.store_q8, te.phase_source = default
 
 
 def main():
@@ -211,6 +225,9 @@ def main():
     for p in params: p.grad = torch.randn(p.shape, generator=g, device=dev).bfloat16()
     configs = []
     for text in args.configs.split(','):
+        if text == 'engine':
+            configs.append((text, None))
+            continue
         b, w, r = re.fullmatch(r'(\d+)x(\d+)(?:r(\d+))?', text).groups()
         configs.append((text, (int(b), int(w), None if r is None else int(r))))
     cases = {}
@@ -218,12 +235,12 @@ def main():
         for variant in (args.variants.split(',') if 'bf16' not in algo else ['committed']):
             for label, config in configs:
                 opt, graph = build(algo, variant, config, params)
-                caps = [str(v) for c in opt.layout.caches.values() for v in c.get('registers', {}).values()]
-                cases[(algo, variant, label)] = (opt, graph, '/'.join(caps))
+                caps = [f"{c['block']}x{c['warps']}:{v}" if label == 'engine' else str(v) for c in opt.layout.caches.values() for v in c.get('registers', {}).values()]
+                cases[(algo, variant, label)] = (opt, graph, '/'.join(caps), bytes_per_step(opt))
                 print('built', algo, variant, label, caps, flush=True)
     times = {k: [] for k in cases}
     for _ in range(args.rounds):
-        for k, (opt, graph, _) in cases.items(): times[k].append(median_ms(getattr(graph, 'replay', graph), args.reps, dev, warmup=2))
+        for k, (opt, graph, *_) in cases.items(): times[k].append(median_ms(getattr(graph, 'replay', graph), args.reps, dev, warmup=2))
     lines = [f'# 8-bit moments: kernel variants, {torch.cuda.get_device_name() if dev.type == "cuda" else "cpu"}, torch {torch.__version__}, triton {triton.__version__}', '',
              f'LLM-like set ({n / 1e9:.2f}B parameters), bf16 weights with an int8 residual, replayed in CUDA graphs; median over '
              f'{args.rounds} interleaved rounds of each round\'s median of {args.reps}. Fraction: the byte bound at {bw:.0f} GB/s '
@@ -233,7 +250,8 @@ def main():
              '| algorithm | variant | configuration | ms | fraction |', '|---|---|---|---|---|']
     for (algo, variant, label), ts in times.items():
         ms = float(np.median(ts))
-        lines.append(f'| {algo} | {variant} | {label} [{cases[(algo, variant, label)][2]}] | {ms:.3f} | {ALGOS[algo][1] * n / (bw * 1e9) * 1e3 / ms:.3f} |')
+        nbytes = cases[(algo, variant, label)][3]
+        lines.append(f'| {algo} | {variant} | {label} [{cases[(algo, variant, label)][2]}] | {ms:.3f} | {nbytes / (bw * 1e9) * 1e3 / ms:.3f} |')
     write_report('\n'.join(lines), args.out)
 
 

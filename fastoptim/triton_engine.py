@@ -6,10 +6,11 @@ Docs: https://fastoptim.github.io/fastoptim/triton.html.md"""
 
 # %% auto #0
 __all__ = ['INTERPRETED', 'triton_ops', 'phase_ops', 'tl_dtypes', 'sum_slots', 'SUM_SLOTS', 'roundings', 'locate_block',
-           'tensor_ptr', 'load_factored', 'compiled_registers', 'divide', 'round_to', 'scalar', 'load_math', 'store',
-           'gated', 'hash32', 'stochastic_round', 'load_param', 'store_param', 'load_q8', 'store_q8', 'power', 'atan2',
-           'triton_expressions', 'derive_source', 'numbers_phase', 'phase_source', 'kernel_helpers', 'triton_code',
-           'build_tables', 'fold_gradients', 'add_to_sum', 'max_to_slot', 'TritonBackend']
+           'tensor_ptr', 'load_factored', 'compiled_registers', 'local_words', 'divide', 'round_to', 'scalar',
+           'load_math', 'store', 'gated', 'hash32', 'stochastic_round', 'load_param', 'store_param', 'load_q8',
+           'store_q8', 'power', 'atan2', 'triton_expressions', 'derive_source', 'numbers_phase', 'phase_source',
+           'kernel_helpers', 'triton_code', 'build_tables', 'fold_gradients', 'add_to_sum', 'max_to_slot', 'fits_wide',
+           'TritonBackend']
 
 # %% ../nbs/03_triton.ipynb #8fd2f6f2
 import math
@@ -22,7 +23,7 @@ from .core import backends, to_device, compile_source, Stepper, update_factors, 
 from .algorithm import Phase, nodes_of, substitute
 from .triton_support import triton, tl, libdevice, triton_jit, interpreting
 
-# %% ../nbs/03_triton.ipynb #f5ed2ce4
+# %% ../nbs/03_triton.ipynb #e52eead3
 @triton_jit
 def locate_block(table, block_tensors, WIDTH: tl.constexpr, BLOCK: tl.constexpr):
     "This program's tensor row, tensor index, element offsets and mask"
@@ -66,6 +67,13 @@ def compiled_registers(kernel, args, meta):
     if not hasattr(compiled, '_init_handles'): return None
     compiled._init_handles()  # loading the binary reports its register count (as Triton's own tutorials read it)
     return compiled.n_regs
+
+def local_words(kernel, args, meta):
+    "Local memory per thread, in 4-byte words (the registers the compiler spilled), of `kernel` compiled (not launched) for these arguments; None where Triton does not hand the compiled kernel back"
+    compiled = kernel.warmup(*args, grid=(1,), **meta)
+    if not hasattr(compiled, '_init_handles'): return None
+    compiled._init_handles()
+    return compiled.n_spills
 
 # kernels read globals only as constexpr: the two helpers below choose their instructions by it, at compile time
 INTERPRETED = tl.constexpr(interpreting()) if triton is not None else False
@@ -428,7 +436,7 @@ def fold_gradients(table, block_tensors, scalars, WIDTH: tl.constexpr, K: tl.con
             moment = load_math(ptr, offsets, mask) * scalar(scalars, t, 1 + 2 * j, K)
             store(ptr, offsets, moment + scalar(scalars, t, 2 + 2 * j, K) * term, mask, DTYPE)
 
-# %% ../nbs/03_triton.ipynb #eee0445b
+# %% ../nbs/03_triton.ipynb #b338a455
 tl_dtypes = {torch.float32: 'float32', torch.bfloat16: 'bfloat16', torch.float16: 'float16'}
 # each tensor's partial sums go to this many slots (by program), added up after the pass: with 32, a pass that reads
 # little (LARS's norms of p and g) waited on contended atomics; 256 took LARS's replayed step on the LLM-like set from
@@ -447,6 +455,10 @@ def max_to_slot(sums, t, j, value, REDUCTIONS: tl.constexpr):
     tl.atomic_max(sums + (t * REDUCTIONS + j) * SUM_SLOTS + tl.program_id(0) % SUM_SLOTS, value, sem='relaxed')
 roundings = {'nearest': 0, 'kahan': 1, 'stochastic': 2, 'master24': 3, 'master32': 4}
 
+def fits_wide(words, most) -> bool:
+    "Whether kernels spilling `words` words of local memory per thread each (None: unknown) fit in `most`"
+    return all(w is not None and w <= most for w in words)
+
 class TritonBackend(Stepper):
     "Run a plan's Triton kernels over a whole bucket in one launch each"
     name, capturable = 'triton', True
@@ -456,6 +468,23 @@ class TritonBackend(Stepper):
     def launch(self, plan, element_size):
         "(BLOCK, warps) for a bucket of `plan` with elements of `element_size` bytes: 1024 elements over 4 warps for every one. On an H200 that was the fastest or within 1% of it for 16-bit buckets (`bench/results/compressed_h200_2026-11-30`) and for fp32 plans reading 3 to 6 tensors, one pass or two, on both parameter sets; fp32 plans of four tensors or more had 512 over 8 warps before, up to 16% slower (`bench/results/step_graph_h200_2026-11-30/launch_sweep*.md`)"
         return 1024, 4
+    # an 8-bit plan in a 16-bit bucket: 2048 elements over 4 warps with at most 72 registers, where its kernels then keep
+    # at most 60 words of local memory per thread (`wide_launch`)
+    wide_8bit, max_local_words = (2048, 4, 72), 60
+    wide_fits = {}  # (plan, dtype, rounding, device) -> whether its kernels fit so
+    def wide_launch(self, plan, bucket, width):
+        "(BLOCK, warps, registers) for an 8-bit plan in a 16-bit bucket whose kernels, compiled so (tables of `width` columns), spill at most `max_local_words` words per thread; None for any other (`launch`'s, and `register_cap`'s registers). Measured on an H200, LLM-like set, replayed, against 1024 elements with `register_cap`: AdamW with 8-bit moments 0.867 → 0.930 of its byte bound (56 words), Lion 0.945 → 0.997 (16), SGD momentum 0.978 → 1.021 (0), RMSprop with momentum 0.849 → 0.905 (52), RAdam 0.855 → 0.893 (58); slower for NAdam 0.848 → 0.729 (62 words), ADOPT 0.862 → 0.671 (72), AdEMAMix (144) and Adan (164). With seven programs on an SM, 60 words a thread are 210 KiB of its 256 KiB of L1. `bench/results/q8_h200_2026-12-01/launch`"
+        if not plan.quantized or bucket.params[0].element_size() != 2 or interpreting(): return None
+        key = (plan.name, bucket.dtype, bucket.rounding, bucket.device)
+        if key not in self.wide_fits:
+            block, warps, registers = self.wide_8bit
+            args = (torch.zeros(1, width, dtype=torch.int64, device=bucket.device), torch.zeros(1, dtype=torch.int32, device=bucket.device),
+                    torch.zeros(1, triton_code(plan).K, device=bucket.device), *[torch.zeros(1, device=bucket.device)] * 2)
+            meta = dict(WIDTH=width, K=triton_code(plan).K, DTYPE=getattr(tl, tl_dtypes[bucket.dtype]), BLOCK=block,
+                        ROUNDING=roundings[bucket.rounding], ALIGN=16, num_warps=warps, maxnreg=registers)
+            words = [local_words(kernel, args, meta) for kernel in triton_code(plan).phases]
+            self.wide_fits[key] = fits_wide(words, self.max_local_words)
+        return self.wide_8bit if self.wide_fits[key] else None
     def check_installed(self):
         if triton is None: raise ImportError("triton=True needs Triton: pip install triton")
 
@@ -501,6 +530,8 @@ class TritonBackend(Stepper):
                 tensors += [bucket.state(f'{k}_row'), bucket.factors[k], np.array([p.shape[-1] for p in bucket.params], dtype=np.int64),
                             np.array([p.shape[-2] if p.dim() > 2 else 0 for p in bucket.params], dtype=np.int64)]
             tensors += [bucket.state(f'{k}_scales') for k in plan.quantized]  # the 8-bit states' scales (see `phase_source`)
+            wide = self.wide_launch(plan, bucket, len(tensors) + 2)
+            if wide is not None: block, warps = wide[:2]
             cache.clear()
             # a tensor with no elements still gets a program when its numbers are stored by one
             cache['table'], cache['block_tensors'], cache['n_blocks'], cache['align'] = build_tables(
@@ -509,7 +540,7 @@ class TritonBackend(Stepper):
             reductions = max(triton_code(plan).reductions, 1)
             cache['sums'] = torch.empty(len(bucket) * reductions * sum_slots, device=bucket.device)  # set before use
             cache['reds'] = torch.empty(len(bucket), reductions, device=bucket.device)
-            cache.update(key=key, width=len(tensors) + 2, captured=False, block=block, warps=warps, registers={}, params=tuple(bucket.params),
+            cache.update(key=key, width=len(tensors) + 2, captured=False, block=block, warps=warps, cap=wide and wide[2], registers={}, params=tuple(bucket.params),
                          grads=bucket.grad_generation, grad_column=2 + names.index('g') if 'g' in names else None)
         self.upload(plan, bucket, leaves, cache)  # raises, before anything changes, if a capture cannot
         cache['captured'] |= bucket.capturing is True  # a user's graph: its replays advance the device's step counts alone
@@ -576,7 +607,7 @@ class TritonBackend(Stepper):
                     ROUNDING=roundings[bucket.rounding], ALIGN=cache['align'], num_warps=cache['warps'])
         key = kernel.__name__  # unique among the plan's kernels
         if key not in cache['registers']:  # compiled once as the compiler chooses, to read its register count
-            cache['registers'][key] = None if interpreting() else self.register_cap(
+            cache['registers'][key] = cache['cap'] if cache['cap'] else None if interpreting() else self.register_cap(
                 lambda: compiled_registers(kernel, args, meta), bucket.params[0].element_size(), bool(plan.gates), bool(plan.quantized))
         kernel[(cache['n_blocks'],)](*args, **meta, maxnreg=cache['registers'][key])
 
