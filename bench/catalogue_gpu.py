@@ -58,15 +58,6 @@ def correctness():
                 _, actual = drive(make(name, b), device=dev, dtype=dtype, steps=24, frozen=(8, 16))
                 d = rel_diff(actual, expected)
                 rows.append(dict(check=f'{name} {str(dtype)[6:]}', backend=b, value=d, ok=d < tol))
-    for name in algorithms:  # 8-bit states, on bf16 weights with the int8 residual: the kernels' maps against the for-loop's torch ops
-        a = algorithms[name].algorithm
-        if not any(spec.quantize for x in getattr(a, 'algorithms', {None: a}).values() for spec in x.states.values()): continue
-        eight = dict(state_bits=8, master_weight_bits=24)
-        _, expected = drive(make(name, 'forloop', **eight), device=dev, dtype=torch.bfloat16, steps=24, frozen=(8, 16))
-        for b in BACKENDS:
-            _, actual = drive(make(name, b, **eight), device=dev, dtype=torch.bfloat16, steps=24, frozen=(8, 16))
-            d = rel_diff(actual, expected)
-            rows.append(dict(check=f'{name} bf16, 8-bit states', backend=b, value=d, ok=d < 3e-2))
     for name in ('Adam', 'Lion', 'AdEMAMix', 'Lamb'):
         for mod, kw in MODIFIERS.items():
             if mod in ('cautious', 'orthograd') and name == 'Lamb': continue  # refused: a third pass
@@ -77,15 +68,37 @@ def correctness():
     return rows
 
 
-def capture_check(name):
+EIGHT = dict(state_bits=8, master_weight_bits=24)  # 8-bit states, on bf16 weights with the int8 residual
+
+def eight_bit_names():
+    "The algorithms with states that have an 8-bit form"
+    return [n for n in algorithms if any(spec.quantize for x in getattr(algorithms[n].algorithm, 'algorithms', {None: algorithms[n].algorithm}).values()
+                                         for spec in x.states.values())]
+
+def eight_bit(only=None):
+    "Every algorithm with 8-bit states (of `only`, if given) in every backend against the for-loop's torch ops; each one's Triton step replayed from a CUDA graph against eager"
+    rows = []
+    for name in [n for n in eight_bit_names() if only is None or n in only]:
+        _, expected = drive(make(name, 'forloop', **EIGHT), device=dev, dtype=torch.bfloat16, steps=24, frozen=(8, 16))
+        for b in BACKENDS:
+            _, actual = drive(make(name, b, **EIGHT), device=dev, dtype=torch.bfloat16, steps=24, frozen=(8, 16))
+            d = rel_diff(actual, expected)
+            rows.append(dict(check=f'{name} bf16, 8-bit states', backend=b, value=d, ok=d < 3e-2))
+        if not carries(name):
+            d = capture_check(name, torch.bfloat16, **EXTRA.get(name, {}), **EIGHT)
+            rows.append(dict(check=f'{name} bf16, 8-bit states: graph replay vs eager', backend='triton', value=d, ok=d == 0.))
+    return rows
+
+
+def capture_check(name, dtype=torch.float32, **kw):
     "Eager Triton steps, then the same steps replayed from a CUDA graph on a copy: the two runs must agree exactly"
     gen = torch.Generator(device=dev).manual_seed(0)
-    shapes = [(256, 64), (64,), (1000,)]
-    def params(): return [torch.randn(s, device=dev, generator=torch.Generator(device=dev).manual_seed(i)).requires_grad_()
+    shapes = [(256, 64), (64,), (1000,), (3000, 5)]
+    def params(): return [torch.randn(s, device=dev, generator=torch.Generator(device=dev).manual_seed(i)).to(dtype).requires_grad_()
                           for i, s in enumerate(shapes)]
     a, b = params(), params()
-    grads = [[torch.randn(s, device=dev, generator=gen) for s in shapes] for _ in range(8)]
-    oa, ob = build(name, a, lr=1e-3, triton=True), build(name, b, lr=1e-3, triton=True)
+    grads = [[torch.randn(s, device=dev, generator=gen).to(dtype) for s in shapes] for _ in range(8)]
+    oa, ob = build(name, a, lr=1e-3, triton=True, **kw), build(name, b, lr=1e-3, triton=True, **kw)
     for p, q, g in zip(a, b, grads[0]): p.grad, q.grad = g.clone(), g.clone()
     oa.step(); ob.step()  # outside the graph: builds the tables
     if carries(name):  # refused, clearly and before anything changes: the capture fails inside the step
@@ -264,8 +277,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--out', default=os.environ.get('OUT', 'catalogue_gpu'))
     ap.add_argument('--reps', type=int, default=30)
-    ap.add_argument('--parts', default='correctness,reliability,capture,timing', help='which parts to run')
-    ap.add_argument('--algos', default=None, help='the algorithms to time (registry names, or with a modifier: Adam+cautious; comma-separated): all, and three modified, by default')
+    ap.add_argument('--parts', default='correctness,eight_bit,reliability,capture,timing', help='which parts to run')
+    ap.add_argument('--algos', default=None, help='the algorithms to time and to check with 8-bit states (registry names, or with a modifier: Adam+cautious; comma-separated): all, and three modified, by default')
     args = ap.parse_args()
     parts = args.parts.split(',')
     names = args.algos.split(',') if args.algos else list(algorithms) + ['Adam+cautious', 'Adam+grams', 'Lion+cautious']
@@ -273,7 +286,7 @@ def main():
     head = (f"# Catalogue on the GPU\n\n{datetime.date.today()}, {torch.cuda.get_device_name()}, torch {torch.__version__}, "
             f"triton {triton.__version__}; command: `python3 {' '.join(sys.argv)}`\n")
     results = {}
-    for part, fn in (('correctness', correctness), ('reliability', reliability_checks),
+    for part, fn in (('correctness', correctness), ('eight_bit', lambda: eight_bit(args.algos and names)), ('reliability', reliability_checks),
                      ('capture', lambda: [dict(check=f"{n}: {'capture refused (carries)' if carries(n) else 'graph replay vs eager'}",
                                                backend='triton', value=capture_check(n))
                                           for n in algorithms])):
@@ -288,7 +301,7 @@ def main():
     json.dump(results, open(os.path.join(args.out, 'results.json'), 'w'), indent=1, default=str)
     lines = [head, f"Copy bandwidth measured in this run: {bandwidth:.0f} GB/s.\n", '## Checks\n',
              '| check | backend | value | ok |', '|---|---|---|---|']
-    for part in ('correctness', 'reliability', 'capture'):
+    for part in ('correctness', 'eight_bit', 'reliability', 'capture'):
         for r in results[part]:
             lines.append(f"| {r['check']} | {r['backend']} | {r['value']:.3g} | {'yes' if r.get('ok') else '**NO**'} |")
             if 'error' in r: lines.append(f"\n```\n{r['error']}\n```\n")
@@ -298,7 +311,7 @@ def main():
         if 'error' in r: lines.append(f"\n```\n{r['error']}\n```\n"); continue
         lines.append(f"| {r['set']} | {r['dtype']} | {r['algorithm']} | {r['passes']} | {r['eager_ms']:.3f} ({r['eager_frac']:.2f}) | "
                      f"{r['graph_ms']:.3f} ({r['graph_frac']:.2f}) | {'; '.join(f'{label} {ms}' for label, ms in r['peers'])} |")
-    bad = [r for part in ('correctness', 'reliability', 'capture') for r in results[part] if not r.get('ok')]
+    bad = [r for part in ('correctness', 'eight_bit', 'reliability', 'capture') for r in results[part] if not r.get('ok')]
     lines.append(f"\n{len(bad)} failed checks.")
     write_report('\n'.join(lines), os.path.join(args.out, 'catalogue_gpu.md'))
 
