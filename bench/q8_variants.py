@@ -43,28 +43,49 @@ from shapes import llm_shapes
 from timing import capture, copy_bandwidth, median_ms, write_report
 
 
+@triton.jit
+def group_scales(x, mask, BLOCK: tl.constexpr, FORM: tl.constexpr, FAST: tl.constexpr):
+    "The block as (BLOCK // 32, 32) groups, each group's new bf16 scale, and its reciprocal (by the fast division if FAST, which is 0 above 2**126)"
+    groups = tl.reshape(tl.where(mask, x, 0.), (BLOCK // 32, 32))
+    if FORM == 0: top = tl.max(tl.abs(groups), axis=1)
+    else: top = tl.max(groups, axis=1)
+    scale = ((top.to(tl.int32, bitcast=True) + 0xFFEF) & -65536).to(tl.float32, bitcast=True)
+    scale = tl.where(top >= 1.1754943508222875e-38, scale, 0.).to(tl.bfloat16)
+    if FAST: inverse = divide(1., tl.where(scale > 0, scale.to(tl.float32), 1.))
+    else: inverse = 1 / tl.where(scale > 0, scale.to(tl.float32), 1.)
+    return groups, scale, inverse
+
+
+@triton.jit
+def store_scales(scales, row, scale, BLOCK: tl.constexpr):
+    group = (tl.program_id(0) - tl.load(row + 1)) * (BLOCK // 32) + tl.arange(0, BLOCK // 32)
+    tl.store(scales + group, scale, mask=group * 32 < tl.load(row))
+
+
+@triton.jit
+def write_codes(codes, scales, row, offsets, y, scale, mask, BLOCK: tl.constexpr):
+    "y rounded half to even into 8-bit codes (the low byte of y + 1.5·2**23), stored with the groups' scales"
+    q = (y + 12582912.0).to(tl.int32, bitcast=True).to(tl.int8)
+    tl.store(codes.to(tl.pointer_type(tl.int8)) + offsets, tl.reshape(q, (BLOCK,)), mask=mask)
+    store_scales(scales, row, scale, BLOCK)
+
+
 # c03ed69's, before this comparison
 @triton.jit
 def load_before(codes, scales, offsets, mask, FORM: tl.constexpr):
-    "An 8-bit state's fp32 values (FORM 0: signed, 1: positive; see `fastoptim.core.dequantize`)"
     s = tl.load(scales + offsets // 32, mask=mask, other=0.).to(tl.float32)
     q = tl.load(codes + offsets, mask=mask, other=0).to(tl.float32)
     if FORM == 0:
         r = tl.rsqrt(254 - tl.abs(q))
-        return q * r * r * s  # the scale last: 127·s overflows for a scale above 2.7e36
+        return q * r * r * s
     else:
-        q = q * q * 1.5378700499807768e-05  # (q/255)²: 255**-4 on the scale would underflow for scales below 2**-94
+        q = q * q * 1.5378700499807768e-05
         return q * q * s
+
 
 @triton.jit
 def store_before(codes, scales, row, offsets, x, mask, BLOCK: tl.constexpr, FORM: tl.constexpr):
-    "Write fp32 `x` as 8-bit codes, with a new scale for each group of 32 (see `fastoptim.core.quantize_into`); `row`: the tensor's, whose block this program steps"
-    groups = tl.reshape(tl.where(mask, x, 0.), (BLOCK // 32, 32))
-    if FORM == 0: top = tl.max(tl.abs(groups), axis=1)
-    else: top = tl.max(groups, axis=1)
-    scale = ((top.to(tl.int32, bitcast=True) + 0xFFEF) & -65536).to(tl.float32, bitcast=True)  # rounded up, within 16 units
-    scale = tl.where(top >= 1.1754943508222875e-38, scale, 0.).to(tl.bfloat16)  # below fp32's normal numbers: zeros
-    inverse = 1 / tl.where(scale > 0, scale.to(tl.float32), 1.)  # exact: once per group; zeros stay zeros
+    groups, scale, inverse = group_scales(x, mask, BLOCK, FORM, False)
     t = groups * inverse[:, None]
     if FORM == 0:
         r = tl.rsqrt(tl.abs(t) + 1)
@@ -73,89 +94,60 @@ def store_before(codes, scales, row, offsets, x, mask, BLOCK: tl.constexpr, FORM
         t = tl.minimum(tl.maximum(t, 0.), 1.)
         q = tl.floor(tl.sqrt(tl.sqrt(t)) * 255 + 0.5).to(tl.uint8)
     tl.store(codes + offsets, tl.reshape(q, (BLOCK,)), mask=mask)
-    group = (tl.program_id(0) - tl.load(row + 1)) * (BLOCK // 32) + tl.arange(0, BLOCK // 32)
-    tl.store(scales + group, scale, mask=group * 32 < tl.load(row))
+    store_scales(scales, row, scale, BLOCK)
+
+
+@triton.jit
+def load_magic_any(codes, scales, offsets, mask, FORM: tl.constexpr, SQRT_SCALE: tl.constexpr):
+    s = tl.load(scales + offsets // 32, mask=mask, other=0.).to(tl.float32)
+    if FORM == 0:
+        q = (tl.load(codes + offsets, mask=mask, other=0).to(tl.int32) + 0x4B000080).to(tl.float32, bitcast=True) - 8388736.0
+        return divide(q, 254 - tl.abs(q)) * s
+    else:
+        q = tl.load(codes + offsets, mask=mask, other=0).to(tl.int32).to(tl.float32)
+        if SQRT_SCALE:
+            q = q * q * (tl.sqrt(s) * 1.5378700499807768e-05)
+            return q * q
+        else:
+            q = q * q * 1.5378700499807768e-05
+            return q * q * s
 
 
 @triton.jit
 def load_magic(codes, scales, offsets, mask, FORM: tl.constexpr):
-    s = tl.load(scales + offsets // 32, mask=mask, other=0.).to(tl.float32)
-    if FORM == 0:
-        q = (tl.load(codes + offsets, mask=mask, other=0).to(tl.int32) + 0x4B000080).to(tl.float32, bitcast=True) - 8388736.0
-        return divide(q, 254 - tl.abs(q)) * s
-    else:
-        q = tl.load(codes + offsets, mask=mask, other=0).to(tl.int32).to(tl.float32)
-        q = q * q * 1.5378700499807768e-05
-        return q * q * s
+    return load_magic_any(codes, scales, offsets, mask, FORM, False)
 
 
 @triton.jit
 def load_sqrt_scale(codes, scales, offsets, mask, FORM: tl.constexpr):
-    s = tl.load(scales + offsets // 32, mask=mask, other=0.).to(tl.float32)
+    return load_magic_any(codes, scales, offsets, mask, FORM, True)
+
+
+@triton.jit
+def store_magic_any(codes, scales, row, offsets, x, mask, BLOCK: tl.constexpr, FORM: tl.constexpr, SHARED: tl.constexpr, FAST: tl.constexpr):
+    groups, scale, inverse = group_scales(x, mask, BLOCK, FORM, FAST)
     if FORM == 0:
-        q = (tl.load(codes + offsets, mask=mask, other=0).to(tl.int32) + 0x4B000080).to(tl.float32, bitcast=True) - 8388736.0
-        return divide(q, 254 - tl.abs(q)) * s
-    else:
-        q = tl.load(codes + offsets, mask=mask, other=0).to(tl.int32).to(tl.float32)
-        q = q * q * (tl.sqrt(s) * 1.5378700499807768e-05)
-        return q * q
+        t = groups * inverse[:, None]
+        y = divide(t * 254, tl.abs(t) + 1)
+    elif SHARED:  # from the algorithm's own √v, shared by the compiler
+        y = tl.sqrt(tl.minimum(tl.sqrt(tl.reshape(x, (BLOCK // 32, 32))) * tl.sqrt(inverse)[:, None], 1.)) * 255
+    else: y = tl.sqrt(tl.sqrt(tl.minimum(tl.maximum(groups * inverse[:, None], 0.), 1.))) * 255
+    write_codes(codes, scales, row, offsets, y, scale, mask, BLOCK)
 
 
 @triton.jit
 def store_magic(codes, scales, row, offsets, x, mask, BLOCK: tl.constexpr, FORM: tl.constexpr):
-    groups = tl.reshape(tl.where(mask, x, 0.), (BLOCK // 32, 32))
-    if FORM == 0: top = tl.max(tl.abs(groups), axis=1)
-    else: top = tl.max(groups, axis=1)
-    scale = ((top.to(tl.int32, bitcast=True) + 0xFFEF) & -65536).to(tl.float32, bitcast=True)
-    scale = tl.where(top >= 1.1754943508222875e-38, scale, 0.).to(tl.bfloat16)
-    inverse = 1 / tl.where(scale > 0, scale.to(tl.float32), 1.)
-    if FORM == 0:
-        t = groups * inverse[:, None]
-        y = divide(t * 254, tl.abs(t) + 1)
-    else:
-        r = tl.sqrt(tl.reshape(x, (BLOCK // 32, 32)))  # the algorithm's own √v, shared by the compiler
-        y = tl.sqrt(tl.minimum(r * tl.sqrt(inverse)[:, None], 1.)) * 255
-    q = (y + 12582912.0).to(tl.int32, bitcast=True).to(tl.int8)
-    tl.store(codes.to(tl.pointer_type(tl.int8)) + offsets, tl.reshape(q, (BLOCK,)), mask=mask)
-    group = (tl.program_id(0) - tl.load(row + 1)) * (BLOCK // 32) + tl.arange(0, BLOCK // 32)
-    tl.store(scales + group, scale, mask=group * 32 < tl.load(row))
+    store_magic_any(codes, scales, row, offsets, x, mask, BLOCK, FORM, True, False)
 
 
 @triton.jit
 def store_plain(codes, scales, row, offsets, x, mask, BLOCK: tl.constexpr, FORM: tl.constexpr):
-    groups = tl.reshape(tl.where(mask, x, 0.), (BLOCK // 32, 32))
-    if FORM == 0: top = tl.max(tl.abs(groups), axis=1)
-    else: top = tl.max(groups, axis=1)
-    scale = ((top.to(tl.int32, bitcast=True) + 0xFFEF) & -65536).to(tl.float32, bitcast=True)
-    scale = tl.where(top >= 1.1754943508222875e-38, scale, 0.).to(tl.bfloat16)
-    inverse = 1 / tl.where(scale > 0, scale.to(tl.float32), 1.)
-    t = groups * inverse[:, None]
-    if FORM == 0: y = divide(t * 254, tl.abs(t) + 1)
-    else: y = tl.sqrt(tl.sqrt(tl.minimum(tl.maximum(t, 0.), 1.))) * 255
-    q = (y + 12582912.0).to(tl.int32, bitcast=True).to(tl.int8)
-    tl.store(codes.to(tl.pointer_type(tl.int8)) + offsets, tl.reshape(q, (BLOCK,)), mask=mask)
-    group = (tl.program_id(0) - tl.load(row + 1)) * (BLOCK // 32) + tl.arange(0, BLOCK // 32)
-    tl.store(scales + group, scale, mask=group * 32 < tl.load(row))
+    store_magic_any(codes, scales, row, offsets, x, mask, BLOCK, FORM, False, False)
 
 
 @triton.jit
 def store_fast_inverse(codes, scales, row, offsets, x, mask, BLOCK: tl.constexpr, FORM: tl.constexpr):
-    groups = tl.reshape(tl.where(mask, x, 0.), (BLOCK // 32, 32))
-    if FORM == 0: top = tl.max(tl.abs(groups), axis=1)
-    else: top = tl.max(groups, axis=1)
-    scale = ((top.to(tl.int32, bitcast=True) + 0xFFEF) & -65536).to(tl.float32, bitcast=True)
-    scale = tl.where(top >= 1.1754943508222875e-38, scale, 0.).to(tl.bfloat16)
-    inverse = divide(1., tl.where(scale > 0, scale.to(tl.float32), 1.))
-    if FORM == 0:
-        t = groups * inverse[:, None]
-        y = divide(t * 254, tl.abs(t) + 1)
-    else:
-        r = tl.sqrt(tl.reshape(x, (BLOCK // 32, 32)))  # the algorithm's own √v, shared by the compiler
-        y = tl.sqrt(tl.minimum(r * tl.sqrt(inverse)[:, None], 1.)) * 255
-    q = (y + 12582912.0).to(tl.int32, bitcast=True).to(tl.int8)
-    tl.store(codes.to(tl.pointer_type(tl.int8)) + offsets, tl.reshape(q, (BLOCK,)), mask=mask)
-    group = (tl.program_id(0) - tl.load(row + 1)) * (BLOCK // 32) + tl.arange(0, BLOCK // 32)
-    tl.store(scales + group, scale, mask=group * 32 < tl.load(row))
+    store_magic_any(codes, scales, row, offsets, x, mask, BLOCK, FORM, True, True)
 
 
 VARIANTS = {'committed': (te.load_q8, te.store_q8), 'before': (load_before, store_before), 'magic': (load_magic, store_magic),
