@@ -62,12 +62,13 @@ def main():
     rows = []
     for label, algorithm, dtype, rounding in KERNELS:
         n, regs, ops = full_block_sass(algorithm, dtype, rounding)
-        rows.append(f"| {label} | {n} | {n / 8:.0f} | {regs} | {', '.join(f'{k} {v}' for k, v in ops.most_common(6))} |")
+        special = sum(ops[k] for k in ('MUFU', 'F2I', 'I2F', 'F2F', 'FRND'))
+        rows.append(f"| {label} | {n} | {n / 8:.0f} | {regs} | {special} | {', '.join(f'{k} {v}' for k, v in ops.most_common(6))} |")
         print(rows[-1], flush=True)
     text = '\n'.join([f'# SASS instructions of a full block (sm_90, 1024 elements over 4 warps)', '',
                       f"{datetime.date.today()}; triton {triton.__version__}; checkout `{args.root}`; command: "
                       f"`python3 {' '.join(sys.argv)}`", '',
-                      '| kernel | instructions per thread | per element | registers | most frequent |', '|---|---|---|---|---|',
+                      '| kernel | instructions per thread | per element | registers | MUFU, F2I, I2F, F2F, FRND | most frequent |', '|---|---|---|---|---|---|',
                       *rows]) + '\n'
     if args.out:
         os.makedirs(os.path.dirname(args.out) or '.', exist_ok=True)

@@ -209,7 +209,7 @@ def update_param(p: Tensor, p_math: Tensor, direction: Tensor, scale: float, dec
             write_back(comp, u.sub_(p - p_math))
     else: p.copy_(stochastic_round(p_math.add_(u), seed, start))
 
-# %% ../nbs/00_core.ipynb #44123636
+# %% ../nbs/00_core.ipynb #24bd344b
 group_size = 32  # elements per scale of an 8-bit state
 code_dtypes = {'signed': torch.int8, 'positive': torch.uint8}
 
@@ -234,11 +234,11 @@ def quantize_into(codes: Tensor, scales: Tensor, x: Tensor, form: str):
     top = groups.abs().amax(1) if form == 'signed' else groups.amax(1)
     scale = ((top.view(torch.int32) + 0xFFEF) & -0x10000).view(torch.float32)  # `top` rounded up to bf16, within 16 units
     scale = torch.where(top >= 2**-126, scale, 0.).to(torch.bfloat16)  # below fp32's normal numbers: zeros (1/scale would be ∞)
-    inverse = 1 / torch.where(scale > 0, scale.float(), 1.)  # a group of zeros stays zeros; a product, as the kernels compute it
+    divisor = torch.where(scale > 0, scale.float(), 1.).unsqueeze(1)  # a group of zeros stays zeros
     if form == 'signed':
-        t = (groups * inverse.unsqueeze(1)).clamp_(-1, 1)
+        t = (groups * (1 / divisor)).clamp_(-1, 1)  # a product with the reciprocal, as the kernels compute it
         y = t.mul(254).div_(t.abs().add_(1))
-    else: y = torch.fmin(groups.sqrt() * inverse.sqrt().unsqueeze(1), torch.tensor(1.)).sqrt_().mul_(255)  # √(x/s) as √x·√(1/s); NaN (x < 0): 1
+    else: y = torch.fmin(groups.sqrt() * divisor.rsqrt(), torch.tensor(1.)).sqrt_().mul_(255)  # √(x/s) as √x·(1/√s); NaN (x < 0): 1
     flat(codes).copy_(y.round_().view(-1)[:n])  # half to even
     scales.copy_(scale)
 

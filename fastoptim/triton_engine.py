@@ -9,8 +9,8 @@ __all__ = ['INTERPRETED', 'triton_ops', 'phase_ops', 'tl_dtypes', 'sum_slots', '
            'tensor_ptr', 'load_factored', 'compiled_registers', 'local_words', 'divide', 'round_to', 'scalar',
            'load_math', 'store', 'gated', 'hash32', 'stochastic_round', 'load_param', 'store_param', 'load_q8',
            'store_q8', 'power', 'atan2', 'triton_expressions', 'derive_source', 'numbers_phase', 'phase_source',
-           'kernel_helpers', 'triton_code', 'build_tables', 'fold_gradients', 'add_to_sum', 'max_to_slot', 'fits_wide',
-           'TritonBackend']
+           'kernel_helpers', 'triton_code', 'build_tables', 'table_align', 'fold_gradients', 'add_to_sum',
+           'max_to_slot', 'fits_wide', 'TritonBackend']
 
 # %% ../nbs/03_triton.ipynb #8fd2f6f2
 import math
@@ -172,7 +172,7 @@ def store_param(row, t, offsets, mask, p, direction, scale, decay, scalars, K: t
             seed = tl.load(scalars + t * K + K - 1).to(tl.uint32, bitcast=True)
             tl.store(ptr + offsets, stochastic_round(p + u, offsets.to(tl.uint32) ^ seed), mask=mask)
 
-# %% ../nbs/03_triton.ipynb #e83b9e80
+# %% ../nbs/03_triton.ipynb #cb8af51f
 @triton_jit
 def load_q8(codes, scales, offsets, mask, FORM: tl.constexpr):
     "An 8-bit state's fp32 values (FORM 0: signed, 1: positive; see `fastoptim.core.dequantize`)"
@@ -194,12 +194,12 @@ def store_q8(codes, scales, row, offsets, x, mask, BLOCK: tl.constexpr, FORM: tl
     else: top = tl.max(groups, axis=1)
     scale = ((top.to(tl.int32, bitcast=True) + 0xFFEF) & -65536).to(tl.float32, bitcast=True)  # rounded up, within 16 units
     scale = tl.where(top >= 1.1754943508222875e-38, scale, 0.).to(tl.bfloat16)  # below fp32's normal numbers: zeros
-    inverse = 1 / tl.where(scale > 0, scale.to(tl.float32), 1.)  # once per group, for every scale (see above); zeros stay zeros
+    divisor = tl.where(scale > 0, scale.to(tl.float32), 1.)  # a group of zeros stays zeros
     if FORM == 0:
-        t = groups * inverse[:, None]
+        t = groups * (1 / divisor)[:, None]  # divided once per group, for every scale (see above)
         y = divide(t * 254, tl.abs(t) + 1)
-    else:  # √(x/s) as √x·√(1/s): the compiler shares √x with the update's own (Adam's √v)
-        y = tl.sqrt(tl.minimum(tl.sqrt(tl.reshape(x, (BLOCK // 32, 32))) * tl.sqrt(inverse)[:, None], 1.)) * 255
+    else:  # √(x/s) as √x·(1/√s): the compiler shares √x with the update's own (Adam's √v); 1/√s is normal for every scale
+        y = tl.sqrt(tl.minimum(tl.sqrt(tl.reshape(x, (BLOCK // 32, 32))) * tl.rsqrt(divisor)[:, None], 1.)) * 255
     # rounded half to even by fp32's own addition: y + 1.5·2**23 holds round(y) in its low byte (two's complement for y < 0)
     q = (y + 12582912.0).to(tl.int32, bitcast=True).to(tl.int8)
     tl.store(codes.to(tl.pointer_type(tl.int8)) + offsets, tl.reshape(q, (BLOCK,)), mask=mask)
@@ -397,7 +397,7 @@ def triton_code(plan):
                                               reductions=n_reductions, source='\n'.join(sources))
     return plan.code['triton']
 
-# %% ../nbs/03_triton.ipynb #1c20b40d
+# %% ../nbs/03_triton.ipynb #7bcd2c07
 def build_tables(tensor_lists, device, block, aligned=None, min_blocks=0):
     "The tensor table, the block map, the number of blocks for lists (params, grads, *states), and the `ALIGN` the kernels may promise: 16 bytes if each of the first `aligned` lists' tensors (all, by default) starts at a multiple of 16, else 1; `min_blocks`: blocks for a tensor with no elements"
     numel = np.array([t.numel() for t in tensor_lists[0]], dtype=np.int64)
@@ -406,8 +406,12 @@ def build_tables(tensor_lists, device, block, aligned=None, min_blocks=0):
     table[:, 0], table[:, 1] = numel, np.cumsum(blocks) - blocks
     for k, ts in enumerate(tensor_lists): table[:, 2 + k] = ts if isinstance(ts, np.ndarray) else [t.data_ptr() for t in ts]
     block_tensors = np.repeat(np.arange(len(numel), dtype=np.int32), blocks)
-    align = 16 if not (table[:, 2:2 + (aligned or len(tensor_lists))] % 16).any() else 1
-    return to_device(table, device), to_device(block_tensors, device), int(blocks.sum()), align
+    return to_device(table, device), to_device(block_tensors, device), int(blocks.sum()), table_align(table[:, 2:2 + (aligned or len(tensor_lists))])
+
+def table_align(addresses) -> int:
+    "The `ALIGN` kernels may promise for these tensors' addresses (lists of tensors, or an array of addresses): 16 if each starts at a multiple of 16 bytes, else 1"
+    if not isinstance(addresses, np.ndarray): addresses = np.array([t.data_ptr() for ts in addresses for t in ts], dtype=np.int64)
+    return 16 if not (addresses % 16).any() else 1
 
 # %% ../nbs/03_triton.ipynb #4cbbebf4
 @triton_jit
@@ -436,7 +440,7 @@ def fold_gradients(table, block_tensors, scalars, WIDTH: tl.constexpr, K: tl.con
             moment = load_math(ptr, offsets, mask) * scalar(scalars, t, 1 + 2 * j, K)
             store(ptr, offsets, moment + scalar(scalars, t, 2 + 2 * j, K) * term, mask, DTYPE)
 
-# %% ../nbs/03_triton.ipynb #b338a455
+# %% ../nbs/03_triton.ipynb #e8b6ee0a
 tl_dtypes = {torch.float32: 'float32', torch.bfloat16: 'bfloat16', torch.float16: 'float16'}
 # each tensor's partial sums go to this many slots (by program), added up after the pass: with 32, a pass that reads
 # little (LARS's norms of p and g) waited on contended atomics; 256 took LARS's replayed step on the LLM-like set from
@@ -472,16 +476,16 @@ class TritonBackend(Stepper):
     # at most 60 words of local memory per thread (`wide_launch`)
     wide_8bit, max_local_words = (2048, 4, 72), 60
     wide_fits = {}  # (plan, dtype, rounding, device) -> whether its kernels fit so
-    def wide_launch(self, plan, bucket, width):
-        "(BLOCK, warps, registers) for an 8-bit plan in a 16-bit bucket whose kernels, compiled so (tables of `width` columns), spill at most `max_local_words` words per thread; None for any other (`launch`'s, and `register_cap`'s registers). Measured on an H200, LLM-like set, replayed, against 1024 elements with `register_cap`: AdamW with 8-bit moments 0.867 → 0.930 of its byte bound (56 words), Lion 0.945 → 0.997 (16), SGD momentum 0.978 → 1.021 (0), RMSprop with momentum 0.849 → 0.905 (52), RAdam 0.855 → 0.893 (58); slower for NAdam 0.848 → 0.729 (62 words), ADOPT 0.862 → 0.671 (72), AdEMAMix (144) and Adan (164). With seven programs on an SM, 60 words a thread are 210 KiB of its 256 KiB of L1. `bench/results/q8_h200_2026-12-01/launch`"
+    def wide_launch(self, plan, bucket, width, align):
+        "(BLOCK, warps, registers) for an 8-bit plan in a 16-bit bucket whose kernels, compiled so (tables of `width` columns, `align` as `build_tables` gives it), spill at most `max_local_words` words per thread; None for any other (`launch`'s, and `register_cap`'s registers). Measured on an H200, LLM-like set, replayed, against 1024 elements with `register_cap`: AdamW with 8-bit moments 0.867 → 0.930 of its byte bound (56 words), Lion 0.945 → 0.997 (16), SGD momentum 0.978 → 1.021 (0), RMSprop with momentum 0.849 → 0.905 (52), RAdam 0.855 → 0.893 (58); slower for NAdam 0.848 → 0.729 (62 words), ADOPT 0.862 → 0.671 (72), AdEMAMix (144) and Adan (164). With seven programs on an SM, 60 words a thread are 210 KiB of its 256 KiB of L1. `bench/results/q8_h200_2026-12-01/launch`"
         if not plan.quantized or bucket.params[0].element_size() != 2 or interpreting(): return None
-        key = (plan.name, bucket.dtype, bucket.rounding, bucket.device)
+        key = (plan.name, bucket.dtype, bucket.rounding, bucket.device, align, self.wide_8bit, self.max_local_words)
         if key not in self.wide_fits:
             block, warps, registers = self.wide_8bit
             args = (torch.zeros(1, width, dtype=torch.int64, device=bucket.device), torch.zeros(1, dtype=torch.int32, device=bucket.device),
                     torch.zeros(1, triton_code(plan).K, device=bucket.device), *[torch.zeros(1, device=bucket.device)] * 2)
             meta = dict(WIDTH=width, K=triton_code(plan).K, DTYPE=getattr(tl, tl_dtypes[bucket.dtype]), BLOCK=block,
-                        ROUNDING=roundings[bucket.rounding], ALIGN=16, num_warps=warps, maxnreg=registers)
+                        ROUNDING=roundings[bucket.rounding], ALIGN=align, num_warps=warps, maxnreg=registers)
             words = [local_words(kernel, args, meta) for kernel in triton_code(plan).phases]
             self.wide_fits[key] = fits_wide(words, self.max_local_words)
         return self.wide_8bit if self.wide_fits[key] else None
@@ -530,7 +534,7 @@ class TritonBackend(Stepper):
                 tensors += [bucket.state(f'{k}_row'), bucket.factors[k], np.array([p.shape[-1] for p in bucket.params], dtype=np.int64),
                             np.array([p.shape[-2] if p.dim() > 2 else 0 for p in bucket.params], dtype=np.int64)]
             tensors += [bucket.state(f'{k}_scales') for k in plan.quantized]  # the 8-bit states' scales (see `phase_source`)
-            wide = self.wide_launch(plan, bucket, len(tensors) + 2)
+            wide = self.wide_launch(plan, bucket, len(tensors) + 2, table_align(tensors[:aligned]))
             if wide is not None: block, warps = wide[:2]
             cache.clear()
             # a tensor with no elements still gets a program when its numbers are stored by one
