@@ -23,7 +23,7 @@ from .core import backends, to_device, compile_source, Stepper, update_factors, 
 from .algorithm import Phase, nodes_of, substitute
 from .triton_support import triton, tl, libdevice, triton_jit, interpreting
 
-# %% ../nbs/03_triton.ipynb #e52eead3
+# %% ../nbs/03_triton.ipynb #209c9849
 @triton_jit
 def locate_block(table, block_tensors, WIDTH: tl.constexpr, BLOCK: tl.constexpr):
     "This program's tensor row, tensor index, element offsets and mask"
@@ -69,8 +69,9 @@ def compiled_registers(kernel, args, meta):
     return compiled.n_regs
 
 def local_words(kernel, args, meta):
-    "Local memory per thread, in 4-byte words (the registers the compiler spilled), of `kernel` compiled (not launched) for these arguments; None where Triton does not hand the compiled kernel back"
-    compiled = kernel.warmup(*args, grid=(1,), **meta)
+    "Local memory per thread, in 4-byte words (the registers the compiler spilled), of `kernel` compiled (not launched) for these arguments; None where Triton does not hand the compiled kernel back, or it does not fit the GPU's resources"
+    try: compiled = kernel.warmup(*args, grid=(1,), **meta)
+    except triton.runtime.errors.OutOfResources: return None  # e.g. shared memory: not a launch to take
     if not hasattr(compiled, '_init_handles'): return None
     compiled._init_handles()
     return compiled.n_spills
