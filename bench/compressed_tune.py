@@ -35,7 +35,7 @@ def main():
     params = [torch.nn.Parameter((torch.randn(s, generator=g, device=dev) * 0.02).bfloat16()) for s in shapes]
     for p in params: p.grad = torch.randn(p.shape, generator=g, device=dev).bfloat16()
     default, default_wide = backends['triton'].launch, backends['triton'].wide_launch
-    backends['triton'].wide_launch = lambda plan, bucket, width, align: None  # each launch as given, for 8-bit plans too
+    backends['triton'].wide_launch = lambda plan, bucket, tensors, aligned: None  # each launch as given, for 8-bit plans too
     lines = [f'# Compressed-state Triton steps by launch\n\n{torch.cuda.get_device_name()}, copy bandwidth {bw:.0f} GB/s; '
              f'AdamW, bf16 LLM-like set ({n / 1e9:.2f}B parameters), replayed in a CUDA graph, median of {args.reps}.\n',
              '| configuration | ' + ' | '.join(f'{b} × {w} warps' for b, w in LAUNCHES) + ' |', '|---|' + '---|' * len(LAUNCHES)]

@@ -43,7 +43,7 @@ for name in args.algos.split(','):
     cells, tensors = [], None
     for block, warps, registers in configs:
         triton_backend.launch = lambda plan, size, cfg=(block, warps): cfg
-        triton_backend.wide_launch = lambda plan, bucket, width, align: None  # the configuration as given, for 8-bit plans too
+        triton_backend.wide_launch = lambda plan, bucket, tensors, aligned: None  # the configuration as given, for 8-bit plans too
         if registers is not None: triton_backend.register_cap = lambda compiler_registers, size, gated=False, quantized=False, cap=registers: cap or None
         try:
             ps = make_params(shapes, dtype)

@@ -24,7 +24,7 @@ def probe(name, block, warps, registers):
     tb = backends['triton']
     found = []
     default = tb.launch, tb.register_cap, tb.launch_phase, tb.wide_launch
-    tb.launch, tb.wide_launch = lambda plan, size: (block, warps), lambda plan, bucket, width, align: None
+    tb.launch, tb.wide_launch = lambda plan, size: (block, warps), lambda plan, bucket, tensors, aligned: None
     if registers is not None: tb.register_cap = lambda compiler_registers, size, gated=False, quantized=False: registers
     def spy(kernel, plan, bucket, cache, inputs, sums):
         default[2](kernel, plan, bucket, cache, inputs, sums)

@@ -191,7 +191,7 @@ def build(algo, variant, config, params):
     if config is not None:  # else the engine's own choice
         block, warps, registers = config
         triton_backend.launch = lambda plan, size: (block, warps)
-        triton_backend.wide_launch = lambda plan, bucket, width, align: None
+        triton_backend.wide_launch = lambda plan, bucket, tensors, aligned: None
         if registers is not None: triton_backend.register_cap = lambda compiler_registers, size, gated=False, quantized=False: registers or None
     te.load_q8, te.store_q8 = VARIANTS[variant.removesuffix('+barrier')]
     if variant.endswith('+barrier'): te.phase_source = with_barrier(te.phase_source)

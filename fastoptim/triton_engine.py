@@ -441,7 +441,7 @@ def fold_gradients(table, block_tensors, scalars, WIDTH: tl.constexpr, K: tl.con
             moment = load_math(ptr, offsets, mask) * scalar(scalars, t, 1 + 2 * j, K)
             store(ptr, offsets, moment + scalar(scalars, t, 2 + 2 * j, K) * term, mask, DTYPE)
 
-# %% ../nbs/03_triton.ipynb #e8b6ee0a
+# %% ../nbs/03_triton.ipynb #1cadce6a
 tl_dtypes = {torch.float32: 'float32', torch.bfloat16: 'bfloat16', torch.float16: 'float16'}
 # each tensor's partial sums go to this many slots (by program), added up after the pass: with 32, a pass that reads
 # little (LARS's norms of p and g) waited on contended atomics; 256 took LARS's replayed step on the LLM-like set from
@@ -477,9 +477,10 @@ class TritonBackend(Stepper):
     # at most 60 words of local memory per thread (`wide_launch`)
     wide_8bit, max_local_words = (2048, 4, 72), 60
     wide_fits = {}  # (plan, dtype, rounding, device) -> whether its kernels fit so
-    def wide_launch(self, plan, bucket, width, align):
-        "(BLOCK, warps, registers) for an 8-bit plan in a 16-bit bucket whose kernels, compiled so (tables of `width` columns, `align` as `build_tables` gives it), spill at most `max_local_words` words per thread; None for any other (`launch`'s, and `register_cap`'s registers). Measured on an H200, LLM-like set, replayed, against 1024 elements with `register_cap`: AdamW with 8-bit moments 0.867 → 0.930 of its byte bound (56 words), Lion 0.945 → 0.997 (16), SGD momentum 0.978 → 1.021 (0), RMSprop with momentum 0.849 → 0.905 (52), RAdam 0.855 → 0.893 (58); slower for NAdam 0.848 → 0.729 (62 words), ADOPT 0.862 → 0.671 (72), AdEMAMix (144) and Adan (164). With seven programs on an SM, 60 words a thread are 210 KiB of its 256 KiB of L1. `bench/results/q8_h200_2026-12-01/launch`"
+    def wide_launch(self, plan, bucket, tensors, aligned):
+        "(BLOCK, warps, registers) for an 8-bit plan in a 16-bit bucket whose kernels, compiled so (for the tables of `tensors`, the first `aligned` of them promising their alignment, as `build_tables` makes them), spill at most `max_local_words` words per thread; None for any other (`launch`'s, and `register_cap`'s registers). Measured on an H200, LLM-like set, replayed, against 1024 elements with `register_cap`: AdamW with 8-bit moments 0.867 → 0.930 of its byte bound (56 words), Lion 0.945 → 0.997 (16), SGD momentum 0.978 → 1.021 (0), RMSprop with momentum 0.849 → 0.905 (52), RAdam 0.855 → 0.893 (58); slower for NAdam 0.848 → 0.729 (62 words), ADOPT 0.862 → 0.671 (72), AdEMAMix (144) and Adan (164). With seven programs on an SM, 60 words a thread are 210 KiB of its 256 KiB of L1. `bench/results/q8_h200_2026-12-01/launch`"
         if not plan.quantized or bucket.params[0].element_size() != 2 or interpreting(): return None
+        width, align = len(tensors) + 2, table_align(tensors[:aligned])
         key = (plan.name, bucket.dtype, bucket.rounding, bucket.device, align, self.wide_8bit, self.max_local_words)
         if key not in self.wide_fits:
             block, warps, registers = self.wide_8bit
@@ -535,7 +536,7 @@ class TritonBackend(Stepper):
                 tensors += [bucket.state(f'{k}_row'), bucket.factors[k], np.array([p.shape[-1] for p in bucket.params], dtype=np.int64),
                             np.array([p.shape[-2] if p.dim() > 2 else 0 for p in bucket.params], dtype=np.int64)]
             tensors += [bucket.state(f'{k}_scales') for k in plan.quantized]  # the 8-bit states' scales (see `phase_source`)
-            wide = self.wide_launch(plan, bucket, len(tensors) + 2, table_align(tensors[:aligned]))
+            wide = self.wide_launch(plan, bucket, tensors, aligned)
             if wide is not None: block, warps = wide[:2]
             cache.clear()
             # a tensor with no elements still gets a program when its numbers are stored by one
