@@ -21,7 +21,7 @@ from fastoptim.core import algorithms
 from fastoptim.low_precision import seed_master_weights
 from fastoptim.testing import drive, rel_diff
 from shapes import llm_shapes, resnet50_shapes
-from timing import capture, copy_bandwidth, median_ms, write_report
+from timing import bytes_per_step, capture, copy_bandwidth, median_ms, write_report
 
 dev = torch.device('cuda')
 BACKENDS = ('foreach', 'jit', 'triton')
@@ -162,21 +162,6 @@ def reliability_checks():
     rows.append(dict(check=f'del opt frees its {(held - before) / 2**20:.0f} MiB without the collector: bytes left', backend='triton',
                      value=float(left), ok=left <= 0))
     return rows
-
-
-def bytes_per_step(opt):
-    "Bytes a one-pass step moves at least, on average: every tensor its plan reads, every state it writes, and the weights; a state gated by lookahead's sync number once every `lookahead_k` steps"
-    n, phases = 0., 1
-    for p in opt.flat_params:
-        s, plan = opt.state[p], opt.algorithm_of(p).plan()
-        phases = max(phases, len(plan.phases))
-        share = lambda k: 1 / opt.param_groups[0]['lookahead_k'] if k in plan.gates else 1.
-        read = [(x, share(k)) for k in plan.tensors if k not in ('p', 'g')  # a factored state: its row and column factors, read and written
-                for x in ((s[f'{k}_row'], s[f'{k}_col']) * 2 if k in plan.factored else (s[k],))]
-        tensors = [(p, 1.), (p.grad, 1.), *read, *[(s[k], share(k)) for k in plan.whole.stores], (p, 1.)]
-        if 'kahan_comp' in s: tensors += [(s['kahan_comp'], 1.)] * 2
-        n += sum(t.numel() * t.element_size() * f for t, f in tensors)
-    return n, phases
 
 
 def make_params(shapes, dtype):

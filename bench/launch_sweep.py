@@ -10,9 +10,9 @@ import argparse, gc, os, re, sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch
 from fastoptim.core import backends
-from catalogue_gpu import build, bytes_per_step, make_params, steps_per_sample
+from catalogue_gpu import build, make_params, steps_per_sample
 from shapes import llm_shapes, resnet50_shapes
-from timing import capture, copy_bandwidth, median_ms, write_report
+from timing import bytes_per_step, capture, copy_bandwidth, median_ms, write_report
 
 ap = argparse.ArgumentParser()
 ap.add_argument('--algos', default='Adam,NAdam,QHAdam,Adamax,rmsprop_momentum,SimplifiedAdEMAMix,momentum')

@@ -9,7 +9,9 @@ import argparse, os, re, sys
 sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
 import torch
 import fastoptim.all  # noqa: F401
+import triton.language as tl
 from fastoptim.core import algorithms, backends
+from fastoptim.triton_engine import compiled_kernel
 from timing import write_report
 
 ap = argparse.ArgumentParser()
@@ -29,10 +31,9 @@ def probe(name, block, warps, registers):
     def spy(kernel, plan, bucket, cache, inputs, sums):
         default[2](kernel, plan, bucket, cache, inputs, sums)
         args = (cache['table'], cache['block_tensors'], cache['scalars'], inputs, sums)
-        meta = dict(WIDTH=cache['width'], K=cache['scalars'].shape[1], DTYPE=getattr(__import__('triton').language, 'bfloat16'),
-                    BLOCK=cache['block'], ROUNDING=3, ALIGN=cache['align'], num_warps=cache['warps'])
-        compiled = kernel.warmup(*args, grid=(1,), **meta, maxnreg=cache['registers'][kernel.__name__])
-        compiled._init_handles()
+        meta = dict(WIDTH=cache['width'], K=cache['scalars'].shape[1], DTYPE=tl.bfloat16, BLOCK=cache['block'], ROUNDING=3,
+                    ALIGN=cache['align'], num_warps=cache['warps'], maxnreg=cache['registers'][kernel.__name__])
+        compiled = compiled_kernel(kernel, args, meta)  # as launched: the same compiled kernel
         found.append((kernel.__name__, compiled.n_regs, compiled.n_spills))
     tb.launch_phase = spy
     try:

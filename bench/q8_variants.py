@@ -40,7 +40,7 @@ from fastoptim.algorithm import quantized
 from fastoptim.core import algorithms, backends
 from fastoptim.triton_engine import divide
 from shapes import llm_shapes
-from timing import capture, copy_bandwidth, median_ms, write_report
+from timing import bytes_per_step, capture, copy_bandwidth, median_ms, write_report
 
 
 @triton.jit
@@ -178,12 +178,6 @@ def make(algo):
     return lambda ps: algorithms[algo](ps, lr=1e-4, wd=1e-2, triton=True, master_weight_bits=24, state_bits=8, step_graph=False)
 
 
-def bytes_per_step(opt):
-    "Bytes a one-pass step moves: the weights read and written, the gradient read, every state tensor (codes, scales, the residual) read and written"
-    return sum(2 * p.nbytes + p.grad.nbytes + 2 * sum(t.nbytes for t in opt.state[p].values() if isinstance(t, torch.Tensor))
-               for group in opt.param_groups for p in group['params'])
-
-
 def build(algo, variant, config, params):
     "A captured step of `algo` with `variant`'s kernels at `config` (elements, warps, registers)"
     triton_backend = backends['triton']
@@ -228,7 +222,7 @@ def main():
             for label, config in configs:
                 opt, graph = build(algo, variant, config, params)
                 caps = [f"{c['block']}x{c['warps']}:{v}" if label == 'engine' else str(v) for c in opt.layout.caches.values() for v in c.get('registers', {}).values()]
-                cases[(algo, variant, label)] = (opt, graph, '/'.join(caps), bytes_per_step(opt))
+                cases[(algo, variant, label)] = (opt, graph, '/'.join(caps), bytes_per_step(opt)[0])
                 print('built', algo, variant, label, caps, flush=True)
     times = {k: [] for k in cases}
     for _ in range(args.rounds):

@@ -1,8 +1,9 @@
 """Timing helpers the benchmark scripts share: the copy bandwidth that every fraction is measured against, the median of
-a call by CUDA events, and writing a report."""
+a call by CUDA events, the bytes a step moves, and writing a report."""
 import gc, json, math, os, time, traceback
 import numpy as np
 import torch
+from fastoptim.core import rounding_states
 
 
 def median_ms(fn, reps, device, warmup=0):
@@ -18,6 +19,21 @@ def median_ms(fn, reps, device, warmup=0):
         else:
             t0 = time.perf_counter(); fn(); ts.append((time.perf_counter() - t0) * 1e3)
     return float(np.median(ts))
+
+
+def bytes_per_step(opt):
+    "Bytes a one-pass step of fastoptim optimizer `opt` moves at least, on average, and its passes: every tensor its plan reads, every state it writes, and the weights; a state gated by lookahead's sync number once every `lookahead_k` steps; what the rounding keeps (a Kahan compensation, a master residual) and an 8-bit state's scales, read and written"
+    n, phases = 0., 1
+    for p in opt.flat_params:
+        s, plan = opt.state[p], opt.algorithm_of(p).plan()
+        phases = max(phases, len(plan.phases))
+        share = lambda k: 1 / opt.param_groups[0]['lookahead_k'] if k in plan.gates else 1.
+        read = [(x, share(k)) for k in plan.tensors if k not in ('p', 'g')  # a factored state: its row and column factors, read and written
+                for x in ((s[f'{k}_row'], s[f'{k}_col']) * 2 if k in plan.factored else (s[k],))]
+        tensors = [(p, 1.), (p.grad, 1.), *read, *[(s[k], share(k)) for k in plan.whole.stores], (p, 1.)]
+        tensors += [(s[k], 1.) for k in (*set(rounding_states.values()), *[f'{q}_scales' for q in plan.quantized]) if k in s] * 2
+        n += sum(t.numel() * t.element_size() * f for t, f in tensors)
+    return n, phases
 
 
 def capture(fn):

@@ -6,11 +6,10 @@ Docs: https://fastoptim.github.io/fastoptim/triton.html.md"""
 
 # %% auto #0
 __all__ = ['INTERPRETED', 'triton_ops', 'phase_ops', 'tl_dtypes', 'sum_slots', 'SUM_SLOTS', 'roundings', 'locate_block',
-           'tensor_ptr', 'load_factored', 'compiled_registers', 'local_words', 'divide', 'round_to', 'scalar',
-           'load_math', 'store', 'gated', 'hash32', 'stochastic_round', 'load_param', 'store_param', 'load_q8',
-           'store_q8', 'power', 'atan2', 'triton_expressions', 'derive_source', 'numbers_phase', 'phase_source',
-           'kernel_helpers', 'triton_code', 'build_tables', 'table_align', 'fold_gradients', 'add_to_sum',
-           'max_to_slot', 'fits_wide', 'TritonBackend']
+           'tensor_ptr', 'load_factored', 'compiled_kernel', 'divide', 'round_to', 'scalar', 'load_math', 'store',
+           'gated', 'hash32', 'stochastic_round', 'load_param', 'store_param', 'load_q8', 'store_q8', 'power', 'atan2',
+           'triton_expressions', 'derive_source', 'numbers_phase', 'phase_source', 'kernel_helpers', 'triton_code',
+           'build_tables', 'table_align', 'fold_gradients', 'add_to_sum', 'max_to_slot', 'fits_wide', 'TritonBackend']
 
 # %% ../nbs/03_triton.ipynb #8fd2f6f2
 import math
@@ -23,7 +22,7 @@ from .core import backends, to_device, compile_source, Stepper, update_factors, 
 from .algorithm import Phase, nodes_of, substitute
 from .triton_support import triton, tl, libdevice, triton_jit, interpreting
 
-# %% ../nbs/03_triton.ipynb #209c9849
+# %% ../nbs/03_triton.ipynb #f72f323c
 @triton_jit
 def locate_block(table, block_tensors, WIDTH: tl.constexpr, BLOCK: tl.constexpr):
     "This program's tensor row, tensor index, element offsets and mask"
@@ -61,20 +60,13 @@ def load_factored(row, k, offsets, mask, BLOCK: tl.constexpr):
         if n > 0: c += (r // n) * m
     return tl.load(rows + r, mask=mask, other=0.) * tl.load(cols + c, mask=mask, other=0.)
 
-def compiled_registers(kernel, args, meta):
-    "The registers per thread the compiler gives `kernel` for these arguments (compiled and loaded, not launched); None where Triton does not hand the compiled kernel back (a `jit_cache_hook`, asynchronous compilation)"
-    compiled = kernel.warmup(*args, grid=(1,), **meta)
-    if not hasattr(compiled, '_init_handles'): return None
-    compiled._init_handles()  # loading the binary reports its register count (as Triton's own tutorials read it)
-    return compiled.n_regs
-
-def local_words(kernel, args, meta):
-    "Local memory per thread, in 4-byte words (the registers the compiler spilled), of `kernel` compiled (not launched) for these arguments; None where Triton does not hand the compiled kernel back, or it does not fit the GPU's resources"
+def compiled_kernel(kernel, args, meta):
+    "`kernel` compiled and loaded for these arguments, not launched: loading the binary reports its registers per thread (`n_regs`) and its local memory per thread in 4-byte words, the registers it spilled (`n_spills`), as Triton's own tutorials read them; None where Triton does not hand the compiled kernel back (a `jit_cache_hook`, asynchronous compilation) or it does not fit the GPU's resources (shared memory, say)"
     try: compiled = kernel.warmup(*args, grid=(1,), **meta)
-    except triton.runtime.errors.OutOfResources: return None  # e.g. shared memory: not a launch to take
+    except triton.runtime.errors.OutOfResources: return None
     if not hasattr(compiled, '_init_handles'): return None
     compiled._init_handles()
-    return compiled.n_spills
+    return compiled
 
 # kernels read globals only as constexpr: the two helpers below choose their instructions by it, at compile time
 INTERPRETED = tl.constexpr(interpreting()) if triton is not None else False
@@ -441,7 +433,7 @@ def fold_gradients(table, block_tensors, scalars, WIDTH: tl.constexpr, K: tl.con
             moment = load_math(ptr, offsets, mask) * scalar(scalars, t, 1 + 2 * j, K)
             store(ptr, offsets, moment + scalar(scalars, t, 2 + 2 * j, K) * term, mask, DTYPE)
 
-# %% ../nbs/03_triton.ipynb #1cadce6a
+# %% ../nbs/03_triton.ipynb #7fca5eaa
 tl_dtypes = {torch.float32: 'float32', torch.bfloat16: 'bfloat16', torch.float16: 'float16'}
 # each tensor's partial sums go to this many slots (by program), added up after the pass: with 32, a pass that reads
 # little (LARS's norms of p and g) waited on contended atomics; 256 took LARS's replayed step on the LLM-like set from
@@ -488,7 +480,7 @@ class TritonBackend(Stepper):
                     torch.zeros(1, triton_code(plan).K, device=bucket.device), *[torch.zeros(1, device=bucket.device)] * 2)
             meta = dict(WIDTH=width, K=triton_code(plan).K, DTYPE=getattr(tl, tl_dtypes[bucket.dtype]), BLOCK=block,
                         ROUNDING=roundings[bucket.rounding], ALIGN=align, num_warps=warps, maxnreg=registers)
-            words = [local_words(kernel, args, meta) for kernel in triton_code(plan).phases]
+            words = [getattr(compiled_kernel(kernel, args, meta), 'n_spills', None) for kernel in triton_code(plan).phases]
             self.wide_fits[key] = fits_wide(words, self.max_local_words)
         return self.wide_8bit if self.wide_fits[key] else None
     def check_installed(self):
@@ -614,7 +606,7 @@ class TritonBackend(Stepper):
         key = kernel.__name__  # unique among the plan's kernels
         if key not in cache['registers']:  # compiled once as the compiler chooses, to read its register count
             cache['registers'][key] = cache['cap'] if cache['cap'] else None if interpreting() else self.register_cap(
-                lambda: compiled_registers(kernel, args, meta), bucket.params[0].element_size(), bool(plan.gates), bool(plan.quantized))
+                lambda: getattr(compiled_kernel(kernel, args, meta), 'n_regs', None), bucket.params[0].element_size(), bool(plan.gates), bool(plan.quantized))
         kernel[(cache['n_blocks'],)](*args, **meta, maxnreg=cache['registers'][key])
 
     def fold(self, bucket, moments, l2, decays, weights):
