@@ -55,6 +55,16 @@ def tiled_from(work):
     try: yield
     finally: symmetric.min_tiled_work = least
 
+@contextlib.contextmanager
+def unfolded():
+    "Within: the iteration's update as it was before the folded form, aX + (bA + cA²)X by `torch.baddbmm` after the upper tiles' bA + cA²"
+    import fastoptim.muon as muon
+    from fastoptim.symmetric import square_plus
+    folded = muon.polynomial_product
+    muon.polynomial_product = lambda x, A, a, b, c, out=None: torch.baddbmm(x, square_plus(A, c, b), x, beta=a, out=out)
+    try: yield
+    finally: muon.polynomial_product = folded
+
 def matmul_rate(device, m=2048, k=64):
     a = torch.randn(k, m, m, device=device, dtype=torch.bfloat16)
     out = torch.empty_like(a)
@@ -85,11 +95,13 @@ def single(args, device, lines, record):
         x = torch.randn(*shape, device=device)
         exact = newton_schulz(x.double().clone())
         with tiled_from(math.inf): full = newton_schulz(x.bfloat16())
+        with unfolded(): before = newton_schulz(x.bfloat16())
         tiles = newton_schulz(x.bfloat16())
-        errs = [((o.double() - exact).abs().max() / exact.abs().max()).item() for o in (full, tiles)]
+        errs = [((o.double() - exact).abs().max() / exact.abs().max()).item() for o in (full, before, tiles)]
         record[f'ns_bf16_vs_fp64_{shape}'] = errs
-        lines.append(f"iteration in bf16 on {shape}, against fp64: torch's products {errs[0]:.1e}, upper tiles {errs[1]:.1e}")
-        assert errs[1] < 1.5 * errs[0] + 1e-3, errs
+        lines.append(f"iteration in bf16 on {shape}, against fp64 (max abs diff / max abs): torch's products {errs[0]:.2e}, "
+                     f"upper tiles with aX + BX by baddbmm {errs[1]:.2e}, upper tiles with (aI + B)X {errs[2]:.2e}")
+        assert errs[2] < 1.5 * errs[0] + 1e-3, errs
     shapes = [(512, 512), (512, 512), (1376, 512), (512, 1376)]
     for dtype in (torch.float32, torch.bfloat16):
         ps, grads = make(shapes, dtype, device, seed=1)
@@ -125,8 +137,11 @@ def single(args, device, lines, record):
             uu, _, vv = torch.linalg.svd(g, full_matrices=False)
             polar = uu @ vv
             outs = {}
-            for name, aol, steps in (('quintic, 5 steps', False, 5), ('AOL + quintic, 4 steps', True, 4), ('quintic, 4 steps', False, 4)):
-                o = newton_schulz(g[None].to(torch.bfloat16), steps=steps, aol=aol)[0].double()
+            for name, aol, steps in (('quintic, 5 steps', False, 5), ('quintic, 5 steps, aX + BX by baddbmm', False, 5),
+                                     ("quintic, 5 steps, torch's products", False, 5), ('AOL + quintic, 4 steps', True, 4),
+                                     ('quintic, 4 steps', False, 4)):
+                with unfolded() if 'baddbmm' in name else tiled_from(math.inf) if 'torch' in name else contextlib.nullcontext():
+                    o = newton_schulz(g[None].to(torch.bfloat16), steps=steps, aol=aol)[0].double()
                 outs[name] = o
                 sv_o = torch.linalg.svdvals(o)
                 err = ((o - polar).norm() / polar.norm()).item()
@@ -139,23 +154,24 @@ def single(args, device, lines, record):
     by_shape = {}
     for s in mats: by_shape[s] = by_shape.get(s, 0) + 1
     lines += ['', '| stack | symmetric products | ms | TFLOP/s (torch-equivalent) |', '|---|---|---|---|']
-    totals = dict(full=0., tiles=0., aol=0.)
+    totals = dict(full=0., unfolded=0., tiles=0., aol=0.)
     for shape, k in by_shape.items():
         stack = torch.randn(k, *shape, device=device, dtype=torch.bfloat16)
         work = stack.clone()
-        for name, steps, aol in (('full', 5, False), ('tiles', 5, False), ('aol', 4, True)):
-            with tiled_from(math.inf) if name == 'full' else contextlib.nullcontext():
+        for name, steps, aol in (('full', 5, False), ('unfolded', 5, False), ('tiles', 5, False), ('aol', 4, True)):
+            with tiled_from(math.inf) if name == 'full' else unfolded() if name == 'unfolded' else contextlib.nullcontext():
                 ms = median_ms(lambda: newton_schulz(work.copy_(stack), steps=steps, aol=aol), args.reps, device, warmup=2)
             totals[name] += ms
             record[f'ns_{k}x{shape[0]}x{shape[1]}_{name}_ms'] = ms
-            label = dict(full="torch's, in full", tiles='upper tiles (default)', aol='upper tiles, AOL + 4 steps')[name]
+            label = dict(full="torch's, in full", unfolded='upper tiles, aX + BX by baddbmm', tiles='upper tiles, (aI + B)X (default)',
+                         aol='upper tiles, (aI + B)X, AOL + 4 steps')[name]
             lines.append(f"| {k} × {shape[0]}×{shape[1]} | {label} | {ms:.2f} | {k * ns_flops(shape) / (ms * 1e-3) / 1e12:.0f} |")
     flops = sum(ns_flops(s) for s in mats)
     record['ns_tflop_torch_equivalent'] = flops / 1e12
     record.update({f'ns_total_{k}_ms': v for k, v in totals.items()})
     lines.append(f"\nIteration, 112 matrices: {flops / 1e12:.1f} TFLOP as torch computes it; torch's products {totals['full']:.1f} ms, "
                  f"upper tiles {totals['tiles']:.1f} ms ({flops / (totals['tiles'] * 1e-3) / 1e12:.0f} TFLOP/s torch-equivalent), "
-                 f"with AOL {totals['aol']:.1f} ms")
+                 f"with AOL {totals['aol']:.1f} ms; upper tiles with aX + BX by baddbmm {totals['unfolded']:.1f} ms")
 
     # the optimizer steps
     lines += ['', '| weights | optimizer | step ms | ratio to torch.optim.Muon | TFLOP/s (torch-equivalent) |', '|---|---|---|---|---|']
@@ -165,12 +181,13 @@ def single(args, device, lines, record):
         base = step_ms(torch_opt, ps, grads, device, args.reps)
         del torch_opt
         rows = [('torch.optim.Muon', base)]
-        for backend, options, full in (('triton', {}, False), ('triton', {}, True), ('foreach', {}, False), ('jit', {}, False),
-                                       ('triton', dict(aol=True), False)):
+        for backend, options, variant in (('triton', {}, None), ('triton', {}, 'full'), ('triton', {}, 'unfolded'), ('foreach', {}, None),
+                                          ('jit', {}, None), ('triton', dict(aol=True), None)):
             ps2 = [p.detach().clone().requires_grad_() for p in ps]
             opt = Muon(ps2, lr=1e-3, wd=0.1, **{backend: True}, **options)
-            with tiled_from(math.inf) if full else contextlib.nullcontext():
-                rows.append((f"fastoptim Muon ({backend}{', aol=True' if options else ''}{', torch products in full' if full else ''})",
+            label = {None: '', 'full': ', torch products in full', 'unfolded': ', aX + BX by baddbmm'}[variant]
+            with tiled_from(math.inf) if variant == 'full' else unfolded() if variant == 'unfolded' else contextlib.nullcontext():
+                rows.append((f"fastoptim Muon ({backend}{', aol=True' if options else ''}{label})",
                              step_ms(opt, ps2, grads, device, args.reps)))
             del opt, ps2
             torch.cuda.empty_cache()
@@ -223,12 +240,14 @@ def divided(args, device, rank, world, lines, record):
     rows.append(('torch.optim.Muon (all work on each GPU)', step_ms(torch_opt, ps, grads, device, args.reps)))
     del torch_opt
     for name, data_parallel, aol in (('fastoptim Muon, work repeated', False, False), ('fastoptim Muon, work divided', True, False),
-                                     ('fastoptim Muon (aol=True), work divided', True, True)):
+                                     ('fastoptim Muon (aol=True), work divided', True, True),
+                                     ('fastoptim Muon, work divided, aX + BX by baddbmm', True, False)):
         ps2 = [p.detach().clone().requires_grad_() for p in ps]
         opt = Muon(ps2, lr=1e-3, wd=0.1, triton=True, data_parallel=data_parallel, aol=aol)
         dist.barrier()
-        rows.append((name, step_ms(opt, ps2, grads, device, args.reps)))
-        if data_parallel and not aol:  # every process ends with the same weights
+        with unfolded() if 'baddbmm' in name else contextlib.nullcontext():
+            rows.append((name, step_ms(opt, ps2, grads, device, args.reps)))
+        if name == 'fastoptim Muon, work divided':  # every process ends with the same weights
             w = torch.cat([p.detach().float().flatten()[:4096] for p in ps2])
             other = w.clone(); dist.broadcast(other, 0)
             record['divided_identical_across_ranks'] = bool(torch.equal(w, other))

@@ -8,16 +8,16 @@ Docs: https://fastoptim.github.io/fastoptim/muon.html.md"""
 __all__ = ['ns_coefficients', 'newton_schulz_bf16', 'newton_schulz_fp32', 'muon_hypers', 'muon_moments', 'muon_adamw_algorithm',
            'Muon', 'muon', 'newton_schulz', 'muon_algorithm', 'mark_roles', 'muon_route', 'muon_router', 'muon_hybrid']
 
-# %% ../nbs/56_muon.ipynb #7d5fde83
+# %% ../nbs/56_muon.ipynb #8bf67b4e
 import functools
 import torch
 from dataclasses import replace
 from .algorithm import Algorithm, Hybrid, Hyper, State, Moment, MatrixFunction, matrix, renamed, lerp, sqrt, maximum, where
 from .core import make_optimizer, partial_maker, FastOptimizer
 from .adam import adam_algorithm, adam_hypers
-from .symmetric import gram, square_plus
+from .symmetric import gram, polynomial_product
 
-# %% ../nbs/56_muon.ipynb #b5597936
+# %% ../nbs/56_muon.ipynb #a7f889fa
 ns_coefficients = (3.4445, -4.7750, 2.0315)  # the authors' quintic
 
 def newton_schulz(stack, steps:int=5, eps:float=1e-7, aol:bool=False):
@@ -35,9 +35,7 @@ def newton_schulz(stack, steps:int=5, eps:float=1e-7, aol:bool=False):
     else: x = x / torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True).clamp(min=eps)  # spectral norm at most 1
     for i in range(steps):
         if i or not aol: A = gram(x)
-        poly = square_plus(A, alpha=c, beta=b)  # bA + cA²
-        x = torch.baddbmm(x, poly, x, beta=a, out=stack if i == steps - 1 and not tall else None)  # the last into the stack
-    if tall: stack.copy_(x.mT)
+        x = polynomial_product(x, A, a, b, c, out=(stack.mT if tall else stack) if i == steps - 1 else None)  # the last into the stack
     return stack
 
 newton_schulz_bf16 = MatrixFunction('newton_schulz', newton_schulz, dtype='bf16')
