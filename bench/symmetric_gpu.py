@@ -1,8 +1,10 @@
 """Symmetric products for Muon's Newton–Schulz iteration (`fastoptim.symmetric`, notebook 08): the Triton kernel that
 computes only the tiles on and above the diagonal of `y @ y.mT` (the Gram product A = XXᵀ, and A·A = A·Aᵀ for
 symmetric A), against torch's products on Muon's stacks from the LLM-like set, for a sweep of launches (tile, K
-tile, warps, stages), each checked against torch's result first; then the launches `gram` and `square_plus` use,
-including a transposed view (Muon's tall matrices). Writes DIR/symmetric_gpu.md and DIR/symmetric_gpu.json.
+tile, warps, stages, programs: one per multiprocessor, each looping over tiles, or one per tile), each checked against
+torch's result first; then the launches `gram` and `square_plus` use, including a transposed view (Muon's tall
+matrices), against torch and against the pointer-load kernel they replaced (`symmetric_pointer.py`). Writes
+DIR/symmetric_gpu.md and DIR/symmetric_gpu.json.
 
 On the GPU machine, from the repository root: python3 bench/symmetric_gpu.py --out DIR
 The kernel's tests (CPU, Triton's interpreter) are in nbs/08_symmetric.ipynb.
@@ -12,6 +14,7 @@ sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.p
 import torch
 import triton
 from fastoptim.symmetric import symmetric_product, gram, square_plus
+from symmetric_pointer import pointer_product
 from timing import median_ms
 
 
@@ -23,8 +26,8 @@ def work_fraction(m, block):
 
 # ---------------------------------------------------------------- GPU benchmark
 
-CONFIGS = [dict(block=b, block_k=bk, warps=w, stages=s)
-           for b, bk, w, s in itertools.product((128,), (32, 64, 128), (4, 8), (3, 4, 5))]  # 64-row tiles: slower in every case (first sweep)
+CONFIGS = [dict(block=b, block_k=bk, warps=w, stages=s, programs=p)  # 64-row tiles: slower in every case (first sweep)
+           for b, bk, w, s, p in itertools.product((128,), (64, 128), (4, 8), (3, 4), ('per SM', 'per tile'))]
 A_COEF, B_COEF, C_COEF = 3.4445, -4.7750, 2.0315  # Muon's quintic: X ← aX + (bA + cA²)X
 
 
@@ -52,7 +55,8 @@ def bench_case(name, y, addend, alpha, beta, torch_fn, reps, deadline):
         if time.monotonic() > deadline:
             rows.append(dict(row, error='time budget spent'))
             continue
-        fn = lambda: symmetric_product(y, alpha, addend, beta, out=out, **cfg)
+        launch = dict(cfg, programs=None if cfg['programs'] == 'per SM' else k * (triton.cdiv(m, cfg['block']) + 1) * triton.cdiv(m, cfg['block']) // 2)
+        fn = lambda: symmetric_product(y, alpha, addend, beta, out=out, **launch)
         try:
             out.fill_(float('nan'))  # a tile left unwritten shows in the error
             fn()  # compiles
@@ -131,16 +135,21 @@ def library_launches(reps):
         ref = torch.bmm(y, y.mT)
         err = rel_diff(gram(y), ref)
         ours, theirs = median_ms(lambda: gram(y), reps, device, warmup=3), median_ms(lambda: torch.bmm(y, y.mT), reps, device, warmup=3)
-        rows.append(dict(name=name, ms=ours, torch_ms=theirs, speedup=theirs / ours, rel_diff=err, tflops_equiv=tflops(2 * k * m * m * n, ours)))
+        before = median_ms(lambda: pointer_product(y, warps=8), reps, device, warmup=3)
+        rows.append(dict(name=name, ms=ours, torch_ms=theirs, speedup=theirs / ours, rel_diff=err, tflops_equiv=tflops(2 * k * m * m * n, ours),
+                         pointer_ms=before))
         del x, y, ref
     a = torch.randn(112, 2048, 2048, device=device, dtype=torch.bfloat16).mul_(0.02)
     a = (a + a.mT) / 2
-    fn, torch_fn = lambda: square_plus(a, C_COEF, B_COEF), lambda: torch.baddbmm(a, a, a, beta=B_COEF, alpha=C_COEF)
-    err = rel_diff(fn(), torch_fn())
+    # as Muon calls it: aI + bA + cA²; torch's bA + cA² (its products cannot add aI before rounding)
+    fn, torch_fn = lambda: square_plus(a, C_COEF, B_COEF, shift=A_COEF), lambda: torch.baddbmm(a, a, a, beta=B_COEF, alpha=C_COEF)
+    err = rel_diff(fn(), torch_fn().float() + A_COEF * torch.eye(2048, device=device))
     ours, theirs = median_ms(fn, reps, device, warmup=3), median_ms(torch_fn, reps, device, warmup=3)
-    rows.append(dict(name='square_plus, 112 × 2048×2048', ms=ours, torch_ms=theirs, speedup=theirs / ours, rel_diff=err,
-                     tflops_equiv=tflops(2 * 112 * 2048 ** 3, ours)))
-    for r in rows: print(f"  {r['name']}: {r['ms']:.3f} ms against torch {r['torch_ms']:.3f} ms ({r['speedup']:.2f}×), rel diff {r['rel_diff']:.1e}", flush=True)
+    before = median_ms(lambda: pointer_product(a, C_COEF, a, B_COEF, A_COEF, warps=4), reps, device, warmup=3)
+    rows.append(dict(name='square_plus(shift=a), 112 × 2048×2048', ms=ours, torch_ms=theirs, speedup=theirs / ours, rel_diff=err,
+                     tflops_equiv=tflops(2 * 112 * 2048 ** 3, ours), pointer_ms=before))
+    for r in rows: print(f"  {r['name']}: {r['ms']:.3f} ms against torch {r['torch_ms']:.3f} ms ({r['speedup']:.2f}×) and pointer loads "
+                         f"{r['pointer_ms']:.3f} ms, rel diff {r['rel_diff']:.1e}", flush=True)
     return rows
 
 
@@ -154,7 +163,7 @@ def report(results):
              f"Plain bmm, 64 × 2048³: {bmm['ms']:.3f} ms, {bmm['tflops']:.0f} TFLOP/s.", '',
              "TFLOP/s torch-equivalent: the full product's 2·k·m²·n over the time; done: the flops of the tiles computed "
              "(the work fraction (T+1)/(2T) of those). Rel diff: max |ours − torch| / max |torch|, both bf16.", '',
-             '| case | torch ms | torch TFLOP/s | best config (block/block_k/warps/stages) | ms | TFLOP/s equiv | TFLOP/s done | work | speedup | rel diff |',
+             '| case | torch ms | torch TFLOP/s | best config (block/block_k/warps/stages/programs) | ms | TFLOP/s equiv | TFLOP/s done | work | speedup | rel diff |',
              '|---|---|---|---|---|---|---|---|---|---|']
     for case in results['cases']:
         ok = [r for r in case['configs'] if 'ms' in r]
@@ -163,19 +172,20 @@ def report(results):
             continue
         r = min(ok, key=lambda r: r['ms'])
         lines.append(f"| {case['name']} | {case['torch_ms']:.3f} | {case['torch_tflops']:.0f} | "
-                     f"{r['block']}/{r['block_k']}/{r['warps']}/{r['stages']} | {r['ms']:.3f} | {r['tflops_equiv']:.0f} | "
+                     f"{r['block']}/{r['block_k']}/{r['warps']}/{r['stages']}/{r['programs']} | {r['ms']:.3f} | {r['tflops_equiv']:.0f} | "
                      f"{r['tflops_done']:.0f} | {r['work']:.3f} | {r['speedup']:.2f}× | {r['rel_diff']:.1e} |")
-    lines += ['', "The launches Muon uses (`gram`, `square_plus`), on each of the LLM-like set's stacks:", '',
-              '| call | ms | torch ms | speedup | TFLOP/s equiv | rel diff |', '|---|---|---|---|---|---|']
-    lines += [f"| {r['name']} | {r['ms']:.3f} | {r['torch_ms']:.3f} | {r['speedup']:.2f}× | {r['tflops_equiv']:.0f} | {r['rel_diff']:.1e} |"
+    lines += ['', "The launches Muon uses (`gram`, `square_plus`), on each of the LLM-like set's stacks, against torch and against the "
+              "pointer-load kernel of 060c721 at its launches:", '',
+              '| call | ms | torch ms | speedup | TFLOP/s equiv | rel diff | pointer loads ms |', '|---|---|---|---|---|---|---|']
+    lines += [f"| {r['name']} | {r['ms']:.3f} | {r['torch_ms']:.3f} | {r['speedup']:.2f}× | {r['tflops_equiv']:.0f} | {r['rel_diff']:.1e} | {r['pointer_ms']:.3f} |"
               for r in results['library']]
     for case in results['cases']:
         lines += ['', f"## {case['name']}: torch {case['torch_ms']:.3f} ms, {case['torch_tflops']:.0f} TFLOP/s", '',
-                  '| block | block_k | warps | stages | ms | TFLOP/s equiv | TFLOP/s done | work | speedup | rel diff |',
-                  '|---|---|---|---|---|---|---|---|---|---|']
+                  '| block | block_k | warps | stages | programs | ms | TFLOP/s equiv | TFLOP/s done | work | speedup | rel diff |',
+                  '|---|---|---|---|---|---|---|---|---|---|---|']
         rows = sorted(case['configs'], key=lambda r: r.get('ms', float('inf')))
         for r in rows:
-            head = f"| {r['block']} | {r['block_k']} | {r['warps']} | {r['stages']} |"
+            head = f"| {r['block']} | {r['block_k']} | {r['warps']} | {r['stages']} | {r['programs']} |"
             if 'ms' in r:
                 lines.append(f"{head} {r['ms']:.3f} | {r['tflops_equiv']:.0f} | {r['tflops_done']:.0f} | {r['work']:.3f} | "
                              f"{r['speedup']:.2f}× | {r['rel_diff']:.1e} |")
