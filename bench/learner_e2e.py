@@ -6,8 +6,11 @@ Two models, each trained by every optimizer from the same initial weights on the
   resnet  a ResNet-50 (torchvision's architecture, written here: the GPU machine has no torchvision), 1000 classes,
           synthetic 128×128 images, batch 64
   gpt     the byte-level GPT of bench/bf16_gpt.py (8 layers, d 512, context 512), random bytes, batch 16
-Each optimizer runs one warm-up epoch (compilation, cuDNN's choices), then --epochs timed epochs. An epoch's time is
-its training loop, synchronised at both ends. Per batch, CUDA events recorded at fastai's events split the GPU's
+Every optimizer's `Learner` is built first and runs one warm-up epoch (compilation, cuDNN's choices); then --rounds
+rounds, each one timed epoch of every `Learner`, in an order rotated from round to round, so that a drift of the
+machine's speed (the host's above all: both models are bound by it at these sizes) falls on all of them alike. An
+epoch's time is its training loop, synchronised at both ends; each round also gives each optimizer's ratio to the
+first one's epoch in the same round. Per batch, CUDA events recorded at fastai's events split the GPU's
 timeline: data (after_batch → the next before_batch: fetching and moving the batch), forward (before_batch →
 after_loss), backward, step (before_step → after_step) and zero_grad (after_step → after_batch); the host's clock is
 read at the same points.
@@ -24,9 +27,9 @@ from functools import partial
 def parse_args():
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--models', default='resnet,gpt', help='resnet, gpt')
-    ap.add_argument('--optimizers', default='fastoptim,fastoptim-none,torch-fused,fastai',
-                    help='fastoptim, fastoptim-none (set_to_none=True), torch-fused, fastai; run in this order')
-    ap.add_argument('--epochs', type=int, default=3, help='timed epochs after the warm-up one')
+    ap.add_argument('--optimizers', default='torch-fused,fastoptim,fastoptim-none',
+                    help='torch-fused, fastoptim, fastoptim-none (set_to_none=True), fastai; ratios are to the first')
+    ap.add_argument('--rounds', type=int, default=6, help='timed epochs of each optimizer, one per round, after the warm-up one')
     ap.add_argument('--batches', type=int, default=60, help='training batches per epoch')
     ap.add_argument('--device', default='cuda', help='cuda (default) or cpu')
     ap.add_argument('--small', action='store_true', help='tiny models and batches: for dry runs')
@@ -108,20 +111,20 @@ def setup(name, args, device):
 
 
 class BatchTimes(Callback):
-    "CUDA events and host clocks at fastai's batch events: the marks of each training batch"
+    "CUDA events and host clocks at fastai's batch events: the marks of each training batch, by epoch"
     order = -100  # before every other callback at each event
-    def __init__(self, cuda): self.cuda, self.batches, self.epochs = cuda, [], []
+    def __init__(self, cuda): self.cuda, self.batches, self.epochs = cuda, [], []  # batches: a list of marks per epoch
     def mark(self):
         event = None
         if self.cuda: event = torch.cuda.Event(enable_timing=True); event.record()
         self.current.append((event, time.perf_counter()))
     def sync(self):
         if self.cuda: torch.cuda.synchronize()
-    def before_train(self): self.sync(); self.t0 = time.perf_counter()
+    def before_train(self): self.sync(); self.batches.append([]); self.t0 = time.perf_counter()
     def after_train(self): self.sync(); self.epochs.append(time.perf_counter() - self.t0)
     def before_batch(self):
         if not self.training: return
-        self.current = []; self.batches.append(self.current); self.mark()
+        self.current = []; self.batches[-1].append(self.current); self.mark()
     def after_loss(self):
         if self.training: self.mark()
     def after_backward(self): self.mark()
@@ -131,10 +134,10 @@ class BatchTimes(Callback):
         if self.training: self.mark()
 
     def split(self, skip):
-        "Milliseconds per batch in each segment (GPU timeline, host clock), medians over the batches after the first `skip`"
+        "Milliseconds per batch in each segment (GPU timeline, host clock), medians over the batches of the epochs after the first `skip`"
         gpu, host = {k: [] for k in SEGMENTS}, {k: [] for k in SEGMENTS}
-        marks = self.batches[skip:]
-        for prev, cur in zip(marks, marks[1:]):  # a batch's data segment ends its predecessor's
+        pairs_of = [(prev, cur) for marks in self.batches[skip:] for prev, cur in zip(marks, marks[1:])]  # within an epoch
+        for prev, cur in pairs_of:  # a batch's data segment ends its predecessor's
             pairs = dict(data=(prev[-1], cur[0]), forward=(cur[0], cur[1]), backward=(cur[1], cur[2]), step=(cur[3], cur[4]),
                          zero_grad=(cur[4], cur[5]))
             for k, ((e0, t0), (e1, t1)) in pairs.items():
@@ -144,7 +147,8 @@ class BatchTimes(Callback):
         return med(gpu), med(host)
 
 
-def run(model_name, opt_name, args, device, init, setup_out):
+def build(opt_name, device, init, setup_out):
+    "A `Learner` for `opt_name` from the weights `init`, and its `BatchTimes`"
     make, train, valid, loss, bs = setup_out
     model = make().to(device)
     model.load_state_dict(init)
@@ -152,36 +156,55 @@ def run(model_name, opt_name, args, device, init, setup_out):
     times = BatchTimes(device.type == 'cuda')
     learn = Learner(dls, model, loss_func=loss, opt_func=OPTIMIZERS[opt_name][1], cbs=[times])
     if device.type == 'cuda': learn.to_bf16()
-    with learn.no_bar(), learn.no_logging():
-        learn.fit(1, LR)  # warm-up
-        n_warm = len(times.batches)
-        learn.fit(args.epochs, LR)
-    gpu, host = times.split(n_warm)
-    epochs = times.epochs[1:]  # the timed epochs' training loops
-    losses = [float(x) for x in learn.recorder.losses[-3:]]
-    res = dict(model=model_name, optimizer=opt_name, label=OPTIMIZERS[opt_name][0], epoch_s=epochs,
-               epoch_median_s=float(np.median(epochs)), gpu_ms=gpu, host_ms=host, last_losses=losses,
-               backend=sorted(set(getattr(learn.opt, 'backends_used', {}).values())) or None)
-    del learn, model, dls
+    return learn, times
+
+def epoch(learn):
+    "One epoch of training (the optimizer made at the first call is kept: `fit` makes one only when there is none)"
+    with learn.no_bar(), learn.no_logging(): learn.fit(1, LR)
+
+def run(model_name, args, device, init, setup_out):
+    "Every optimizer's `Learner` on `model_name`: a warm-up epoch each, then `args.rounds` rounds of one epoch each, in rotated orders"
+    names = args.optimizers.split(',')
+    learners = {n: build(n, device, init, setup_out) for n in names}
+    for n in names: epoch(learners[n][0])  # warm-up
+    for r in range(args.rounds):
+        for n in names[r % len(names):] + names[:r % len(names)]: epoch(learners[n][0])
+    rows = []
+    for n in names:
+        learn, times = learners[n]
+        gpu, host = times.split(1)
+        epochs = times.epochs[1:]  # the timed epochs' training loops, one per round
+        rows.append(dict(model=model_name, optimizer=n, label=OPTIMIZERS[n][0], epoch_s=epochs,
+                         epoch_median_s=float(np.median(epochs)), gpu_ms=gpu, host_ms=host,
+                         last_losses=[float(x) for x in learn.recorder.losses[-3:]],
+                         backend=sorted(set(getattr(learn.opt, 'backends_used', {}).values())) or None))
+    for row in rows:  # each round's epoch against the first optimizer's in the same round
+        ratios = [a / b for a, b in zip(row['epoch_s'], rows[0]['epoch_s'])]
+        row.update(ratio_median=float(np.median(ratios)), ratio_min=min(ratios), ratio_max=max(ratios),
+                   faster_rounds=sum(x < 1 for x in ratios))
+    del learners
     if device.type == 'cuda': torch.cuda.empty_cache()
-    return res
+    return rows
 
 
 def report(rows, meta, args):
     lines = [f"# fastai `Learner` end to end: {meta['device']}", '',
              f"{meta['date']}; torch {meta['torch']}, fastai {meta['fastai']}, fastoptim {meta['fastoptim']}; "
              f"command: `{meta['command']}`", '',
-             f"{args.batches} training batches per epoch; s/epoch: median of {args.epochs} timed epochs (training loop, "
-             "synchronised at both ends) after one warm-up epoch. Per-batch ms: medians over the timed batches, on the "
-             "GPU's timeline (CUDA events at fastai's events) and, in brackets, on the host's clock.", '']
+             f"{args.batches} training batches per epoch; s/epoch: median of {args.rounds} timed epochs (training loop, "
+             "synchronised at both ends), one per round, after one warm-up epoch; × first: each round's epoch against the "
+             "first optimizer's in the same round, median (min–max), and in how many rounds it was the shorter. Per-batch "
+             "ms: medians over the timed batches, on the GPU's timeline (CUDA events at fastai's events) and, in brackets, "
+             "on the host's clock.", '']
     for model in dict.fromkeys(r['model'] for r in rows):
-        lines += [f"## {model}", '', '| optimizer | backend | s/epoch | ' + ' | '.join(SEGMENTS) + ' | sum | last losses |',
-                  '|---|---|---|' + '---|' * len(SEGMENTS) + '---|---|']
+        lines += [f"## {model}", '', '| optimizer | backend | s/epoch | × first | shorter in | ' + ' | '.join(SEGMENTS) + ' | sum | last losses |',
+                  '|---|---|---|---|---|' + '---|' * len(SEGMENTS) + '---|---|']
         for r in (r for r in rows if r['model'] == model):
             cells = [f"{r['gpu_ms'][k]:.2f} ({r['host_ms'][k]:.2f})" if r['gpu_ms'][k] is not None else f"({r['host_ms'][k]:.2f})"
                      for k in SEGMENTS]
             total = sum(r['gpu_ms'][k] or r['host_ms'][k] for k in SEGMENTS)
             lines.append(f"| {r['label']} | {', '.join(r['backend'] or ['-'])} | {r['epoch_median_s']:.3f} | "
+                         f"{r['ratio_median']:.3f} ({r['ratio_min']:.3f}–{r['ratio_max']:.3f}) | {r['faster_rounds']} of {len(r['epoch_s'])} | "
                          + ' | '.join(cells) + f" | {total:.2f} | {', '.join(f'{x:.3f}' for x in r['last_losses'])} |")
         lines.append('')
     return '\n'.join(lines)
@@ -198,9 +221,9 @@ def main(args):
         out = setup(model_name, args, device)
         torch.manual_seed(0)
         init = {k: v.clone() for k, v in out[0]().state_dict().items()}
-        for opt_name in args.optimizers.split(','):
-            rows.append(run(model_name, opt_name, args, device, init, out))
-            print(model_name, opt_name, f"{rows[-1]['epoch_median_s']:.3f} s/epoch", rows[-1]['gpu_ms'], flush=True)
+        rows += run(model_name, args, device, init, out)
+        for r in rows[-len(args.optimizers.split(',')):]:
+            print(model_name, r['optimizer'], f"{r['epoch_median_s']:.3f} s/epoch, × first {r['ratio_median']:.3f}", r['gpu_ms'], flush=True)
     os.makedirs(args.out, exist_ok=True)
     json.dump(dict(meta=meta, rows=rows), open(os.path.join(args.out, 'learner_e2e.json'), 'w'), indent=1)
     write_report(report(rows, meta, args), os.path.join(args.out, 'learner_e2e.md'))

@@ -111,7 +111,7 @@ def symmetric_product(y, alpha:float=1., addend=None, beta:float=0., out=None, *
                                       BLOCK=block, BLOCK_K=block_k, PROGRAMS=programs, num_warps=warps, num_stages=stages)
     return out
 
-# %% ../nbs/08_symmetric.ipynb #b7a13146
+# %% ../nbs/08_symmetric.ipynb #d7fc62a2
 min_tiled_work = 2**34  # multiply-adds of a stack's full product k·m²·n from which the upper tiles pay for their launch
 
 def symmetric_tiles(x) -> bool:
@@ -122,14 +122,14 @@ def symmetric_tiles(x) -> bool:
 
 def gram(x):
     "x·xᵀ for a stack `x` (k, m, n)"
-    if symmetric_tiles(x): return symmetric_product(x, block=128, block_k=64, warps=8, stages=4)
+    if symmetric_tiles(x): return symmetric_product(x)
     return torch.bmm(x, x.mT)
 
 def square_plus(a, alpha:float, beta:float, shift:float=0.):
     "shift·I + beta·A + alpha·A² for a stack `a` of symmetric matrices (A² = A·Aᵀ); torch's products add `shift` after rounding"
     if symmetric_tiles(a):
         a = a.contiguous()  # the addend is read as a contiguous stack
-        return symmetric_product(a, alpha, a, beta, shift=shift, block=128, block_k=64, warps=4, stages=4)
+        return symmetric_product(a, alpha, a, beta, shift=shift)
     out = torch.baddbmm(a, a, a, beta=beta, alpha=alpha)
     if shift: out.diagonal(dim1=-2, dim2=-1).add_(shift)
     return out
