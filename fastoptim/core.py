@@ -16,9 +16,9 @@ __all__ = ['fp32_max', 'fold_numel', 'residual_dtypes', 'rounding_states', 'grou
            'refuse_partial_steps', 'apply_matrices', 'Stepper', 'ForLoopBackend', 'piece_limit', 'backend_from_flags',
            'load_backends', 'auto_backend', 'check_state', 'is_sharded', 'local_tensor', 'sharding', 'shard_salt',
            'full_precision', 'state_of_shards', 'local_state', 'complete_shards', 'no_layout', 'LayoutLink',
-           'ParamState', 'StateTable', 'OptimizerPart', 'Layout', 'Numbers', 'Preparation', 'capture_refusal',
-           'same_tensors', 'StepGraph', 'GroupView', 'FastOptimizer', 'make_partial', 'OptFunc', 'partial_maker',
-           'make_optimizer']
+           'ParamState', 'StateTable', 'tensor_kinds', 'OptimizerPart', 'Layout', 'Numbers', 'Preparation',
+           'capture_refusal', 'same_tensors', 'StepGraph', 'GroupView', 'FastOptimizer', 'make_partial', 'OptFunc',
+           'partial_maker', 'make_optimizer']
 
 # %% ../nbs/00_core.ipynb #cd5ce8d3
 import copy, gc, inspect, linecache, math, operator, warnings, weakref
@@ -842,8 +842,13 @@ class StateTable(LayoutLink, dict):
     def __delitem__(self, p): self.stale(); super().__delitem__(p)
     def __reduce__(self): return dict, (dict(self),)
 
-# %% ../nbs/00_core.ipynb #dfb948b3
+# %% ../nbs/00_core.ipynb #7bfde3be
 _grad, _requires_grad = operator.attrgetter('grad'), operator.attrgetter('requires_grad')
+_kind = operator.attrgetter('dtype', 'shape', 'layout', 'device')
+
+def tensor_kinds(ts):
+    "Each tensor's dtype, shape, layout, device and strides, in two lists made by maps in C: a moved gradient's check against its parameter at every step of `set_to_none=True`"
+    return list(map(_kind, ts)), list(map(Tensor.stride, ts))
 
 class OptimizerPart:
     "A part of a `FastOptimizer` (its layout, numbers, preparation, own graph), which refers to the optimizer weakly: with no cycle between them (nor through the state, see `LayoutLink`), dropping the optimizer frees its state at once, as dropping one of torch's does, not when the garbage collector next runs"
@@ -862,6 +867,7 @@ class Layout(OptimizerPart):
     def __init__(self, opt):
         self.opt, self.sig, self.buckets, self.generation, self.caches = opt, None, {}, 0, {}
         self.present = ()  # which parameters had a gradient when the buckets were built
+        self.param_kinds = None  # `tensor_kinds` of the buckets' parameters, made at the layout's first `rebind`
         self.one_off = {}  # `step_params`' buckets and backend caches, by the parameters they step: see `one_off_buckets`
         self.edits = 0  # how many times the state was edited by hand: who checked it can tell whether to check again
 
@@ -922,7 +928,7 @@ class Layout(OptimizerPart):
             buckets = self.group(self.opt.flat_params, grads, range(len(grads)))
             self.generation += 1
             self.opt.preparation(buckets, self.generation)
-            self.buckets, self.sig, self.present = buckets, sig, tuple(g is not None for g in grads)
+            self.buckets, self.sig, self.present, self.param_kinds = buckets, sig, tuple(g is not None for g in grads), None
         else:
             for b in self.buckets.values():
                 b.grads = [local_tensor(grads[i]) for i in b.indices] if self.opt.sharded else list(map(grads.__getitem__, b.indices))
@@ -934,14 +940,16 @@ class Layout(OptimizerPart):
         if (self.sig is None or self.opt.sharded or sig[:n] != self.sig[:n]
             or tuple(g is not None for g in grads) != self.present): return False
         moved = {key: [grads[i] for i in b.indices] for key, b in self.buckets.items()}
-        if any(_grad_error(p, g) for key, b in self.buckets.items() for p, g in zip(b.params, moved[key])): return False
+        # what `_grad_error` checks, in bulk: a parameter's own kind changes only with its address (a rebuild)
+        if self.param_kinds is None: self.param_kinds = tensor_kinds([p for b in self.buckets.values() for p in b.params])
+        if tensor_kinds([g for gs in moved.values() for g in gs]) != self.param_kinds: return False
         for key, b in self.buckets.items(): b.grads, b.grad_generation = moved[key], b.grad_generation + 1
         self.sig = sig
         return True
 
     def forget_step(self):
         "Make the next `step()` rebuild its buckets (and the backends their caches) from the state as it is"
-        self.sig, self.buckets = None, {}
+        self.sig, self.buckets, self.param_kinds = None, {}, None
 
     def forget(self):
         "`forget_step`, and `step_params`' buckets too"
@@ -1352,7 +1360,7 @@ class GroupView(MutableMapping):
     def __len__(self): return 1 + len(self.opt.hypers[self.i])
     def __repr__(self): return f"GroupView({dict(self)})"
 
-# %% ../nbs/00_core.ipynb #2728c655
+# %% ../nbs/00_core.ipynb #140b5dbd
 class FastOptimizer(Optimizer):
     "A fastai `Optimizer` running `algorithm` over (device, dtype) buckets with one backend call per bucket"
     def __init__(self,
@@ -1607,9 +1615,10 @@ class FastOptimizer(Optimizer):
         if self.set_to_none if set_to_none is None else set_to_none:
             for p in self.flat_params: p.grad = None
             return
-        grads = [p.grad for p in self.flat_params if p.grad is not None]
-        for g in grads:
-            if g.requires_grad: g.detach_()
+        grads = [g for g in map(_grad, self.flat_params) if g is not None]
+        if any(map(_requires_grad, grads)):  # gradients made with create_graph
+            for g in grads:
+                if g.requires_grad: g.detach_()
         if grads: torch._foreach_zero_([local_tensor(g) for g in grads] if self.sharded else grads)
 
     def check_params(self, params):

@@ -433,7 +433,7 @@ def fold_gradients(table, block_tensors, scalars, WIDTH: tl.constexpr, K: tl.con
             moment = load_math(ptr, offsets, mask) * scalar(scalars, t, 1 + 2 * j, K)
             store(ptr, offsets, moment + scalar(scalars, t, 2 + 2 * j, K) * term, mask, DTYPE)
 
-# %% ../nbs/03_triton.ipynb #7fca5eaa
+# %% ../nbs/03_triton.ipynb #64492d38
 tl_dtypes = {torch.float32: 'float32', torch.bfloat16: 'bfloat16', torch.float16: 'float16'}
 # each tensor's partial sums go to this many slots (by program), added up after the pass: with 32, a pass that reads
 # little (LARS's norms of p and g) waited on contended atomics; 256 took LARS's replayed step on the LLM-like set from
@@ -588,7 +588,7 @@ class TritonBackend(Stepper):
         "Point the table's gradient column at the bucket's new gradients (one upload), or make the tables be rebuilt if one breaks the alignment they promise"
         cache['grads'] = bucket.grad_generation
         if cache['grad_column'] is None: return
-        addresses = np.array([g.data_ptr() for g in bucket.grads], dtype=np.int64)
+        addresses = np.fromiter(map(torch.Tensor.data_ptr, bucket.grads), np.int64, len(bucket.grads))
         if cache['align'] == 16 and (addresses % 16).any(): cache['key'] = None
         else: to_device(addresses, bucket.device, out=cache['table'][:, cache['grad_column']])
 
