@@ -433,7 +433,7 @@ def fold_gradients(table, block_tensors, scalars, WIDTH: tl.constexpr, K: tl.con
             moment = load_math(ptr, offsets, mask) * scalar(scalars, t, 1 + 2 * j, K)
             store(ptr, offsets, moment + scalar(scalars, t, 2 + 2 * j, K) * term, mask, DTYPE)
 
-# %% ../nbs/03_triton.ipynb #64492d38
+# %% ../nbs/03_triton.ipynb #c62a3da2
 tl_dtypes = {torch.float32: 'float32', torch.bfloat16: 'bfloat16', torch.float16: 'float16'}
 # each tensor's partial sums go to this many slots (by program), added up after the pass: with 32, a pass that reads
 # little (LARS's norms of p and g) waited on contended atomics; 256 took LARS's replayed step on the LLM-like set from
@@ -588,9 +588,21 @@ class TritonBackend(Stepper):
         "Point the table's gradient column at the bucket's new gradients (one upload), or make the tables be rebuilt if one breaks the alignment they promise"
         cache['grads'] = bucket.grad_generation
         if cache['grad_column'] is None: return
-        addresses = np.fromiter(map(torch.Tensor.data_ptr, bucket.grads), np.int64, len(bucket.grads))
-        if cache['align'] == 16 and (addresses % 16).any(): cache['key'] = None
-        else: to_device(addresses, bucket.device, out=cache['table'][:, cache['grad_column']])
+        n, column = len(bucket.grads), cache['table'][:, cache['grad_column']]
+        addresses = np.fromiter(map(torch.Tensor.data_ptr, bucket.grads), np.int64, n)
+        if cache['align'] == 16 and (addresses % 16).any(): cache['key'] = None; return
+        if not bucket.device.type == 'cuda': column.copy_(torch.from_numpy(addresses)); return
+        # with `set_to_none=True` this runs at every step: buffers of its own (pinned, on the device) and no allocation
+        staged = cache.get('grad staging')
+        if staged is None or len(staged[0]) != n:
+            staged = cache['grad staging'] = (torch.empty(n, dtype=torch.int64).pin_memory(),
+                                              torch.empty(n, dtype=torch.int64, device=bucket.device), torch.cuda.Event())
+        pinned, on_device, uploaded = staged
+        uploaded.synchronize()  # the last upload has read `pinned` (long done, unless the GPU is a whole step behind)
+        pinned.numpy()[:] = addresses
+        on_device.copy_(pinned, non_blocking=True)
+        column.copy_(on_device)
+        uploaded.record(torch.cuda.current_stream(bucket.device))
 
     def register_cap(self, compiler_registers, element_size, gated=False, quantized=False):
         "The most registers per thread for a kernel (None: the compiler's choice); `compiler_registers()` compiles it and tells how many the compiler gives it (None: unknown), called only where it decides. In 16-bit buckets, one allocation step of 8 below its choice, never below 48: one more program fits on each SM (H200, LLM-like bf16 set with Kahan, replayed, against the compiler's choice in the same process: Adan 0.95–0.96 → 0.98–0.99 of its byte bound, AdEMAMix 0.95 → 0.98, Adam 0.97 → 1.00, ADOPT alone slower, 0.99 → 0.96; fixed caps of 56 for Adan and 48 for AdEMAMix gave 0.94 and 0.85). A `gated` plan's kernel gets 48: its gated values need their registers only on the steps its gate opens (Ranger: 64 registers 0.93–0.94, 56 0.96, 48 0.98). A `quantized` plan's kernel (8-bit states), bound by its instructions more than the others, two steps below (LLM-like set, replayed: AdamW with 8-bit moments 0.816–0.831 of its bound at 64 registers, 0.843–0.850 at 56, in three runs; Lion 0.913 → 0.956 and SGD momentum 0.940 → 0.998 at 64 → 48; `bench/results/q8_h200_2026-12-01`). fp32 kernels keep the compiler's choice: caps moved the ResNet-like set by at most 1%, or spilled. `bench/results/registers_h200_2026-12-01`"
