@@ -842,7 +842,7 @@ class StateTable(LayoutLink, dict):
     def __delitem__(self, p): self.stale(); super().__delitem__(p)
     def __reduce__(self): return dict, (dict(self),)
 
-# %% ../nbs/00_core.ipynb #7bfde3be
+# %% ../nbs/00_core.ipynb #5a812d55
 _grad, _requires_grad = operator.attrgetter('grad'), operator.attrgetter('requires_grad')
 _kind = operator.attrgetter('dtype', 'shape', 'layout', 'device')
 
@@ -928,7 +928,7 @@ class Layout(OptimizerPart):
             buckets = self.group(self.opt.flat_params, grads, range(len(grads)))
             self.generation += 1
             self.opt.preparation(buckets, self.generation)
-            self.buckets, self.sig, self.present, self.param_kinds = buckets, sig, tuple(g is not None for g in grads), None
+            self.buckets, self.sig, self.present, self.param_kinds = buckets, sig, tuple(map(operator.is_not, grads, repeat(None))), None
         else:
             for b in self.buckets.values():
                 b.grads = [local_tensor(grads[i]) for i in b.indices] if self.opt.sharded else list(map(grads.__getitem__, b.indices))
@@ -938,7 +938,7 @@ class Layout(OptimizerPart):
         "Whether only the gradients moved (the same parameters, each with a gradient or not as before, of their parameter's kind): if so, the buckets take them, and a new `grad_generation`"
         n = len(grads)
         if (self.sig is None or self.opt.sharded or sig[:n] != self.sig[:n]
-            or tuple(g is not None for g in grads) != self.present): return False
+            or tuple(map(operator.is_not, grads, repeat(None))) != self.present): return False
         moved = {key: [grads[i] for i in b.indices] for key, b in self.buckets.items()}
         # what `_grad_error` checks, in bulk: a parameter's own kind changes only with its address (a rebuild)
         if self.param_kinds is None: self.param_kinds = tensor_kinds([p for b in self.buckets.values() for p in b.params])
