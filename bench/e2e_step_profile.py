@@ -5,11 +5,12 @@ a step alone): how many steps replayed the optimizer's graph, how many captured 
 
     PYTHONPATH=$PWD/.site:$PWD python3 bench/e2e_step_profile.py --out $OUT/e2e_step_profile.md
 """
-import argparse, os, statistics, sys, time
+import argparse, os, statistics, sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch
 import learner_e2e as e2e
 import fastoptim.core as core
+from timing import timed
 
 ap = argparse.ArgumentParser()
 ap.add_argument('--out', default='e2e_step_profile.md')
@@ -22,13 +23,6 @@ out = e2e.setup('resnet', setup_args, device)
 torch.manual_seed(0)
 init = {k: v.clone() for k, v in out[0]().state_dict().items()}
 
-def wrap(owner, name, label, stages):
-    fn = getattr(owner, name)
-    def timed(*a, **k):
-        t = time.perf_counter()
-        try: return fn(*a, **k)
-        finally: stages.setdefault(label, []).append((time.perf_counter() - t) * 1e6)
-    setattr(owner, name, timed)
 
 lines = [f'# Host time of `opt.step()` inside a fastai Learner: {torch.cuda.get_device_name()}', '',
          f'torch {torch.__version__}; ResNet-50 of `learner_e2e.py`, bf16 autocast, batch 64, {args.batches} batches per epoch; '
@@ -43,8 +37,8 @@ for opt_name in ('fastoptim', 'fastoptim-none'):
                                (opt.graph, 'step', 'graph.step'), (opt.graph, 'capture', 'graph.capture'), (opt, '_prepare', 'opt._prepare'),
                                (triton, 'prepare', 'triton prepare (per bucket)'), (triton, 'move_grads', 'triton move_grads (per bucket)'),
                                (opt, '_run', 'opt._run (eager step)'), (opt, '_count', 'opt._count (per bucket)'), (opt, 'zero_grad', 'opt.zero_grad')):
-        wrap(owner, name, label, stages)
-    if opt.graph.graph is not None: wrap(opt.graph.graph, 'replay', 'graph.replay', stages)
+        timed(owner, name, label, stages)
+    if opt.graph.graph is not None: timed(opt.graph.graph, 'replay', 'graph.replay', stages)
     replays = opt.graph.replays
     e2e.epoch(learn)
     lines += [f'## `{e2e.OPTIMIZERS[opt_name][0]}`', '', f'replays in the timed epoch: {opt.graph.replays - replays}', '',

@@ -11,6 +11,7 @@ import fastoptim.core as core
 from fastoptim.all import SGD, Adam
 from graphed import Graphed
 from shapes import resnet50_shapes
+from timing import timed
 
 ap = argparse.ArgumentParser()
 ap.add_argument('--out', default='own_graph_host.md')
@@ -37,14 +38,6 @@ def idle_us(fn, n=100):
 
 
 stages = {}
-def timed(owner, name, label):
-    "Wrap method `name` of `owner` to add its host µs to stages[label]"
-    fn = getattr(owner, name)
-    def wrapper(*a, **k):
-        t = time.perf_counter()
-        try: return fn(*a, **k)
-        finally: stages.setdefault(label, []).append((time.perf_counter() - t) * 1e6)
-    setattr(owner, name, wrapper)
 
 
 lines = [f'# Host time of opt.step() replaying its own graph: {torch.cuda.get_device_name()}', '',
@@ -65,14 +58,14 @@ for name, make in (('SGD momentum', lambda ps, **kw: SGD(ps, 1e-2, mom=0.9, wd=1
 
 opt = Adam(params(), 1e-3, wd=1e-2, triton=True)
 for _ in range(5): opt.step()
-timed(opt.layout, 'current', 'layout.current (signature)')
-timed(opt.numbers, 'check', 'numbers.check')
-timed(opt.graph, 'refusal', 'graph.refusal')
-timed(opt, '_prepare', 'opt._prepare')
-timed(core.backends['triton'], 'prepare', 'triton prepare (per bucket)')
-timed(opt.graph.graph, 'replay', 'graph.replay')
-timed(opt, '_count', 'opt._count (per bucket)')
-timed(opt.graph, 'step', 'graph.step (all but the layout and numbers)')
+timed(opt.layout, 'current', 'layout.current (signature)', stages)
+timed(opt.numbers, 'check', 'numbers.check', stages)
+timed(opt.graph, 'refusal', 'graph.refusal', stages)
+timed(opt, '_prepare', 'opt._prepare', stages)
+timed(core.backends['triton'], 'prepare', 'triton prepare (per bucket)', stages)
+timed(opt.graph.graph, 'replay', 'graph.replay', stages)
+timed(opt, '_count', 'opt._count (per bucket)', stages)
+timed(opt.graph, 'step', 'graph.step (all but the layout and numbers)', stages)
 total = idle_us(opt.step)
 lines += ['', f'AdamW, each stage (median µs; the whole call {total:.1f}):', '', '| stage | µs |', '|---|---|']
 lines += [f'| {k} | {statistics.median(v):.1f} |' for k, v in stages.items()]

@@ -59,6 +59,16 @@ def copy_bandwidth(device, reps=20):
     return 2 * n / (ms * 1e-3) / 1e9
 
 
+def timed(owner, name, label, stages):
+    "Wrap method `name` of `owner` (on the instance) so that each call adds its host µs to `stages[label]`"
+    fn = getattr(owner, name)
+    def wrapper(*a, **k):
+        t = time.perf_counter()
+        try: return fn(*a, **k)
+        finally: stages.setdefault(label, []).append((time.perf_counter() - t) * 1e6)
+    setattr(owner, name, wrapper)
+
+
 def write_report(text, path):
     "Print `text`, and write it to `path` (its folder created) when one is given"
     print(text)
