@@ -31,7 +31,7 @@ for opt_name in ('fastoptim', 'fastoptim-none'):
     learn, times = e2e.build(opt_name, device, init, out)
     e2e.epoch(learn)  # warm-up: the optimizer is made, the graph captured
     opt, stages = learn.opt, {}
-    triton = core.backends['triton']
+    triton = core.backends['triton']  # shared by both optimizers: its methods are restored after each
     for owner, name, label in ((opt, 'step', 'opt.step (all)'), (opt.numbers, 'check', 'numbers.check'), (opt.layout, 'current', 'layout.current'),
                                (opt.layout, 'signature', 'layout.signature'), (opt.layout, 'rebind', 'layout.rebind'),
                                (opt.graph, 'step', 'graph.step'), (opt.graph, 'capture', 'graph.capture'), (opt, '_prepare', 'opt._prepare'),
@@ -46,6 +46,7 @@ for opt_name in ('fastoptim', 'fastoptim-none'):
     lines += [f'| {k} | {len(v)} | {statistics.median(v):.1f} |' for k, v in stages.items()]
     lines.append('')
     print('\n'.join(lines[-len(stages) - 6:]), flush=True)
+    for name in ('prepare', 'move_grads'): del triton.__dict__[name]  # the class's again
     del learn, opt
     torch.cuda.empty_cache()
 open(args.out, 'w').write('\n'.join(lines) + '\n')

@@ -842,7 +842,7 @@ class StateTable(LayoutLink, dict):
     def __delitem__(self, p): self.stale(); super().__delitem__(p)
     def __reduce__(self): return dict, (dict(self),)
 
-# %% ../nbs/00_core.ipynb #5a812d55
+# %% ../nbs/00_core.ipynb #fde21309
 _grad, _requires_grad = operator.attrgetter('grad'), operator.attrgetter('requires_grad')
 _kind = operator.attrgetter('dtype', 'shape', 'layout', 'device')
 
@@ -867,7 +867,6 @@ class Layout(OptimizerPart):
     def __init__(self, opt):
         self.opt, self.sig, self.buckets, self.generation, self.caches = opt, None, {}, 0, {}
         self.present = ()  # which parameters had a gradient when the buckets were built
-        self.param_kinds = None  # `tensor_kinds` of the buckets' parameters, made at the layout's first `rebind`
         self.one_off = {}  # `step_params`' buckets and backend caches, by the parameters they step: see `one_off_buckets`
         self.edits = 0  # how many times the state was edited by hand: who checked it can tell whether to check again
 
@@ -928,7 +927,7 @@ class Layout(OptimizerPart):
             buckets = self.group(self.opt.flat_params, grads, range(len(grads)))
             self.generation += 1
             self.opt.preparation(buckets, self.generation)
-            self.buckets, self.sig, self.present, self.param_kinds = buckets, sig, tuple(map(operator.is_not, grads, repeat(None))), None
+            self.buckets, self.sig, self.present = buckets, sig, tuple(map(operator.is_not, grads, repeat(None)))
         else:
             for b in self.buckets.values():
                 b.grads = [local_tensor(grads[i]) for i in b.indices] if self.opt.sharded else list(map(grads.__getitem__, b.indices))
@@ -940,16 +939,15 @@ class Layout(OptimizerPart):
         if (self.sig is None or self.opt.sharded or sig[:n] != self.sig[:n]
             or tuple(map(operator.is_not, grads, repeat(None))) != self.present): return False
         moved = {key: [grads[i] for i in b.indices] for key, b in self.buckets.items()}
-        # what `_grad_error` checks, in bulk: a parameter's own kind changes only with its address (a rebuild)
-        if self.param_kinds is None: self.param_kinds = tensor_kinds([p for b in self.buckets.values() for p in b.params])
-        if tensor_kinds([g for gs in moved.values() for g in gs]) != self.param_kinds: return False
+        # what `_grad_error` checks, in bulk, against the parameters as they are now (`p.data = p.data.t()` keeps the address)
+        if tensor_kinds([g for gs in moved.values() for g in gs]) != tensor_kinds([p for b in self.buckets.values() for p in b.params]): return False
         for key, b in self.buckets.items(): b.grads, b.grad_generation = moved[key], b.grad_generation + 1
         self.sig = sig
         return True
 
     def forget_step(self):
         "Make the next `step()` rebuild its buckets (and the backends their caches) from the state as it is"
-        self.sig, self.buckets, self.param_kinds = None, {}, None
+        self.sig, self.buckets = None, {}
 
     def forget(self):
         "`forget_step`, and `step_params`' buckets too"

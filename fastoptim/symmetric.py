@@ -14,7 +14,7 @@ import functools
 import torch
 from .triton_support import triton, tl, triton_jit, interpreting  # without Triton, `gram` and `square_plus` use torch's products
 
-# %% ../nbs/08_symmetric.ipynb #0bb0a122
+# %% ../nbs/08_symmetric.ipynb #1a0af2ff
 try: from triton.tools.tensor_descriptor import TensorDescriptor  # Triton 3.4 and later
 except ImportError: TensorDescriptor = None
 
@@ -57,10 +57,16 @@ def processors(device) -> int:
     "The streaming multiprocessors of CUDA `device`"
     return torch.cuda.get_device_properties(device).multi_processor_count
 
+def _strides(t):
+    "`t`'s strides, with those of its dimensions of size 1 (which no element uses) replaced by ones the accelerator takes"
+    return [s if n > 1 else 1 if i == t.ndim - 1 else 16 // t.element_size() for i, (s, n) in enumerate(zip(t.stride(), t.shape))]
+
 def _described(t):
-    "`t` (k, r, c) as the tensor accelerator reads it: (t, False) if contiguous, (tᵀ, True) if t is the transpose of a contiguous stack; None if neither or if its rows do not start on 16 bytes"
+    "`t` (k, r, c) as the tensor accelerator reads it: (t, False) if its rows are contiguous, (tᵀ, True) if its columns are (the transpose of such a stack); None if neither, or if a matrix or a row does not start on 16 bytes"
     for src, transposed in ((t, False), (t.mT, True)):
-        if src.is_contiguous() and src.data_ptr() % 16 == 0 and src.shape[-1] * src.element_size() % 16 == 0: return src, transposed
+        strides = _strides(src)
+        if strides[-1] == 1 and src.data_ptr() % 16 == 0 and all(s * src.element_size() % 16 == 0 for s in strides[:-1]):
+            return src, transposed
     return None
 
 def _span(t):
@@ -74,8 +80,8 @@ def _overlap(a, b):
     return a0 < b1 and b0 < a1
 
 def symmetric_product(y, alpha:float=1., addend=None, beta:float=0., out=None, *, shift:float=0., block:int=128, block_k:int=64,
-                      warps:int=8, stages:int=4, programs:int|None=None):
-    "`shift·I + beta·addend + alpha·y·yᵀ` for a stack `y` (k, m, n), contiguous or the transpose of a contiguous stack, accumulated in fp32 and rounded once, from the upper tiles only; `addend` (k, m, m) must be symmetric; `programs`: how many (default: one per multiprocessor on CUDA)"
+                      warps:int=8, stages:int|None=None, programs:int|None=None):
+    "`shift·I + beta·addend + alpha·y·yᵀ` for a stack `y` (k, m, n) with contiguous rows or columns (Muon's tall stacks come transposed), with m a multiple of 16 bytes' elements, accumulated in fp32 and rounded once, from the upper tiles only; `addend` (k, m, m) must be symmetric; `stages`: K blocks in flight (default: 4 in bf16, 3 in fp32, what the H200's shared memory holds); `programs`: how many (default: one per multiprocessor on CUDA)"
     if triton is None or TensorDescriptor is None: raise ImportError("symmetric_product needs Triton 3.4 or later: pip install -U triton")
     if y.ndim != 3: raise ValueError(f"symmetric_product takes a stack of matrices (k, m, n), got shape {tuple(y.shape)}.")
     if y.dtype not in (torch.bfloat16, torch.float32): raise ValueError(f"symmetric_product takes bf16 or fp32 matrices, got {y.dtype}.")
@@ -84,6 +90,11 @@ def symmetric_product(y, alpha:float=1., addend=None, beta:float=0., out=None, *
                          f"(TRITON_INTERPRET=1 before triton is imported); got a {y.device.type} tensor "
                          f"{'with' if interpreting() else 'without'} the interpreter.")
     k, m, n = y.shape
+    if m * y.element_size() % 16: raise ValueError(
+        f"symmetric_product writes rows of m = {m} elements, {m * y.element_size()} bytes: they must be a multiple of 16 bytes "
+        f"(m a multiple of {16 // y.element_size()}), as the tensor memory accelerator writes them.")
+    if programs is not None and (isinstance(programs, bool) or not isinstance(programs, int) or programs < 1):
+        raise ValueError(f"programs must be a positive int (or None: one per multiprocessor), got {programs!r}.")
     for name, t in (('addend', addend), ('out', out)):
         if t is None: continue
         if t.shape != (k, m, m) or t.dtype != y.dtype or t.device != y.device:
@@ -93,16 +104,21 @@ def symmetric_product(y, alpha:float=1., addend=None, beta:float=0., out=None, *
     for name, t in (('y', y), ('addend', addend)):  # other programs may still read a tile where this one writes
         if t is not None and _overlap(out, t): raise ValueError(f"out must not share memory with {name}.")
     if out.numel() == 0: return out
+    if n == 0:  # yyᵀ is zero: no tile to compute
+        out.copy_(torch.eye(m, device=y.device).mul_(shift).add(addend.float(), alpha=beta) if addend is not None else torch.eye(m, device=y.device).mul_(shift))
+        return out
     for name, t in (('y', y), ('addend', addend), ('out', out)):
         if t is not None and (_described(t) is None or (t is not y and _described(t)[1])): raise ValueError(
-            f"{name} must be {'a contiguous stack or the transpose of one' if t is y else 'contiguous'}, starting on 16 bytes, "
-            f"with rows of a multiple of 16 bytes (the tensor memory accelerator reads it); got shape {tuple(t.shape)}, strides {t.stride()}.")
+            f"{name} must be {'a stack with contiguous rows or columns' if t is y else 'contiguous'}, starting on 16 bytes, "
+            f"with rows and matrices of a multiple of 16 bytes (the tensor memory accelerator reads it); got shape {tuple(t.shape)}, "
+            f"strides {t.stride()}.")
     source, transposed = _described(y)
     T = triton.cdiv(m, block)
     P = T * (T + 1) // 2
     if programs is None: programs = processors(y.device) if y.is_cuda else P * k
+    if stages is None: stages = 4 if y.element_size() == 2 else 3
     programs = min(programs, P * k)
-    describe = lambda t, shape: TensorDescriptor.from_tensor(t, [1, *shape])
+    describe = lambda t, shape: TensorDescriptor(t, list(t.shape), _strides(t), [1, *shape])
     y_desc, out_desc = describe(source, (block_k, block) if transposed else (block, block_k)), describe(out, (block, block))
     with torch.cuda.device(y.device) if y.is_cuda else contextlib.nullcontext():  # Triton launches on the current device
         symmetric_kernel[(programs,)](y_desc, out_desc if addend is None else describe(addend, (block, block)), out_desc,
