@@ -842,7 +842,7 @@ class StateTable(LayoutLink, dict):
     def __delitem__(self, p): self.stale(); super().__delitem__(p)
     def __reduce__(self): return dict, (dict(self),)
 
-# %% ../nbs/00_core.ipynb #fde21309
+# %% ../nbs/00_core.ipynb #0d739dac
 _grad, _requires_grad = operator.attrgetter('grad'), operator.attrgetter('requires_grad')
 _kind = operator.attrgetter('dtype', 'shape', 'layout', 'device')
 
@@ -867,6 +867,7 @@ class Layout(OptimizerPart):
     def __init__(self, opt):
         self.opt, self.sig, self.buckets, self.generation, self.caches = opt, None, {}, 0, {}
         self.present = ()  # which parameters had a gradient when the buckets were built
+        self.param_kinds = None  # the buckets' parameters and their `tensor_kinds`, made at the layout's first `rebind`
         self.one_off = {}  # `step_params`' buckets and backend caches, by the parameters they step: see `one_off_buckets`
         self.edits = 0  # how many times the state was edited by hand: who checked it can tell whether to check again
 
@@ -927,7 +928,7 @@ class Layout(OptimizerPart):
             buckets = self.group(self.opt.flat_params, grads, range(len(grads)))
             self.generation += 1
             self.opt.preparation(buckets, self.generation)
-            self.buckets, self.sig, self.present = buckets, sig, tuple(map(operator.is_not, grads, repeat(None)))
+            self.buckets, self.sig, self.present, self.param_kinds = buckets, sig, tuple(map(operator.is_not, grads, repeat(None))), None
         else:
             for b in self.buckets.values():
                 b.grads = [local_tensor(grads[i]) for i in b.indices] if self.opt.sharded else list(map(grads.__getitem__, b.indices))
@@ -939,15 +940,20 @@ class Layout(OptimizerPart):
         if (self.sig is None or self.opt.sharded or sig[:n] != self.sig[:n]
             or tuple(map(operator.is_not, grads, repeat(None))) != self.present): return False
         moved = {key: [grads[i] for i in b.indices] for key, b in self.buckets.items()}
-        # what `_grad_error` checks, in bulk, against the parameters as they are now (`p.data = p.data.t()` keeps the address)
-        if tensor_kinds([g for gs in moved.values() for g in gs]) != tensor_kinds([p for b in self.buckets.values() for p in b.params]): return False
+        # what `_grad_error` checks, in bulk; the parameters' kinds are kept with the layout, but their strides read again:
+        # `p.data = p.data.t()` keeps the address and changes the strides
+        if self.param_kinds is None:
+            params = [p for b in self.buckets.values() for p in b.params]
+            self.param_kinds = params, tensor_kinds(params)
+        params, kinds = self.param_kinds
+        if list(map(Tensor.stride, params)) != kinds[1] or tensor_kinds([g for gs in moved.values() for g in gs]) != kinds: return False
         for key, b in self.buckets.items(): b.grads, b.grad_generation = moved[key], b.grad_generation + 1
         self.sig = sig
         return True
 
     def forget_step(self):
         "Make the next `step()` rebuild its buckets (and the backends their caches) from the state as it is"
-        self.sig, self.buckets = None, {}
+        self.sig, self.buckets, self.param_kinds = None, {}, None
 
     def forget(self):
         "`forget_step`, and `step_params`' buckets too"
