@@ -8,16 +8,13 @@ Docs: https://fastoptim.github.io/fastoptim/symmetric.html.md"""
 __all__ = ['min_tiled_work', 'symmetric_kernel', 'upper_tiles', 'processors', 'symmetric_product', 'symmetric_tiles', 'gram',
            'square_plus', 'polynomial_product']
 
-# %% ../nbs/08_symmetric.ipynb #8eb51555
+# %% ../nbs/08_symmetric.ipynb #7dcfd634
 import contextlib
 import functools
 import torch
-from .triton_support import triton, tl, triton_jit, interpreting  # without Triton, `gram` and `square_plus` use torch's products
+from .triton_support import triton, tl, triton_jit, interpreting, TensorDescriptor  # without Triton 3.4, torch's products
 
-# %% ../nbs/08_symmetric.ipynb #1a0af2ff
-try: from triton.tools.tensor_descriptor import TensorDescriptor  # Triton 3.4 and later
-except ImportError: TensorDescriptor = None
-
+# %% ../nbs/08_symmetric.ipynb #0fa4e001
 @triton_jit
 def symmetric_kernel(y, addend, out, tiles, P, total, N, alpha, beta, shift, HAS_ADDEND: tl.constexpr, TRANSPOSED: tl.constexpr,
                      UPCAST: tl.constexpr, BLOCK: tl.constexpr, BLOCK_K: tl.constexpr, PROGRAMS: tl.constexpr):

@@ -7,7 +7,7 @@ Docs: https://fastoptim.github.io/fastoptim/triton_support.html.md"""
 # %% auto #0
 __all__ = ['interpreting']
 
-# %% ../nbs/03a_triton_support.ipynb #6753f8fa
+# %% ../nbs/03a_triton_support.ipynb #86cc8ce7
 try:
     import triton
     import triton.language as tl
@@ -17,6 +17,8 @@ except ImportError:
     from types import SimpleNamespace
     triton, tl, libdevice = None, SimpleNamespace(constexpr=None), None
     def triton_jit(fn): return fn
+try: from triton.tools.tensor_descriptor import TensorDescriptor  # host-side tensor descriptors: Triton 3.4 and later
+except ImportError: TensorDescriptor = None
 
 @triton_jit
 def _probe(): pass
