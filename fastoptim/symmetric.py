@@ -14,7 +14,7 @@ import functools
 import torch
 from .triton_support import triton, tl, triton_jit, interpreting, TensorDescriptor  # without Triton 3.4, torch's products
 
-# %% ../nbs/08_symmetric.ipynb #0fa4e001
+# %% ../nbs/08_symmetric.ipynb #0ed3a915
 @triton_jit
 def symmetric_kernel(y, addend, out, tiles, P, total, N, alpha, beta, shift, HAS_ADDEND: tl.constexpr, TRANSPOSED: tl.constexpr,
                      UPCAST: tl.constexpr, BLOCK: tl.constexpr, BLOCK_K: tl.constexpr, PROGRAMS: tl.constexpr):
@@ -104,12 +104,13 @@ def symmetric_product(y, alpha:float=1., addend=None, beta:float=0., out=None, *
     if n == 0:  # yyᵀ is zero: no tile to compute
         out.copy_(torch.eye(m, device=y.device).mul_(shift).add(addend.float(), alpha=beta) if addend is not None else torch.eye(m, device=y.device).mul_(shift))
         return out
-    for name, t in (('y', y), ('addend', addend), ('out', out)):
-        if t is not None and (_described(t) is None or (t is not y and _described(t)[1])): raise ValueError(
+    described = [(name, t, _described(t)) for name, t in (('y', y), ('addend', addend), ('out', out)) if t is not None]
+    for name, t, d in described:
+        if d is None or (t is not y and d[1]): raise ValueError(
             f"{name} must be {'a stack with contiguous rows or columns' if t is y else 'contiguous'}, starting on 16 bytes, "
             f"with rows and matrices of a multiple of 16 bytes (the tensor memory accelerator reads it); got shape {tuple(t.shape)}, "
             f"strides {t.stride()}.")
-    source, transposed = _described(y)
+    source, transposed = described[0][2]  # y's
     T = triton.cdiv(m, block)
     P = T * (T + 1) // 2
     if programs is None: programs = processors(y.device) if y.is_cuda else P * k
@@ -124,14 +125,14 @@ def symmetric_product(y, alpha:float=1., addend=None, beta:float=0., out=None, *
                                       BLOCK=block, BLOCK_K=block_k, PROGRAMS=programs, num_warps=warps, num_stages=stages)
     return out
 
-# %% ../nbs/08_symmetric.ipynb #d7fc62a2
+# %% ../nbs/08_symmetric.ipynb #db65fba5
 min_tiled_work = 2**34  # multiply-adds of a stack's full product k·m²·n from which the upper tiles pay for their launch
 
 def symmetric_tiles(x) -> bool:
     "Whether `gram`, `square_plus` and `polynomial_product` compute only the upper tiles of the stack `x`'s products (bf16 on CUDA, with Triton 3.4 or later, large enough, laid out as the tensor accelerator reads it) rather than calling torch"
     return (x.ndim == 3 and x.is_cuda and x.dtype == torch.bfloat16 and TensorDescriptor is not None and not interpreting()
             and x.shape[0] * x.shape[1] ** 2 * x.shape[2] >= min_tiled_work
-            and x.shape[1] % 8 == 0 and _described(x) is not None)  # else torch's products, and their errors
+            and x.shape[1] * x.element_size() % 16 == 0 and _described(x) is not None)  # else torch's products, and their errors
 
 def gram(x):
     "x·xᵀ for a stack `x` (k, m, n)"

@@ -433,7 +433,7 @@ def fold_gradients(table, block_tensors, scalars, WIDTH: tl.constexpr, K: tl.con
             moment = load_math(ptr, offsets, mask) * scalar(scalars, t, 1 + 2 * j, K)
             store(ptr, offsets, moment + scalar(scalars, t, 2 + 2 * j, K) * term, mask, DTYPE)
 
-# %% ../nbs/03_triton.ipynb #c62a3da2
+# %% ../nbs/03_triton.ipynb #aefa1418
 tl_dtypes = {torch.float32: 'float32', torch.bfloat16: 'bfloat16', torch.float16: 'float16'}
 # each tensor's partial sums go to this many slots (by program), added up after the pass: with 32, a pass that reads
 # little (LARS's norms of p and g) waited on contended atomics; 256 took LARS's replayed step on the LLM-like set from
@@ -590,12 +590,12 @@ class TritonBackend(Stepper):
         if cache['grad_column'] is None: return
         n, column = len(bucket.grads), cache['table'][:, cache['grad_column']]
         addresses = np.fromiter(map(torch.Tensor.data_ptr, bucket.grads), np.int64, n)
-        if cache['align'] == 16 and (addresses % 16).any(): cache['key'] = None; return
-        if not bucket.device.type == 'cuda': column.copy_(torch.from_numpy(addresses)); return
+        if cache['align'] == 16 and table_align(addresses) != 16: cache['key'] = None; return
+        if bucket.device.type != 'cuda': column.copy_(torch.from_numpy(addresses)); return
         # with `set_to_none=True` this runs at every step: buffers of its own (pinned, on the device) and no allocation
         staged = cache.get('grad staging')
         if staged is None or len(staged[0]) != n:
-            staged = cache['grad staging'] = (torch.empty(n, dtype=torch.int64).pin_memory(),
+            staged = cache['grad staging'] = (torch.empty(n, dtype=torch.int64, pin_memory=True),
                                               torch.empty(n, dtype=torch.int64, device=bucket.device), torch.cuda.Event())
         pinned, on_device, uploaded = staged
         uploaded.synchronize()  # the last upload has read `pinned` (long done, unless the GPU is a whole step behind)
