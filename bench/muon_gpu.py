@@ -56,6 +56,16 @@ def tiled_from(work):
     finally: symmetric.min_tiled_work = least
 
 @contextlib.contextmanager
+def tile_width(width):
+    "Within: `fastoptim.symmetric.symmetric_product` computing `width` tiles side by side a product, by default"
+    from fastoptim.symmetric import symmetric_product
+    defaults = symmetric_product.__kwdefaults__
+    before = defaults['width']
+    defaults['width'] = width
+    try: yield
+    finally: defaults['width'] = before
+
+@contextlib.contextmanager
 def unfolded():
     "Within: the iteration's update as it was before the folded form, aX + (bA + cA²)X by `torch.baddbmm` after the upper tiles' bA + cA²"
     import fastoptim.muon as muon
@@ -154,24 +164,29 @@ def single(args, device, lines, record):
     by_shape = {}
     for s in mats: by_shape[s] = by_shape.get(s, 0) + 1
     lines += ['', '| stack | symmetric products | ms | TFLOP/s (torch-equivalent) |', '|---|---|---|---|']
-    totals = dict(full=0., unfolded=0., tiles=0., aol=0.)
+    totals = dict(full=0., unfolded=0., tiles=0., aol=0., other=0., other_aol=0.)
+    other = 3 - __import__('fastoptim.symmetric', fromlist=['x']).symmetric_product.__kwdefaults__['width']
     for shape, k in by_shape.items():
         stack = torch.randn(k, *shape, device=device, dtype=torch.bfloat16)
         work = stack.clone()
-        for name, steps, aol in (('full', 5, False), ('unfolded', 5, False), ('tiles', 5, False), ('aol', 4, True)):
-            with tiled_from(math.inf) if name == 'full' else unfolded() if name == 'unfolded' else contextlib.nullcontext():
+        for name, steps, aol in (('full', 5, False), ('unfolded', 5, False), ('tiles', 5, False), ('aol', 4, True), ('other', 5, False),
+                                 ('other_aol', 4, True)):
+            with (tiled_from(math.inf) if name == 'full' else unfolded() if name == 'unfolded' else tile_width(other) if 'other' in name
+                  else contextlib.nullcontext()):
                 ms = median_ms(lambda: newton_schulz(work.copy_(stack), steps=steps, aol=aol), args.reps, device, warmup=2)
             totals[name] += ms
             record[f'ns_{k}x{shape[0]}x{shape[1]}_{name}_ms'] = ms
             label = dict(full="torch's, in full", unfolded='upper tiles, aX + BX by baddbmm', tiles='upper tiles, (aI + B)X (default)',
-                         aol='upper tiles, (aI + B)X, AOL + 4 steps')[name]
+                         aol='upper tiles, (aI + B)X, AOL + 4 steps', other=f'upper tiles, {other} a product, (aI + B)X',
+                         other_aol=f'upper tiles, {other} a product, (aI + B)X, AOL + 4 steps')[name]
             lines.append(f"| {k} × {shape[0]}×{shape[1]} | {label} | {ms:.2f} | {k * ns_flops(shape) / (ms * 1e-3) / 1e12:.0f} |")
     flops = sum(ns_flops(s) for s in mats)
     record['ns_tflop_torch_equivalent'] = flops / 1e12
     record.update({f'ns_total_{k}_ms': v for k, v in totals.items()})
     lines.append(f"\nIteration, 112 matrices: {flops / 1e12:.1f} TFLOP as torch computes it; torch's products {totals['full']:.1f} ms, "
                  f"upper tiles {totals['tiles']:.1f} ms ({flops / (totals['tiles'] * 1e-3) / 1e12:.0f} TFLOP/s torch-equivalent), "
-                 f"with AOL {totals['aol']:.1f} ms; upper tiles with aX + BX by baddbmm {totals['unfolded']:.1f} ms")
+                 f"with AOL {totals['aol']:.1f} ms; upper tiles with aX + BX by baddbmm {totals['unfolded']:.1f} ms; "
+                 f"{other} tiles a product {totals['other']:.1f} ms, with AOL {totals['other_aol']:.1f} ms")
 
     # the optimizer steps
     lines += ['', '| weights | optimizer | step ms | ratio to torch.optim.Muon | TFLOP/s (torch-equivalent) |', '|---|---|---|---|---|']
@@ -182,11 +197,13 @@ def single(args, device, lines, record):
         del torch_opt
         rows = [('torch.optim.Muon', base)]
         for backend, options, variant in (('triton', {}, None), ('triton', {}, 'full'), ('triton', {}, 'unfolded'), ('foreach', {}, None),
-                                          ('jit', {}, None), ('triton', dict(aol=True), None)):
+                                          ('jit', {}, None), ('triton', dict(aol=True), None), ('triton', {}, 'other'),
+                                          ('triton', dict(aol=True), 'other')):
             ps2 = [p.detach().clone().requires_grad_() for p in ps]
             opt = Muon(ps2, lr=1e-3, wd=0.1, **{backend: True}, **options)
-            label = {None: '', 'full': ', torch products in full', 'unfolded': ', aX + BX by baddbmm'}[variant]
-            with tiled_from(math.inf) if variant == 'full' else unfolded() if variant == 'unfolded' else contextlib.nullcontext():
+            label = {None: '', 'full': ', torch products in full', 'unfolded': ', aX + BX by baddbmm', 'other': f', {other} tiles a product'}[variant]
+            with (tiled_from(math.inf) if variant == 'full' else unfolded() if variant == 'unfolded' else tile_width(other) if variant == 'other'
+                  else contextlib.nullcontext()):
                 rows.append((f"fastoptim Muon ({backend}{', aol=True' if options else ''}{label})",
                              step_ms(opt, ps2, grads, device, args.reps)))
             del opt, ps2
