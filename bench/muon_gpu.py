@@ -7,7 +7,8 @@ One process (`python bench/muon_gpu.py --out $OUT`):
 3. the iteration alone on each shape's stack, its symmetric products by torch (in full) and by `fastoptim.symmetric` (the
    upper tiles only; the default on CUDA in bf16) (ms, TFLOP/s counted as torch's iteration does: 4m²n + 2m³ per matrix
    and step of the iteration, m ≤ n);
-4. `opt.step()` (CUDA events, median): torch.optim.Muon and fastoptim's Muon (each backend), bf16 and fp32 weights.
+4. `opt.step()` (CUDA events, median): torch.optim.Muon and fastoptim's Muon (each backend), bf16 and fp32 weights;
+   then torch.optim.Muon, fastoptim's default and `aol=True` again in interleaved rounds, each round's ratio.
 
 Two processes (`torchrun --nproc_per_node=2 bench/muon_gpu.py --out $OUT`): every process has the same
 gradients (as under DDP); the step of torch.optim.Muon (all of the work on every process), fastoptim's with the
@@ -55,15 +56,19 @@ def tiled_from(work):
     try: yield
     finally: symmetric.min_tiled_work = least
 
-@contextlib.contextmanager
-def tile_width(width):
-    "Within: `fastoptim.symmetric.symmetric_product` computing `width` tiles side by side a product, by default"
-    from fastoptim.symmetric import symmetric_product
-    defaults = symmetric_product.__kwdefaults__
-    before = defaults['width']
-    defaults['width'] = width
-    try: yield
-    finally: defaults['width'] = before
+class WarpsFor:
+    "`opt` whose steps run `fastoptim.symmetric.square_plus` (bA + cA²) at `warps` warps instead of its launch's"
+    def __init__(self, opt, warps): self.opt, self.warps = opt, warps
+    def step(self):
+        import fastoptim.symmetric as symmetric
+        plain = symmetric.square_plus
+        def square_plus(a, alpha, beta, shift=0.):
+            if not symmetric.symmetric_tiles(a): return plain(a, alpha, beta, shift)
+            a = a.contiguous()
+            return symmetric.symmetric_product(a, alpha, a, beta, shift=shift, warps=self.warps)
+        symmetric.square_plus = square_plus
+        try: self.opt.step()
+        finally: symmetric.square_plus = plain
 
 @contextlib.contextmanager
 def unfolded():
@@ -164,29 +169,24 @@ def single(args, device, lines, record):
     by_shape = {}
     for s in mats: by_shape[s] = by_shape.get(s, 0) + 1
     lines += ['', '| stack | symmetric products | ms | TFLOP/s (torch-equivalent) |', '|---|---|---|---|']
-    totals = dict(full=0., unfolded=0., tiles=0., aol=0., other=0., other_aol=0.)
-    other = 3 - __import__('fastoptim.symmetric', fromlist=['x']).symmetric_product.__kwdefaults__['width']
+    totals = dict(full=0., unfolded=0., tiles=0., aol=0.)
     for shape, k in by_shape.items():
         stack = torch.randn(k, *shape, device=device, dtype=torch.bfloat16)
         work = stack.clone()
-        for name, steps, aol in (('full', 5, False), ('unfolded', 5, False), ('tiles', 5, False), ('aol', 4, True), ('other', 5, False),
-                                 ('other_aol', 4, True)):
-            with (tiled_from(math.inf) if name == 'full' else unfolded() if name == 'unfolded' else tile_width(other) if 'other' in name
-                  else contextlib.nullcontext()):
+        for name, steps, aol in (('full', 5, False), ('unfolded', 5, False), ('tiles', 5, False), ('aol', 4, True)):
+            with tiled_from(math.inf) if name == 'full' else unfolded() if name == 'unfolded' else contextlib.nullcontext():
                 ms = median_ms(lambda: newton_schulz(work.copy_(stack), steps=steps, aol=aol), args.reps, device, warmup=2)
             totals[name] += ms
             record[f'ns_{k}x{shape[0]}x{shape[1]}_{name}_ms'] = ms
             label = dict(full="torch's, in full", unfolded='upper tiles, aX + BX by baddbmm', tiles='upper tiles, (aI + B)X (default)',
-                         aol='upper tiles, (aI + B)X, AOL + 4 steps', other=f'upper tiles, {other} a product, (aI + B)X',
-                         other_aol=f'upper tiles, {other} a product, (aI + B)X, AOL + 4 steps')[name]
+                         aol='upper tiles, (aI + B)X, AOL + 4 steps')[name]
             lines.append(f"| {k} × {shape[0]}×{shape[1]} | {label} | {ms:.2f} | {k * ns_flops(shape) / (ms * 1e-3) / 1e12:.0f} |")
     flops = sum(ns_flops(s) for s in mats)
     record['ns_tflop_torch_equivalent'] = flops / 1e12
     record.update({f'ns_total_{k}_ms': v for k, v in totals.items()})
     lines.append(f"\nIteration, 112 matrices: {flops / 1e12:.1f} TFLOP as torch computes it; torch's products {totals['full']:.1f} ms, "
                  f"upper tiles {totals['tiles']:.1f} ms ({flops / (totals['tiles'] * 1e-3) / 1e12:.0f} TFLOP/s torch-equivalent), "
-                 f"with AOL {totals['aol']:.1f} ms; upper tiles with aX + BX by baddbmm {totals['unfolded']:.1f} ms; "
-                 f"{other} tiles a product {totals['other']:.1f} ms, with AOL {totals['other_aol']:.1f} ms")
+                 f"with AOL {totals['aol']:.1f} ms; upper tiles with aX + BX by baddbmm {totals['unfolded']:.1f} ms")
 
     # the optimizer steps
     lines += ['', '| weights | optimizer | step ms | ratio to torch.optim.Muon | TFLOP/s (torch-equivalent) |', '|---|---|---|---|---|']
@@ -197,13 +197,11 @@ def single(args, device, lines, record):
         del torch_opt
         rows = [('torch.optim.Muon', base)]
         for backend, options, variant in (('triton', {}, None), ('triton', {}, 'full'), ('triton', {}, 'unfolded'), ('foreach', {}, None),
-                                          ('jit', {}, None), ('triton', dict(aol=True), None), ('triton', {}, 'other'),
-                                          ('triton', dict(aol=True), 'other')):
+                                          ('jit', {}, None), ('triton', dict(aol=True), None)):
             ps2 = [p.detach().clone().requires_grad_() for p in ps]
             opt = Muon(ps2, lr=1e-3, wd=0.1, **{backend: True}, **options)
-            label = {None: '', 'full': ', torch products in full', 'unfolded': ', aX + BX by baddbmm', 'other': f', {other} tiles a product'}[variant]
-            with (tiled_from(math.inf) if variant == 'full' else unfolded() if variant == 'unfolded' else tile_width(other) if variant == 'other'
-                  else contextlib.nullcontext()):
+            label = {None: '', 'full': ', torch products in full', 'unfolded': ', aX + BX by baddbmm'}[variant]
+            with tiled_from(math.inf) if variant == 'full' else unfolded() if variant == 'unfolded' else contextlib.nullcontext():
                 rows.append((f"fastoptim Muon ({backend}{', aol=True' if options else ''}{label})",
                              step_ms(opt, ps2, grads, device, args.reps)))
             del opt, ps2
@@ -227,6 +225,34 @@ def single(args, device, lines, record):
         lines.append(f"| {str(dtype)[6:]} | byte bound of the elementwise passes ({per_param} B/parameter) | "
                      f"{record[f'elementwise_bound_ms_{str(dtype)[6:]}']:.1f} | | |")
         del ps, grads
+        torch.cuda.empty_cache()
+
+    # the same steps in interleaved rounds: each round times every optimizer once (in a rotated order), so that a GPU's
+    # clock drifting over the run (its power and temperature) weighs on all of them alike; the ratios are per round
+    rounds = 5
+    lines += ['', f'Interleaved: {rounds} rounds, each timing every optimizer ({args.reps} steps, median) in a rotated order; '
+              'ratio to torch.optim.Muon in the same round', '',
+              '| weights | optimizer | median ms | median ratio | lowest ratio | highest ratio |', '|---|---|---|---|---|---|']
+    for dtype in (torch.bfloat16, torch.float32):
+        ps, grads = make(mats, dtype, device)
+        opts = {'torch.optim.Muon': (torch.optim.Muon(ps, lr=1e-3, weight_decay=0.1, adjust_lr_fn='match_rms_adamw'), ps)}
+        for label, options in (('fastoptim Muon (triton)', {}), ('fastoptim Muon (triton, aol=True)', dict(aol=True)),
+                               ('fastoptim Muon (triton, aol=True, bA + cA² at 4 warps)', dict(aol=True))):
+            ps2 = [p.detach().clone().requires_grad_() for p in ps]
+            opt = Muon(ps2, lr=1e-3, wd=0.1, triton=True, **options)
+            opts[label] = (WarpsFor(opt, 4) if '4 warps' in label else opt, ps2)
+        times = {name: [] for name in opts}
+        names = list(opts)
+        for r in range(rounds):
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                opt, params = opts[name]
+                times[name].append(step_ms(opt, params, grads, device, args.reps))
+        for name in names:
+            ratios = sorted(t / m for t, m in zip(times['torch.optim.Muon'], times[name]))
+            record[f'interleaved_{str(dtype)[6:]}_{name}'] = dict(ms=times[name], ratios=ratios)
+            lines.append(f"| {str(dtype)[6:]} | {name} | {sorted(times[name])[rounds // 2]:.1f} | {ratios[rounds // 2]:.2f}× | "
+                         f"{ratios[0]:.2f}× | {ratios[-1]:.2f}× |")
+        del opts, ps, grads
         torch.cuda.empty_cache()
 
     # many small matrices: the ResNet-50-like set's conv weights, where a loop over matrices is bound by launches

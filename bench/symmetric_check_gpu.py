@@ -1,13 +1,13 @@
 """GPU check of `fastoptim.symmetric` at the launches the interpreter does not compile: bf16 and fp32 (each at its
-default stages), one tile or two side by side a product, contiguous, transposed, rows apart by more than their length, a size-1 dimension with an odd
-stride, with the addend and shift, against torch in fp64; and `polynomial_product` against torch's form. Prints one
+default stages), contiguous, transposed, rows apart by more than their length, a size-1 dimension with an odd
+stride, with the addend and shift, against torch in fp64; `polynomial_product` against torch's form; and AOL's start
+(`aol_rescale`) against torch's form. Prints one
 line per case and the number of failures.
 
     PYTHONPATH=$PWD/.site:$PWD python3 bench/symmetric_check_gpu.py
 """
-import itertools
 import torch
-from fastoptim.symmetric import symmetric_product, polynomial_product, symmetric_tiles
+from fastoptim.symmetric import symmetric_product, polynomial_product, symmetric_tiles, aol_rescale, aol_rescaled
 
 dev, g = torch.device('cuda'), torch.Generator(device='cuda').manual_seed(0)
 failures = 0
@@ -19,18 +19,18 @@ def report(name, err, bound):
 for dtype, bound in ((torch.bfloat16, 8e-3), (torch.float32, 1e-5)):
     base = torch.randn(4, 264, 520, device=dev, generator=g)
     sym = torch.randn(4, 264, 264, device=dev, generator=g); sym = sym + sym.mT
-    for width, (name, y, kw) in itertools.product((1, 2), (('contiguous', base[:, :256, :512], {}),  # rows apart by 520: not contiguous, rows contiguous
+    for name, y, kw in (('contiguous', base[:, :256, :512], {}),  # rows apart by 520: not contiguous, rows contiguous
                         ('transposed', torch.randn(3, 384, 256, device=dev, generator=g).mT, {}),
                         ('addend and shift', base[:, :256, :512].contiguous(), dict(alpha=2.0315, addend=sym[:, :256, :256].contiguous(), beta=-4.775, shift=3.4445)),
                         ('size-1 dimension', torch.randn(64, 32, 1, device=dev, generator=g).permute(2, 0, 1), {}),
-                        ('m = 200, n = 72', base[:, :200, :72].contiguous(), {}))):
+                        ('m = 200, n = 72', base[:, :200, :72].contiguous(), {})):
         y = y.to(dtype)
         kw = {k: v.to(dtype) if torch.is_tensor(v) else v for k, v in kw.items()}
-        got = symmetric_product(y, width=width, **kw).double()
+        got = symmetric_product(y, **kw).double()
         yd = y.double()
         exact = kw.get('alpha', 1.) * yd @ yd.mT
         if 'addend' in kw: exact = exact + kw['beta'] * kw['addend'].double() + kw['shift'] * torch.eye(y.shape[1], device=dev, dtype=torch.float64)
-        report(f"{str(dtype)[6:]} width {width} {name} {tuple(y.shape)}", ((got - exact).abs().max() / exact.abs().max()).item(), bound)
+        report(f"{str(dtype)[6:]} {name} {tuple(y.shape)}", ((got - exact).abs().max() / exact.abs().max()).item(), bound)
         failures += not torch.equal(got, got.mT)
 
 x = torch.randn(8, 2048, 4096, device=dev, generator=g).bfloat16() / 100
@@ -39,4 +39,15 @@ assert symmetric_tiles(A)
 exact = torch.baddbmm(x.double(), torch.baddbmm(A.double(), A.double(), A.double(), beta=-4.775, alpha=2.0315), x.double(), beta=3.4445)
 got = polynomial_product(x, A, 3.4445, -4.775, 2.0315).double()
 report('polynomial_product, bf16 (8, 2048, 4096), upper tiles', ((got - exact).abs().max() / exact.abs().max()).item(), 2e-2)
+for dtype, ulps in ((torch.bfloat16, 2 ** -7), (torch.float32, 2 ** -20)):  # AOL's start: the kernels against torch's form
+    for name, x in (('wide', torch.randn(8, 512, 1376, device=dev, generator=g)), ('tall, transposed', torch.randn(8, 1376, 512, device=dev, generator=g).mT)):
+        x = x.to(dtype)
+        A = torch.bmm(x, x.mT)
+        ys, As = aol_rescaled(x, A)
+        y = aol_rescale(x, A)
+        for part, got, expected in (('diag(s)·X', y, ys), ('diag(s)·A·diag(s)', A, As)):
+            err = ((got.double() - expected.double()).abs() / expected.double().abs().clamp(min=1e-30)).max().item()
+            same = (got == expected).float().mean().item()
+            report(f"aol_rescale {str(dtype)[6:]} {name} {part} against torch's form (same bits: {same:.4f}), max rel diff", err, ulps)
+            failures += dtype == torch.bfloat16 and same < 0.98
 print(f"{failures} failed", flush=True)

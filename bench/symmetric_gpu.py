@@ -1,8 +1,8 @@
 """Symmetric products for Muon's Newton–Schulz iteration (`fastoptim.symmetric`, notebook 08): the Triton kernel that
 computes only the tiles on and above the diagonal of `y @ y.mT` (the Gram product A = XXᵀ, and A·A = A·Aᵀ for
 symmetric A), against torch's products on Muon's stacks from the LLM-like set, for a sweep of launches (tile, K
-tile, warps, stages, programs: one per multiprocessor, each looping over tiles, or one per tile; width: one tile or two
-side by side a product), each checked against torch's result first; then the launches `gram` and `square_plus` use, including a transposed view (Muon's tall
+tile, warps, stages, programs: one per multiprocessor, each looping over tiles, or one per tile), each checked against
+torch's result first; then the launches `gram` and `square_plus` use, including a transposed view (Muon's tall
 matrices), against torch and against the pointer-load kernel they replaced (`symmetric_pointer.py`). Writes
 DIR/symmetric_gpu.md and DIR/symmetric_gpu.json.
 
@@ -13,27 +13,21 @@ import argparse, datetime, itertools, json, os, sys, time
 sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
 import torch
 import triton
-from fastoptim.symmetric import symmetric_product, gram, square_plus, upper_tiles
+from fastoptim.symmetric import symmetric_product, gram, square_plus
 from symmetric_pointer import pointer_product
 from timing import median_ms
 
 
-def tile_count(m, block, width):
-    "The products one matrix takes: its upper tiles, `width` side by side a product"
-    return upper_tiles(triton.cdiv(m, block), 'cpu', width).numel() // 2
-
-def work_fraction(m, block, width=1):
-    "The fraction of the full product's tiles the kernel computes: (T+1)/(2T) for T tiles per side and one tile a product"
+def work_fraction(m, block):
+    "The fraction of the full product's tiles the kernel computes: (T+1)/(2T) for T tiles per side"
     T = triton.cdiv(m, block)
-    return tile_count(m, block, width) * width / T ** 2
+    return (T + 1) / (2 * T)
 
 
 # ---------------------------------------------------------------- GPU benchmark
 
-CONFIGS = ([dict(block=b, width=1, block_k=bk, warps=w, stages=s, programs=p)  # 64-row tiles: slower in every case (first sweep)
-            for b, bk, w, s, p in itertools.product((128,), (64, 128), (4, 8), (3, 4), ('per SM', 'per tile'))]
-           + [dict(block=128, width=2, block_k=bk, warps=w, stages=s, programs=p)  # 128 × 256 products: K tiles of 128 fit two stages
-              for bk, w, s, p in [*itertools.product((64,), (4, 8), (3, 4), ('per SM', 'per tile')), (128, 8, 2, 'per SM')]])
+CONFIGS = [dict(block=b, block_k=bk, warps=w, stages=s, programs=p)  # 64-row tiles: slower in every case (first sweep)
+           for b, bk, w, s, p in itertools.product((128,), (64, 128), (4, 8), (3, 4), ('per SM', 'per tile'))]
 A_COEF, B_COEF, C_COEF = 3.4445, -4.7750, 2.0315  # Muon's quintic: X ← aX + (bA + cA²)X
 
 
@@ -57,11 +51,11 @@ def bench_case(name, y, addend, alpha, beta, torch_fn, reps, deadline):
     out = torch.empty_like(ref)
     rows = []
     for cfg in CONFIGS:
-        row = dict(cfg, work=work_fraction(m, cfg['block'], cfg['width']))
+        row = dict(cfg, work=work_fraction(m, cfg['block']))
         if time.monotonic() > deadline:
             rows.append(dict(row, error='time budget spent'))
             continue
-        launch = dict(cfg, programs=None if cfg['programs'] == 'per SM' else k * tile_count(m, cfg['block'], cfg['width']))
+        launch = dict(cfg, programs=None if cfg['programs'] == 'per SM' else k * (triton.cdiv(m, cfg['block']) + 1) * triton.cdiv(m, cfg['block']) // 2)
         fn = lambda: symmetric_product(y, alpha, addend, beta, out=out, **launch)
         try:
             out.fill_(float('nan'))  # a tile left unwritten shows in the error
@@ -143,7 +137,7 @@ def library_launches(reps):
         ours, theirs = median_ms(lambda: gram(y), reps, device, warmup=3), median_ms(lambda: torch.bmm(y, y.mT), reps, device, warmup=3)
         before = median_ms(lambda: pointer_product(y, warps=8), reps, device, warmup=3)
         rows.append(dict(name=name, ms=ours, torch_ms=theirs, speedup=theirs / ours, rel_diff=err, tflops_equiv=tflops(2 * k * m * m * n, ours),
-                         pointer_ms=before, **other_width(lambda **kw: symmetric_product(y, **kw), ref, reps)))
+                         pointer_ms=before))
         del x, y, ref
     a = torch.randn(112, 2048, 2048, device=device, dtype=torch.bfloat16).mul_(0.02)
     a = (a + a.mT) / 2
@@ -153,18 +147,10 @@ def library_launches(reps):
     ours, theirs = median_ms(fn, reps, device, warmup=3), median_ms(torch_fn, reps, device, warmup=3)
     before = median_ms(lambda: pointer_product(a, C_COEF, a, B_COEF, A_COEF, warps=4), reps, device, warmup=3)
     rows.append(dict(name='square_plus(shift=a), 112 × 2048×2048', ms=ours, torch_ms=theirs, speedup=theirs / ours, rel_diff=err,
-                     tflops_equiv=tflops(2 * 112 * 2048 ** 3, ours), pointer_ms=before,
-                     **other_width(lambda **kw: symmetric_product(a, C_COEF, a, B_COEF, shift=A_COEF, **kw), fn(), reps)))
+                     tflops_equiv=tflops(2 * 112 * 2048 ** 3, ours), pointer_ms=before))
     for r in rows: print(f"  {r['name']}: {r['ms']:.3f} ms against torch {r['torch_ms']:.3f} ms ({r['speedup']:.2f}×) and pointer loads "
                          f"{r['pointer_ms']:.3f} ms, rel diff {r['rel_diff']:.1e}", flush=True)
     return rows
-
-
-def other_width(call, ref, reps):
-    "The call at the width its launch does not take (the rest of the launch as is), timed, with its difference from the launch's result"
-    width = 3 - symmetric_product.__kwdefaults__['width']
-    return dict(other_width=width, other_width_ms=median_ms(lambda: call(width=width), reps, ref.device, warmup=3),
-                other_width_diff=rel_diff(call(width=width), ref))
 
 
 def report(results):
@@ -176,8 +162,8 @@ def report(results):
              f"command: `{meta['command']}`; {results['seconds']:.0f} s in all", '',
              f"Plain bmm, 64 × 2048³: {bmm['ms']:.3f} ms, {bmm['tflops']:.0f} TFLOP/s.", '',
              "TFLOP/s torch-equivalent: the full product's 2·k·m²·n over the time; done: the flops of the tiles computed "
-             "(the work fraction of those: (T+1)/(2T) with one tile a product, more with two when a row's count is odd). Rel diff: max |ours − torch| / max |torch|, both bf16.", '',
-             '| case | torch ms | torch TFLOP/s | best config (block/width/block_k/warps/stages/programs) | ms | TFLOP/s equiv | TFLOP/s done | work | speedup | rel diff |',
+             "(the work fraction (T+1)/(2T) of those). Rel diff: max |ours − torch| / max |torch|, both bf16.", '',
+             '| case | torch ms | torch TFLOP/s | best config (block/block_k/warps/stages/programs) | ms | TFLOP/s equiv | TFLOP/s done | work | speedup | rel diff |',
              '|---|---|---|---|---|---|---|---|---|---|']
     for case in results['cases']:
         ok = [r for r in case['configs'] if 'ms' in r]
@@ -186,21 +172,20 @@ def report(results):
             continue
         r = min(ok, key=lambda r: r['ms'])
         lines.append(f"| {case['name']} | {case['torch_ms']:.3f} | {case['torch_tflops']:.0f} | "
-                     f"{r['block']}/{r['width']}/{r['block_k']}/{r['warps']}/{r['stages']}/{r['programs']} | {r['ms']:.3f} | {r['tflops_equiv']:.0f} | "
+                     f"{r['block']}/{r['block_k']}/{r['warps']}/{r['stages']}/{r['programs']} | {r['ms']:.3f} | {r['tflops_equiv']:.0f} | "
                      f"{r['tflops_done']:.0f} | {r['work']:.3f} | {r['speedup']:.2f}× | {r['rel_diff']:.1e} |")
     lines += ['', "The launches Muon uses (`gram`, `square_plus`), on each of the LLM-like set's stacks, against torch and against the "
               "pointer-load kernel of 060c721 at its launches:", '',
-              '| call | ms | torch ms | speedup | TFLOP/s equiv | rel diff | pointer loads ms | other width | its ms | its rel diff from ours |',
-              '|---|---|---|---|---|---|---|---|---|---|']
-    lines += [f"| {r['name']} | {r['ms']:.3f} | {r['torch_ms']:.3f} | {r['speedup']:.2f}× | {r['tflops_equiv']:.0f} | {r['rel_diff']:.1e} | "
-              f"{r['pointer_ms']:.3f} | {r['other_width']} | {r['other_width_ms']:.3f} | {r['other_width_diff']:.1e} |" for r in results['library']]
+              '| call | ms | torch ms | speedup | TFLOP/s equiv | rel diff | pointer loads ms |', '|---|---|---|---|---|---|---|']
+    lines += [f"| {r['name']} | {r['ms']:.3f} | {r['torch_ms']:.3f} | {r['speedup']:.2f}× | {r['tflops_equiv']:.0f} | {r['rel_diff']:.1e} | {r['pointer_ms']:.3f} |"
+              for r in results['library']]
     for case in results['cases']:
         lines += ['', f"## {case['name']}: torch {case['torch_ms']:.3f} ms, {case['torch_tflops']:.0f} TFLOP/s", '',
-                  '| block | width | block_k | warps | stages | programs | ms | TFLOP/s equiv | TFLOP/s done | work | speedup | rel diff |',
-                  '|---|---|---|---|---|---|---|---|---|---|---|---|']
+                  '| block | block_k | warps | stages | programs | ms | TFLOP/s equiv | TFLOP/s done | work | speedup | rel diff |',
+                  '|---|---|---|---|---|---|---|---|---|---|---|']
         rows = sorted(case['configs'], key=lambda r: r.get('ms', float('inf')))
         for r in rows:
-            head = f"| {r['block']} | {r['width']} | {r['block_k']} | {r['warps']} | {r['stages']} | {r['programs']} |"
+            head = f"| {r['block']} | {r['block_k']} | {r['warps']} | {r['stages']} | {r['programs']} |"
             if 'ms' in r:
                 lines.append(f"{head} {r['ms']:.3f} | {r['tflops_equiv']:.0f} | {r['tflops_done']:.0f} | {r['work']:.3f} | "
                              f"{r['speedup']:.2f}× | {r['rel_diff']:.1e} |")
