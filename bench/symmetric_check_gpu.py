@@ -1,13 +1,13 @@
 """GPU check of `fastoptim.symmetric` at the launches the interpreter does not compile: bf16 and fp32 (each at its
 default stages), contiguous, transposed, rows apart by more than their length, a size-1 dimension with an odd
 stride, with the addend and shift, against torch in fp64; `polynomial_product` against torch's form; and AOL's start
-(`aol_rescale`) against torch's form. Prints one
+(`aol_rescale`) and the scaled matrices of the default start against torch's form. Prints one
 line per case and the number of failures.
 
     PYTHONPATH=$PWD/.site:$PWD python3 bench/symmetric_check_gpu.py
 """
 import torch
-from fastoptim.symmetric import symmetric_product, polynomial_product, symmetric_tiles, aol_rescale, aol_rescaled
+from fastoptim.symmetric import symmetric_product, polynomial_product, symmetric_tiles, aol_rescale, aol_rescaled, scaled_matrices, frobenius_normalized
 
 dev, g = torch.device('cuda'), torch.Generator(device='cuda').manual_seed(0)
 failures = 0
@@ -50,4 +50,15 @@ for dtype, ulps in ((torch.bfloat16, 2 ** -7), (torch.float32, 2 ** -20)):  # AO
             same = (got == expected).float().mean().item()
             report(f"aol_rescale {str(dtype)[6:]} {name} {part} against torch's form (same bits: {same:.4f}), max rel diff", err, ulps)
             failures += dtype == torch.bfloat16 and same < 0.98
+for dtype in (torch.bfloat16, torch.float32):  # the iteration's start: each matrix times its scale, against torch's form, bit for bit
+    for name, x in (('wide', torch.randn(8, 512, 1376, device=dev, generator=g)), ('tall, transposed', torch.randn(8, 1376, 512, device=dev, generator=g).mT)):
+        x = x.to(dtype)
+        s = torch.linalg.vector_norm(x, dim=(-2, -1), dtype=torch.float32).reciprocal_()
+        same = torch.equal(scaled_matrices(x, s), (x * s[:, None, None]).to(dtype))
+        failures += not same
+        print(f"scaled_matrices {str(dtype)[6:]} {name}: {'the same bits as torch' if same else 'FAILED: not the bits of torch'}", flush=True)
+x = torch.randn(16, 2048, 4096, device=dev, generator=g).bfloat16()
+assert symmetric_tiles(x)
+report('frobenius_normalized, bf16 (16, 2048, 4096), against x / ‖x‖ in fp64', ((frobenius_normalized(x).double() - x.double() / torch.linalg.vector_norm(x.double(), dim=(-2, -1), keepdim=True)).abs().max()
+                                                    / (x.double() / torch.linalg.vector_norm(x.double(), dim=(-2, -1), keepdim=True)).abs().max()).item(), 2 ** -8)
 print(f"{failures} failed", flush=True)

@@ -8,16 +8,16 @@ Docs: https://fastoptim.github.io/fastoptim/muon.html.md"""
 __all__ = ['ns_coefficients', 'newton_schulz_bf16', 'newton_schulz_fp32', 'muon_hypers', 'muon_moments', 'muon_adamw_algorithm',
            'Muon', 'muon', 'newton_schulz', 'muon_algorithm', 'mark_roles', 'muon_route', 'muon_router', 'muon_hybrid']
 
-# %% ../nbs/56_muon.ipynb #f09534d1
+# %% ../nbs/56_muon.ipynb #13edbe3a
 import functools
 import torch
 from dataclasses import replace
 from .algorithm import Algorithm, Hybrid, Hyper, State, Moment, MatrixFunction, matrix, renamed, lerp, sqrt, maximum, where
 from .core import make_optimizer, partial_maker, FastOptimizer
 from .adam import adam_algorithm, adam_hypers
-from .symmetric import gram, polynomial_product, aol_start
+from .symmetric import gram, polynomial_product, aol_start, frobenius_normalized
 
-# %% ../nbs/56_muon.ipynb #4f9626c2
+# %% ../nbs/56_muon.ipynb #76cc598a
 ns_coefficients = (3.4445, -4.7750, 2.0315)  # the authors' quintic
 
 def newton_schulz(stack, steps:int=5, eps:float=1e-7, aol:bool=False):
@@ -28,7 +28,7 @@ def newton_schulz(stack, steps:int=5, eps:float=1e-7, aol:bool=False):
     x = stack.mT if tall else stack  # wide: the Gram matrix is the smaller one
     a, b, c = ns_coefficients
     if aol: x, A = aol_start(x, eps)  # rows scaled by s = (Σⱼ|A|ᵢⱼ)^-½ (Prach & Lampert), A = XXᵀ to diag(s)·A·diag(s)
-    else: x = x / torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True).clamp(min=eps)  # spectral norm at most 1
+    else: x = frobenius_normalized(x, eps)  # spectral norm at most 1
     for i in range(steps):
         if i or not aol: A = gram(x)
         x = polynomial_product(x, A, a, b, c, out=(stack.mT if tall else stack) if i == steps - 1 else None)  # the last into the stack

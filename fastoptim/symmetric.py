@@ -6,8 +6,8 @@ Docs: https://fastoptim.github.io/fastoptim/symmetric.html.md"""
 
 # %% auto #0
 __all__ = ['min_tiled_work', 'symmetric_kernel', 'upper_tiles', 'processors', 'symmetric_product', 'symmetric_tiles', 'gram',
-           'square_plus', 'polynomial_product', 'aol_rows_kernel', 'aol_gram_kernel', 'aol_rescale', 'aol_start',
-           'aol_rescaled']
+           'square_plus', 'polynomial_product', 'aol_rows_kernel', 'store_scaled_rows', 'scaled_matrices_kernel',
+           'aol_gram_kernel', 'aol_rescale', 'scaled_matrices', 'frobenius_normalized', 'aol_start', 'aol_rescaled']
 
 # %% ../nbs/08_symmetric.ipynb #f47e2a4e
 import contextlib
@@ -154,7 +154,7 @@ def polynomial_product(x, A, a:float, b:float, c:float, out=None):
     if symmetric_tiles(A): return torch.bmm(square_plus(A, c, b, shift=a), x, out=out)
     return torch.baddbmm(x, square_plus(A, c, b), x, beta=a, out=out)
 
-# %% ../nbs/08_symmetric.ipynb #c3c2c4b3
+# %% ../nbs/08_symmetric.ipynb #379466e8
 @triton_jit
 def aol_rows_kernel(a, x, y, s, m, n, x_matrix, x_row, x_col, eps, ROWS: tl.constexpr, COLS: tl.constexpr):
     "Rows ROWS·program_id(1) … of matrix program_id(0): sᵢ = max(Σⱼ|Aᵢⱼ|, eps)^-½ stored, and row i of `x` times sᵢ written to `y`, rounded once; `a` (k, m, m) contiguous, `y` with `x`'s strides"
@@ -166,10 +166,23 @@ def aol_rows_kernel(a, x, y, s, m, n, x_matrix, x_row, x_col, eps, ROWS: tl.cons
         total += tl.sum(tl.abs(tl.load(a + matrix * m * m + rows[:, None] * m + c0 + cols[None, :], mask=mask, other=0.).to(tl.float32)), axis=1)
     scale = 1 / tl.sqrt(tl.maximum(total, eps, propagate_nan=tl.PropagateNan.ALL))  # a NaN in A's row: a NaN scale, as torch's clamp
     tl.store(s + matrix * m + rows, scale, mask=rows < m)
+    store_scaled_rows(x, y, matrix, rows, scale, m, n, x_matrix, x_row, x_col, COLS)
+
+@triton_jit
+def store_scaled_rows(x, y, matrix, rows, scale, m, n, x_matrix, x_row, x_col, COLS: tl.constexpr):
+    "Rows `rows` of matrix `matrix` of `x` (strides x_matrix, x_row, x_col), each times its `scale`, into `y` (the same strides), rounded once"
+    cols = tl.arange(0, COLS)
     for c0 in range(0, n, COLS):
         mask = (rows[:, None] < m) & (c0 + cols[None, :] < n)
         offsets = matrix * x_matrix + rows[:, None] * x_row + (c0 + cols[None, :]) * x_col
         tl.store(y + offsets, round_to(tl.load(x + offsets, mask=mask).to(tl.float32) * scale[:, None], y.dtype.element_ty), mask=mask)
+
+@triton_jit
+def scaled_matrices_kernel(x, y, s, m, n, x_matrix, x_row, x_col, ROWS: tl.constexpr, COLS: tl.constexpr):
+    "Rows ROWS·program_id(1) … of matrix program_id(0) of `x` times that matrix's scale `s`[program_id(0)], into `y`, rounded once"
+    matrix = tl.program_id(0).to(tl.int64)
+    rows = tl.program_id(1).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    store_scaled_rows(x, y, matrix, rows, tl.zeros((ROWS,), dtype=tl.float32) + tl.load(s + matrix), m, n, x_matrix, x_row, x_col, COLS)
 
 @triton_jit
 def aol_gram_kernel(a, s, m, BLOCK: tl.constexpr):
@@ -198,6 +211,28 @@ def aol_rescale(x, A, eps:float=1e-7, *, rows:int=64, cols:int=128, block:int=12
         aol_rows_kernel[(k, triton.cdiv(m, rows))](A, x, y, s, m, n, *x.stride(), float(eps), ROWS=rows, COLS=cols, num_warps=warps)
         aol_gram_kernel[(k, triton.cdiv(m, block), triton.cdiv(m, block))](A, s, m, BLOCK=block, num_warps=warps)
     return y
+
+def scaled_matrices(x, s, *, rows:int=64, cols:int=128, warps:int=8):
+    "Each matrix of a stack `x` (k, m, n) of bf16 or fp32 matrices times its scale in `s` (k,), fp32, as a new stack with `x`'s strides: by a Triton kernel, each value rounded once, as torch's `(x * s[:, None, None]).to(x.dtype)`"
+    if triton is None: raise ImportError("scaled_matrices needs Triton: pip install -U triton")
+    if x.ndim != 3 or x.dtype not in (torch.bfloat16, torch.float32): raise ValueError(
+        f"scaled_matrices takes a bf16 or fp32 stack of matrices (k, m, n), got {x.dtype} of shape {tuple(x.shape)}.")
+    if s.shape != x.shape[:1] or s.dtype != torch.float32 or s.device != x.device or not s.is_contiguous():
+        raise ValueError(f"s must be a contiguous fp32 vector of {x.shape[0]} scales on {x.device}, got {s.dtype} {tuple(s.shape)} on {s.device}.")
+    if x.is_cuda == interpreting():
+        raise ValueError(f"scaled_matrices runs CUDA tensors on the GPU, or CPU tensors in Triton's interpreter; got a {x.device.type} tensor "
+                         f"{'with' if interpreting() else 'without'} the interpreter.")
+    y = torch.empty_like(x)
+    if x.numel() == 0: return y
+    k, m, n = x.shape
+    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+        scaled_matrices_kernel[(k, triton.cdiv(m, rows))](x, y, s, m, n, *x.stride(), ROWS=rows, COLS=cols, num_warps=warps)
+    return y
+
+def frobenius_normalized(x, eps:float=1e-7):
+    "Each matrix of a stack `x` (k, m, n) divided by its Frobenius norm (at least `eps`), a new stack: where the upper tiles run, the norm in fp32 and one pass of `scaled_matrices`; elsewhere torch's division by the norm in x's dtype, as `torch.optim.Muon`"
+    if not symmetric_tiles(x): return x / torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True).clamp(min=eps)
+    return scaled_matrices(x, torch.linalg.vector_norm(x, dim=(-2, -1), dtype=torch.float32).clamp_(min=eps).reciprocal_())
 
 def aol_start(x, eps:float=1e-7):
     "AOL's start for a stack `x` (k, m, n): diag(s)·X and its Gram matrices diag(s)·A·diag(s), A = XXᵀ, s = max(Σⱼ|Aᵢⱼ|, eps)^-½; by `aol_rescale` where the upper tiles run, else by torch's operations"
