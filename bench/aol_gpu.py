@@ -4,8 +4,8 @@ the quintic's five iterations from the Frobenius norm.
 
 - kernels (`fastoptim.symmetric.aol_start`, what `newton_schulz(aol=True)` runs on CUDA): two Triton passes, the first
   reads A's rows for s and writes diag(s)·X, the second rescales A in place, each value rounded once;
-- as written (`aol_rescaled`, the form before the kernels, still the CPU's): s = (Σⱼ|A|ᵢⱼ)^-½ by `abs().sum()`, then
-  diag(s)·A·diag(s) and diag(s)·X in fp32 temporaries, each rounded once to bf16;
+- as written (`aol_by_torch`, the form before the kernels, still the CPU's): s = (Σⱼ|A|ᵢⱼ)^-½ by `abs().sum()`, then
+  A·(sᵢsⱼ) and diag(s)·X in fp32 temporaries, each rounded once to bf16;
 - in place: s by one `vector_norm(ord=1)`, A and X scaled in place in bf16 (A rounded twice: by its rows' scale, then
   its columns');
 - recomputed: s as above, X scaled in place, and its Gram matrix computed again instead of rescaled.
@@ -18,15 +18,15 @@ import argparse, os, sys
 sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
 import torch
 from fastoptim.muon import newton_schulz, ns_coefficients
-from fastoptim.symmetric import gram, polynomial_product, aol_start, aol_rescaled, aol_rescale
+from fastoptim.symmetric import gram, polynomial_product, aol_start, aol_by_torch, aol_rescale
 from timing import median_ms, write_report, copy_bandwidth
 
 
-def aol_start(x, form, eps=1e-7):
+def start_in(x, form, eps=1e-7):
     "X's rows rescaled by AOL's s, and their Gram matrix (None where it is computed again), in `form`"
     if form == 'kernels': return aol_start(x, eps)
     A = gram(x)
-    if form == 'as written': return aol_rescaled(x, A, eps)
+    if form == 'as written': return aol_by_torch(x, A, eps)
     s = torch.linalg.vector_norm(A, ord=1, dim=-1, dtype=torch.float32).clamp_(min=eps).rsqrt_()
     x = x.mul_(s[..., :, None])
     return x, (A.mul_(s[..., :, None]).mul_(s[..., None, :]) if form == 'in place' else None)
@@ -35,7 +35,7 @@ def aol_start(x, form, eps=1e-7):
 def aol_newton_schulz(stack, form, steps=4):
     "`newton_schulz(stack, steps, aol=True)` with its start in `form`, in place"
     tall = stack.shape[-2] > stack.shape[-1]
-    x, A = aol_start(stack.mT if tall else stack, form)
+    x, A = start_in(stack.mT if tall else stack, form)
     a, b, c = ns_coefficients
     for i in range(steps):
         if i or A is None: A = gram(x)
@@ -52,7 +52,7 @@ def main():
     g = torch.Generator(device=dev).manual_seed(0)
     forms = ('kernels', 'as written', 'in place', 'recomputed')
     bandwidth = copy_bandwidth(dev)
-    lines = [f'# AOL\'s start, three forms: {torch.cuda.get_device_name()}, torch {torch.__version__}', '',
+    lines = [f'# AOL\'s start, four forms: {torch.cuda.get_device_name()}, torch {torch.__version__}', '',
              f'Command: `python3 {" ".join(sys.argv)}`; median of {args.reps}, bf16.', '',
              '| stack | quintic, 5 steps ms | ' + ' | '.join(f'AOL {f}, 4 steps ms' for f in forms) + ' | '
              + ' | '.join(f'start {f} ms' for f in forms) + ' |', '|---' * (2 + 2 * len(forms)) + '|']
@@ -63,7 +63,7 @@ def main():
         x_of = lambda t: t.mT if shape[0] > shape[1] else t
         ms = [median_ms(lambda: newton_schulz(work.copy_(stack)), args.reps, dev, warmup=2)]
         ms += [median_ms(lambda: aol_newton_schulz(work.copy_(stack), f), args.reps, dev, warmup=2) for f in forms]
-        ms += [median_ms(lambda: aol_start(x_of(work.copy_(stack)), f), args.reps, dev, warmup=2) - median_ms(lambda: work.copy_(stack), args.reps, dev)
+        ms += [median_ms(lambda: start_in(x_of(work.copy_(stack)), f), args.reps, dev, warmup=2) - median_ms(lambda: work.copy_(stack), args.reps, dev)
                for f in forms]
         totals = [t + m for t, m in zip(totals, ms)]
         lines.append(f'| {k} × {shape[0]}×{shape[1]} | ' + ' | '.join(f'{m:.2f}' for m in ms) + ' |')

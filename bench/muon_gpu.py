@@ -61,11 +61,11 @@ class WarpsFor:
     def __init__(self, opt, warps): self.opt, self.warps = opt, warps
     def step(self):
         import fastoptim.symmetric as symmetric
-        plain = symmetric.square_plus
-        def square_plus(a, alpha, beta, shift=0.):
-            if not symmetric.symmetric_tiles(a): return plain(a, alpha, beta, shift)
-            a = a.contiguous()
-            return symmetric.symmetric_product(a, alpha, a, beta, shift=shift, warps=self.warps)
+        plain, defaults = symmetric.square_plus, symmetric.symmetric_product.__kwdefaults__
+        def square_plus(*args, **kwargs):
+            before, defaults['warps'] = defaults['warps'], self.warps
+            try: return plain(*args, **kwargs)
+            finally: defaults['warps'] = before
         symmetric.square_plus = square_plus
         try: self.opt.step()
         finally: symmetric.square_plus = plain

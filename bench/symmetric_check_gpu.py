@@ -1,20 +1,21 @@
 """GPU check of `fastoptim.symmetric` at the launches the interpreter does not compile: bf16 and fp32 (each at its
 default stages), contiguous, transposed, rows apart by more than their length, a size-1 dimension with an odd
 stride, with the addend and shift, against torch in fp64; `polynomial_product` against torch's form; and AOL's start
-(`aol_rescale`) and the scaled matrices of the default start against torch's form. Prints one
+(`aol_rescale`) and the scaled matrices of the default start against torch's form; the whole iteration, both starts, by
+the kernels against torch's products. Prints one
 line per case and the number of failures.
 
     PYTHONPATH=$PWD/.site:$PWD python3 bench/symmetric_check_gpu.py
 """
 import torch
-from fastoptim.symmetric import symmetric_product, polynomial_product, symmetric_tiles, aol_rescale, aol_rescaled, scaled_matrices, frobenius_normalized
+from fastoptim.symmetric import symmetric_product, polynomial_product, symmetric_tiles, aol_rescale, aol_by_torch, scaled_matrices, frobenius_normalized
 
 dev, g = torch.device('cuda'), torch.Generator(device='cuda').manual_seed(0)
 failures = 0
-def report(name, err, bound):
+def report(name, err, bound, measure='max diff / max'):
     global failures
     failures += not err <= bound
-    print(f"{name}: max diff / max {err:.2e} ({'ok' if err <= bound else 'FAILED'}, bound {bound:.0e})", flush=True)
+    print(f"{name}: {measure} {err:.2e} ({'ok' if err <= bound else 'FAILED'}, bound {bound:.0e})", flush=True)
 
 for dtype, bound in ((torch.bfloat16, 8e-3), (torch.float32, 1e-5)):
     base = torch.randn(4, 264, 520, device=dev, generator=g)
@@ -43,12 +44,13 @@ for dtype, ulps in ((torch.bfloat16, 2 ** -7), (torch.float32, 2 ** -20)):  # AO
     for name, x in (('wide', torch.randn(8, 512, 1376, device=dev, generator=g)), ('tall, transposed', torch.randn(8, 1376, 512, device=dev, generator=g).mT)):
         x = x.to(dtype)
         A = torch.bmm(x, x.mT)
-        ys, As = aol_rescaled(x, A)
+        ys, As = aol_by_torch(x, A)
         y = aol_rescale(x, A)
         for part, got, expected in (('diag(s)·X', y, ys), ('diag(s)·A·diag(s)', A, As)):
             err = ((got.double() - expected.double()).abs() / expected.double().abs().clamp(min=1e-30)).max().item()
             same = (got == expected).float().mean().item()
-            report(f"aol_rescale {str(dtype)[6:]} {name} {part} against torch's form (same bits: {same:.4f}), max rel diff", err, ulps)
+            report(f"aol_rescale {str(dtype)[6:]} {name} {part} against torch's form (same bits: {same:.4f})", err, ulps, 'max |diff| / |value|')
+            failures += part != 'diag(s)·X' and not torch.equal(got, got.mT)
             failures += dtype == torch.bfloat16 and same < 0.98
 for dtype in (torch.bfloat16, torch.float32):  # the iteration's start: each matrix times its scale, against torch's form, bit for bit
     for name, x in (('wide', torch.randn(8, 512, 1376, device=dev, generator=g)), ('tall, transposed', torch.randn(8, 1376, 512, device=dev, generator=g).mT)):
@@ -61,4 +63,17 @@ x = torch.randn(16, 2048, 4096, device=dev, generator=g).bfloat16()
 assert symmetric_tiles(x)
 report('frobenius_normalized, bf16 (16, 2048, 4096), against x / ‖x‖ in fp64', ((frobenius_normalized(x).double() - x.double() / torch.linalg.vector_norm(x.double(), dim=(-2, -1), keepdim=True)).abs().max()
                                                     / (x.double() / torch.linalg.vector_norm(x.double(), dim=(-2, -1), keepdim=True)).abs().max()).item(), 2 ** -8)
+import math, fastoptim.symmetric as symmetric  # the iteration by the kernels against the same iteration by torch's products and operations
+from fastoptim.muon import newton_schulz
+for aol, steps in ((False, 5), (True, 4)):
+    for name, x in (('wide', torch.randn(8, 2048, 4096, device=dev, generator=g)), ('tall', torch.randn(8, 4096, 2048, device=dev, generator=g))):
+        x = x.bfloat16()
+        least, symmetric.min_tiled_work = symmetric.min_tiled_work, math.inf
+        try: by_torch = newton_schulz(x.clone(), steps=steps, aol=aol).double()
+        finally: symmetric.min_tiled_work = least
+        by_kernels = newton_schulz(x.clone(), steps=steps, aol=aol).double()
+        exact = newton_schulz(x.double(), steps=steps, aol=aol)  # fp64: torch's products and operations
+        error = lambda got: ((got - exact).abs().max() / exact.abs().max()).item()
+        report(f"newton_schulz(aol={aol}), bf16 {name} {tuple(x.shape)}, by the kernels against fp64 (by torch's products: {error(by_torch):.2e})",
+               error(by_kernels), 1.5 * error(by_torch) + 1e-3)
 print(f"{failures} failed", flush=True)

@@ -7,7 +7,7 @@ Docs: https://fastoptim.github.io/fastoptim/symmetric.html.md"""
 # %% auto #0
 __all__ = ['min_tiled_work', 'symmetric_kernel', 'upper_tiles', 'processors', 'symmetric_product', 'symmetric_tiles', 'gram',
            'square_plus', 'polynomial_product', 'aol_rows_kernel', 'store_scaled_rows', 'scaled_matrices_kernel',
-           'aol_gram_kernel', 'aol_rescale', 'scaled_matrices', 'frobenius_normalized', 'aol_start', 'aol_rescaled']
+           'aol_gram_kernel', 'aol_rescale', 'scaled_matrices', 'frobenius_normalized', 'aol_start', 'aol_by_torch']
 
 # %% ../nbs/08_symmetric.ipynb #f47e2a4e
 import contextlib
@@ -154,10 +154,10 @@ def polynomial_product(x, A, a:float, b:float, c:float, out=None):
     if symmetric_tiles(A): return torch.bmm(square_plus(A, c, b, shift=a), x, out=out)
     return torch.baddbmm(x, square_plus(A, c, b), x, beta=a, out=out)
 
-# %% ../nbs/08_symmetric.ipynb #379466e8
+# %% ../nbs/08_symmetric.ipynb #be2ef5be
 @triton_jit
-def aol_rows_kernel(a, x, y, s, m, n, x_matrix, x_row, x_col, eps, ROWS: tl.constexpr, COLS: tl.constexpr):
-    "Rows ROWS·program_id(1) … of matrix program_id(0): sᵢ = max(Σⱼ|Aᵢⱼ|, eps)^-½ stored, and row i of `x` times sᵢ written to `y`, rounded once; `a` (k, m, m) contiguous, `y` with `x`'s strides"
+def aol_rows_kernel(a, x, y, s, m, n, x_matrix, x_row, x_col, y_matrix, y_row, y_col, eps, ROWS: tl.constexpr, COLS: tl.constexpr):
+    "Rows ROWS·program_id(1) … of matrix program_id(0): sᵢ = max(Σⱼ|Aᵢⱼ|, eps)^-½ stored, and row i of `x` times sᵢ written to `y`, rounded once; `a` (k, m, m) contiguous"
     matrix = tl.program_id(0).to(tl.int64)
     rows, cols = tl.program_id(1).to(tl.int64) * ROWS + tl.arange(0, ROWS), tl.arange(0, COLS)  # rows·m past 2³¹ for m > 46340
     total = tl.zeros((ROWS,), dtype=tl.float32)
@@ -166,36 +166,38 @@ def aol_rows_kernel(a, x, y, s, m, n, x_matrix, x_row, x_col, eps, ROWS: tl.cons
         total += tl.sum(tl.abs(tl.load(a + matrix * m * m + rows[:, None] * m + c0 + cols[None, :], mask=mask, other=0.).to(tl.float32)), axis=1)
     scale = 1 / tl.sqrt(tl.maximum(total, eps, propagate_nan=tl.PropagateNan.ALL))  # a NaN in A's row: a NaN scale, as torch's clamp
     tl.store(s + matrix * m + rows, scale, mask=rows < m)
-    store_scaled_rows(x, y, matrix, rows, scale, m, n, x_matrix, x_row, x_col, COLS)
+    store_scaled_rows(x, y, matrix, rows, scale, m, n, x_matrix, x_row, x_col, y_matrix, y_row, y_col, COLS)
 
 @triton_jit
-def store_scaled_rows(x, y, matrix, rows, scale, m, n, x_matrix, x_row, x_col, COLS: tl.constexpr):
-    "Rows `rows` of matrix `matrix` of `x` (strides x_matrix, x_row, x_col), each times its `scale`, into `y` (the same strides), rounded once"
-    cols = tl.arange(0, COLS)
+def store_scaled_rows(x, y, matrix, rows, scale, m, n, x_matrix, x_row, x_col, y_matrix, y_row, y_col, COLS: tl.constexpr):
+    "Rows `rows` (int64) of matrix `matrix` of `x`, each times its `scale`, into `y`, rounded once; each with its own strides"
     for c0 in range(0, n, COLS):
-        mask = (rows[:, None] < m) & (c0 + cols[None, :] < n)
-        offsets = matrix * x_matrix + rows[:, None] * x_row + (c0 + cols[None, :]) * x_col
-        tl.store(y + offsets, round_to(tl.load(x + offsets, mask=mask).to(tl.float32) * scale[:, None], y.dtype.element_ty), mask=mask)
+        cols = c0 + tl.arange(0, COLS).to(tl.int64)  # a column of a tall stack's transposed view is m apart: cols·m past 2³¹
+        mask = (rows[:, None] < m) & (cols[None, :] < n)
+        value = tl.load(x + matrix * x_matrix + rows[:, None] * x_row + cols[None, :] * x_col, mask=mask).to(tl.float32) * scale[:, None]
+        tl.store(y + matrix * y_matrix + rows[:, None] * y_row + cols[None, :] * y_col, round_to(value, y.dtype.element_ty), mask=mask)
 
 @triton_jit
-def scaled_matrices_kernel(x, y, s, m, n, x_matrix, x_row, x_col, ROWS: tl.constexpr, COLS: tl.constexpr):
+def scaled_matrices_kernel(x, y, s, m, n, x_matrix, x_row, x_col, y_matrix, y_row, y_col, ROWS: tl.constexpr, COLS: tl.constexpr):
     "Rows ROWS·program_id(1) … of matrix program_id(0) of `x` times that matrix's scale `s`[program_id(0)], into `y`, rounded once"
     matrix = tl.program_id(0).to(tl.int64)
     rows = tl.program_id(1).to(tl.int64) * ROWS + tl.arange(0, ROWS)
-    store_scaled_rows(x, y, matrix, rows, tl.zeros((ROWS,), dtype=tl.float32) + tl.load(s + matrix), m, n, x_matrix, x_row, x_col, COLS)
+    store_scaled_rows(x, y, matrix, rows, tl.zeros((ROWS,), dtype=tl.float32) + tl.load(s + matrix), m, n, x_matrix, x_row, x_col,
+                      y_matrix, y_row, y_col, COLS)
 
 @triton_jit
 def aol_gram_kernel(a, s, m, BLOCK: tl.constexpr):
-    "Tile (program_id(1), program_id(2)) of matrix program_id(0) of `a` (k, m, m), contiguous: Aᵢⱼ·sᵢ·sⱼ in place, rounded once"
+    "Tile (program_id(1), program_id(2)) of matrix program_id(0) of `a` (k, m, m), contiguous: Aᵢⱼ·(sᵢsⱼ) in place, rounded once"
     matrix = tl.program_id(0).to(tl.int64)
     rows, cols = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK), tl.program_id(2) * BLOCK + tl.arange(0, BLOCK)
     mask = (rows[:, None] < m) & (cols[None, :] < m)
     offsets = matrix * m * m + rows[:, None] * m + cols[None, :]
     s_rows, s_cols = tl.load(s + matrix * m + rows, mask=rows < m), tl.load(s + matrix * m + cols, mask=cols < m)
-    tl.store(a + offsets, round_to(tl.load(a + offsets, mask=mask).to(tl.float32) * s_rows[:, None] * s_cols[None, :], a.dtype.element_ty), mask=mask)
+    scale = s_rows[:, None] * s_cols[None, :]  # sᵢsⱼ = sⱼsᵢ: the result exactly symmetric
+    tl.store(a + offsets, round_to(tl.load(a + offsets, mask=mask).to(tl.float32) * scale, a.dtype.element_ty), mask=mask)
 
 def aol_rescale(x, A, eps:float=1e-7, *, rows:int=64, cols:int=128, block:int=128, warps:int=8):
-    "diag(s)·X as a new stack with `x`'s strides, and `A` rescaled in place to diag(s)·A·diag(s), for a stack `x` (k, m, n) of bf16 or fp32 matrices and `A` (k, m, m), contiguous, their Gram matrices; s = max(Σⱼ|Aᵢⱼ|, eps)^-½; by two Triton kernels, each value rounded once: the first over `rows` rows at a time, `cols` columns a block, the second over `block` × `block` tiles"
+    "diag(s)·X as a new stack (with `x`'s strides where `x` is dense), and `A` rescaled in place to diag(s)·A·diag(s), for a stack `x` (k, m, n) of bf16 or fp32 matrices and `A` (k, m, m), contiguous, their Gram matrices; s = max(Σⱼ|Aᵢⱼ|, eps)^-½; by two Triton kernels, each value rounded once: the first over `rows` rows at a time, `cols` columns a block, the second over `block` × `block` tiles"
     if triton is None: raise ImportError("aol_rescale needs Triton: pip install -U triton")
     if x.ndim != 3 or x.dtype not in (torch.bfloat16, torch.float32): raise ValueError(
         f"aol_rescale takes a bf16 or fp32 stack of matrices (k, m, n), got {x.dtype} of shape {tuple(x.shape)}.")
@@ -205,15 +207,15 @@ def aol_rescale(x, A, eps:float=1e-7, *, rows:int=64, cols:int=128, block:int=12
     if x.is_cuda == interpreting():
         raise ValueError(f"aol_rescale runs CUDA tensors on the GPU, or CPU tensors in Triton's interpreter; got a {x.device.type} tensor "
                          f"{'with' if interpreting() else 'without'} the interpreter.")
-    y, s = torch.empty_like(x), torch.empty(k, m, dtype=torch.float32, device=x.device)
-    if x.numel() == 0 or m == 0: return y
+    y, s = torch.empty_like(x), torch.empty(k, m, dtype=torch.float32, device=x.device)  # y: x's strides if x is dense, else contiguous
+    if x.numel() == 0: return y
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
-        aol_rows_kernel[(k, triton.cdiv(m, rows))](A, x, y, s, m, n, *x.stride(), float(eps), ROWS=rows, COLS=cols, num_warps=warps)
+        aol_rows_kernel[(k, triton.cdiv(m, rows))](A, x, y, s, m, n, *x.stride(), *y.stride(), float(eps), ROWS=rows, COLS=cols, num_warps=warps)
         aol_gram_kernel[(k, triton.cdiv(m, block), triton.cdiv(m, block))](A, s, m, BLOCK=block, num_warps=warps)
     return y
 
 def scaled_matrices(x, s, *, rows:int=64, cols:int=128, warps:int=8):
-    "Each matrix of a stack `x` (k, m, n) of bf16 or fp32 matrices times its scale in `s` (k,), fp32, as a new stack with `x`'s strides: by a Triton kernel, each value rounded once, as torch's `(x * s[:, None, None]).to(x.dtype)`"
+    "Each matrix of a stack `x` (k, m, n) of bf16 or fp32 matrices times its scale in `s` (k,), fp32, as a new stack (with `x`'s strides where `x` is dense): by a Triton kernel, each value rounded once, as torch's `(x * s[:, None, None]).to(x.dtype)`"
     if triton is None: raise ImportError("scaled_matrices needs Triton: pip install -U triton")
     if x.ndim != 3 or x.dtype not in (torch.bfloat16, torch.float32): raise ValueError(
         f"scaled_matrices takes a bf16 or fp32 stack of matrices (k, m, n), got {x.dtype} of shape {tuple(x.shape)}.")
@@ -226,7 +228,7 @@ def scaled_matrices(x, s, *, rows:int=64, cols:int=128, warps:int=8):
     if x.numel() == 0: return y
     k, m, n = x.shape
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
-        scaled_matrices_kernel[(k, triton.cdiv(m, rows))](x, y, s, m, n, *x.stride(), ROWS=rows, COLS=cols, num_warps=warps)
+        scaled_matrices_kernel[(k, triton.cdiv(m, rows))](x, y, s, m, n, *x.stride(), *y.stride(), ROWS=rows, COLS=cols, num_warps=warps)
     return y
 
 def frobenius_normalized(x, eps:float=1e-7):
@@ -238,9 +240,9 @@ def aol_start(x, eps:float=1e-7):
     "AOL's start for a stack `x` (k, m, n): diag(s)·X and its Gram matrices diag(s)·A·diag(s), A = XXᵀ, s = max(Σⱼ|Aᵢⱼ|, eps)^-½; by `aol_rescale` where the upper tiles run, else by torch's operations"
     A = gram(x)
     if symmetric_tiles(x): return aol_rescale(x, A, eps), A
-    return aol_rescaled(x, A, eps)
+    return aol_by_torch(x, A, eps)
 
-def aol_rescaled(x, A, eps:float=1e-7):
-    "`aol_rescale`'s diag(s)·X and diag(s)·A·diag(s) by torch's operations, in fp32 temporaries each rounded once, new tensors"
+def aol_by_torch(x, A, eps:float=1e-7):
+    "`aol_rescale`'s diag(s)·X and diag(s)·A·diag(s) by torch's operations, in fp32 temporaries each rounded once, as new tensors"
     s = A.abs().sum(-1, dtype=torch.float32).clamp(min=eps).rsqrt()
-    return (x * s[..., :, None]).to(x.dtype), (A * s[..., :, None] * s[..., None, :]).to(x.dtype)
+    return (x * s[..., :, None]).to(x.dtype), (A * (s[..., :, None] * s[..., None, :])).to(x.dtype)  # sᵢsⱼ = sⱼsᵢ: exactly symmetric
