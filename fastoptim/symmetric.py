@@ -232,7 +232,7 @@ def scaled_matrices(x, s, *, rows:int=64, cols:int=128, warps:int=8):
     return y
 
 def frobenius_normalized(x, eps:float=1e-7):
-    "Each matrix of a stack `x` (k, m, n) divided by its Frobenius norm (at least `eps`), a new stack: where the upper tiles run, the norm in fp32 and one pass of `scaled_matrices`; elsewhere torch's division by the norm in x's dtype, as `torch.optim.Muon`"
+    "Each matrix of a stack `x` (k, m, n) divided by its Frobenius norm (at least `eps`), a new stack: where the upper tiles run, the norm in fp32 and one pass of `scaled_matrices`; elsewhere torch's division by the norm in x's dtype (for a bf16 stack `torch.optim.Muon`'s start, bit for bit)"
     if not symmetric_tiles(x): return x / torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True).clamp(min=eps)
     return scaled_matrices(x, torch.linalg.vector_norm(x, dim=(-2, -1), dtype=torch.float32).clamp_(min=eps).reciprocal_())
 
@@ -245,4 +245,4 @@ def aol_start(x, eps:float=1e-7):
 def aol_by_torch(x, A, eps:float=1e-7):
     "`aol_rescale`'s diag(s)·X and diag(s)·A·diag(s) by torch's operations, in fp32 temporaries each rounded once, as new tensors"
     s = A.abs().sum(-1, dtype=torch.float32).clamp(min=eps).rsqrt()
-    return (x * s[..., :, None]).to(x.dtype), (A * (s[..., :, None] * s[..., None, :])).to(x.dtype)  # sᵢsⱼ = sⱼsᵢ: exactly symmetric
+    return (x * s[..., :, None]).to(x.dtype), (A * (s[..., :, None] * s[..., None, :])).to(x.dtype)  # sᵢsⱼ = sⱼsᵢ: exactly symmetric where A is
