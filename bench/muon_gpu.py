@@ -48,37 +48,48 @@ def step_ms(opt, ps, grads, device, reps):
     return median_ms(opt.step, reps, device, warmup=3)
 
 @contextlib.contextmanager
+def replaced(module, name, value):
+    "Within: `module.name` is `value`"
+    before = getattr(module, name)
+    setattr(module, name, value)
+    try: yield
+    finally: setattr(module, name, before)
+
 def tiled_from(work):
     "Within: `fastoptim.symmetric.min_tiled_work` at `work` (inf: Muon's symmetric products computed in full by torch, as on the CPU; 0: every bf16 CUDA stack in upper tiles, however small)"
     import fastoptim.symmetric as symmetric
-    least = symmetric.min_tiled_work
-    symmetric.min_tiled_work = work
-    try: yield
-    finally: symmetric.min_tiled_work = least
+    return replaced(symmetric, 'min_tiled_work', work)
 
-class WarpsFor:
-    "`opt` whose steps run `fastoptim.symmetric.square_plus` (bA + cA²) at `warps` warps instead of its launch's"
-    def __init__(self, opt, warps): self.opt, self.warps = opt, warps
+def interleaved(opts, grads, device, reps, rounds):
+    "Each optimizer of `opts` (name -> (optimizer, its parameters)) timed once a round (`step_ms`), in an order rotated each round, so that the GPU's clock drifting over a run (its power and temperature) weighs on all alike: name -> ms per round"
+    times, names = {name: [] for name in opts}, list(opts)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            opt, params = opts[name]
+            times[name].append(step_ms(opt, params, grads, device, reps))
+    return times
+
+class Within:
+    "`opt` whose steps each run within a fresh `context()`"
+    def __init__(self, opt, context): self.opt, self.context = opt, context
     def step(self):
-        import fastoptim.symmetric as symmetric
-        plain, defaults = symmetric.square_plus, symmetric.symmetric_product.__kwdefaults__
-        def square_plus(*args, **kwargs):
-            before, defaults['warps'] = defaults['warps'], self.warps
-            try: return plain(*args, **kwargs)
-            finally: defaults['warps'] = before
-        symmetric.square_plus = square_plus
-        try: self.opt.step()
-        finally: symmetric.square_plus = plain
+        with self.context(): self.opt.step()
 
-@contextlib.contextmanager
+def warps_for(warps):
+    "Within: `fastoptim.symmetric.square_plus` (bA + cA²) launched at `warps` warps instead of its launch's"
+    import fastoptim.symmetric as symmetric
+    plain, defaults = symmetric.square_plus, symmetric.symmetric_product.__kwdefaults__
+    def square_plus(*args, **kwargs):
+        before, defaults['warps'] = defaults['warps'], warps
+        try: return plain(*args, **kwargs)
+        finally: defaults['warps'] = before
+    return replaced(symmetric, 'square_plus', square_plus)
+
 def unfolded():
     "Within: the iteration's update as it was before the folded form, aX + (bA + cA²)X by `torch.baddbmm` after the upper tiles' bA + cA²"
     import fastoptim.muon as muon
     from fastoptim.symmetric import square_plus
-    folded = muon.polynomial_product
-    muon.polynomial_product = lambda x, A, a, b, c, out=None: torch.baddbmm(x, square_plus(A, c, b), x, beta=a, out=out)
-    try: yield
-    finally: muon.polynomial_product = folded
+    return replaced(muon, 'polynomial_product', lambda x, A, a, b, c, out=None: torch.baddbmm(x, square_plus(A, c, b), x, beta=a, out=out))
 
 def matmul_rate(device, m=2048, k=64):
     a = torch.randn(k, m, m, device=device, dtype=torch.bfloat16)
@@ -240,14 +251,9 @@ def single(args, device, lines, record):
                                ('fastoptim Muon (triton, aol=True, bA + cA² at 4 warps)', dict(aol=True))):
             ps2 = [p.detach().clone().requires_grad_() for p in ps]
             opt = Muon(ps2, lr=1e-3, wd=0.1, triton=True, **options)
-            opts[label] = (WarpsFor(opt, 4) if '4 warps' in label else opt, ps2)
-        times = {name: [] for name in opts}
-        names = list(opts)
-        for r in range(rounds):
-            for name in names[r % len(names):] + names[:r % len(names)]:
-                opt, params = opts[name]
-                times[name].append(step_ms(opt, params, grads, device, args.reps))
-        for name in names:
+            opts[label] = (Within(opt, lambda: warps_for(4)) if '4 warps' in label else opt, ps2)
+        times = interleaved(opts, grads, device, args.reps, rounds)
+        for name in opts:
             ratios = sorted(t / m for t, m in zip(times['torch.optim.Muon'], times[name]))
             record[f'interleaved_{str(dtype)[6:]}_{name}'] = dict(ms=times[name], ratios=ratios)
             lines.append(f"| {str(dtype)[6:]} | {name} | {sorted(times[name])[rounds // 2]:.1f} | {ratios[rounds // 2]:.2f}× | "

@@ -10,11 +10,11 @@ per round, as `bench/muon_gpu.py`).
 
     PYTHONPATH=$PWD/.site:$PWD python3 bench/muon_streams_gpu.py --out $OUT/muon_streams.md
 """
-import argparse, contextlib, os, sys
+import argparse, os, sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np
 import torch
-from muon_gpu import hidden_matrices, make, step_ms
+from muon_gpu import hidden_matrices, make, replaced, Within, interleaved
 import fastoptim.core as core
 
 
@@ -33,19 +33,11 @@ committed = core.apply_matrices
 streams = []
 
 
-@contextlib.contextmanager
-def on_streams(count):
-    streams[:] = [torch.cuda.Stream() for _ in range(count)]
-    core.apply_matrices = apply_on_streams
-    try: yield
-    finally: core.apply_matrices = committed
-
-
-class OnStreams:
+def on_streams(opt, count):
     "`opt` whose steps run its stacks on `count` streams (None: as committed)"
-    def __init__(self, opt, count): self.opt, self.count = opt, count
-    def step(self):
-        with (on_streams(self.count) if self.count else contextlib.nullcontext()): self.opt.step()
+    if count is None: return opt
+    streams[:] = [torch.cuda.Stream() for _ in range(count)]
+    return Within(opt, lambda: replaced(core, 'apply_matrices', apply_on_streams))
 
 
 def main():
@@ -63,7 +55,7 @@ def main():
         results = []
         for count in (None, 3):
             ps2 = [p.detach().clone().requires_grad_() for p in ps]
-            opt = OnStreams(Muon(ps2, lr=1e-3, wd=0.1, triton=True, **options), count)
+            opt = on_streams(Muon(ps2, lr=1e-3, wd=0.1, triton=True, **options), count)
             for g in grads + grads[:1]:
                 for p, gi in zip(ps2, g): p.grad = gi
                 opt.step()
@@ -76,17 +68,12 @@ def main():
     for label, options in (('default', {}), ('aol=True', dict(aol=True))):
         for count in (None, 3):
             ps2 = [p.detach().clone().requires_grad_() for p in ps]
-            opts[f"{label} | {'one stream (committed)' if count is None else f'{count} streams'}"] = (OnStreams(Muon(ps2, lr=1e-3, wd=0.1, triton=True, **options), count), ps2)
-    times = {name: [] for name in opts}
-    names = list(opts)
-    for r in range(args.rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            opt, params = opts[name]
-            times[name].append(step_ms(opt, params, grads, dev, args.reps))
+            opts[f"{label} | {'one stream (committed)' if count is None else f'{count} streams'}"] = (on_streams(Muon(ps2, lr=1e-3, wd=0.1, triton=True, **options), count), ps2)
+    times = interleaved(opts, grads, dev, args.reps, args.rounds)
     lines += ['', f"{args.rounds} rounds, each timing every optimizer ({args.reps} steps, median) in a rotated order; ratio to "
               "torch.optim.Muon in the same round", '',
               '| optimizer | stacks | median ms | median ratio | lowest | highest |', '|---|---|---|---|---|---|']
-    for name in names:
+    for name in opts:
         ratios = sorted(t / m for t, m in zip(times['torch.optim.Muon'], times[name]))
         label = name if ' | ' in name else f'{name} | '
         lines.append(f"| {label} | {float(np.median(times[name])):.1f} | {ratios[len(ratios) // 2]:.3f}× | {ratios[0]:.3f}× | {ratios[-1]:.3f}× |")

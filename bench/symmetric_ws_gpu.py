@@ -15,13 +15,12 @@ against `torch.optim.Muon`, in interleaved rounds (ratio per round, as `bench/mu
 """
 import argparse, os, sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import contextlib
 import numpy as np
 import torch
 import triton
 import triton.language as tl
 from timing import median_ms
-from muon_gpu import hidden_matrices, make, step_ms
+from muon_gpu import hidden_matrices, make, replaced, Within, interleaved
 import fastoptim.symmetric as symmetric
 from fastoptim.symmetric import symmetric_product, upper_tiles, processors, _described
 
@@ -76,20 +75,10 @@ def device_described(y, alpha=1., addend=None, beta=0., shift=0., *, specialise=
     return out
 
 
-@contextlib.contextmanager
 def patched(variant):
     "Within: the library's symmetric products (Gram matrices and bA + cA²) by `device_described` with `variant`'s options"
-    committed = symmetric.symmetric_product
-    symmetric.symmetric_product = lambda y, alpha=1., addend=None, beta=0., out=None, *, shift=0.: device_described(y, alpha, addend, beta, shift, **variant)
-    try: yield
-    finally: symmetric.symmetric_product = committed
-
-
-class Patched:
-    "`opt` whose steps run with `variant` patched in (None: as committed)"
-    def __init__(self, opt, variant): self.opt, self.variant = opt, variant
-    def step(self):
-        with (patched(self.variant) if self.variant is not None else contextlib.nullcontext()): self.opt.step()
+    return replaced(symmetric, 'symmetric_product', lambda y, alpha=1., addend=None, beta=0., out=None, *, shift=0.:
+                    device_described(y, alpha, addend, beta, shift, **variant))
 
 
 def steps(variants, args, dev, lines):
@@ -99,17 +88,13 @@ def steps(variants, args, dev, lines):
     for vname, vkw in variants:
         for label, options in (('default', {}), ('aol=True', dict(aol=True))):
             ps2 = [p.detach().clone().requires_grad_() for p in ps]
-            opts[f'{label}, {vname}'] = (Patched(Muon(ps2, lr=1e-3, wd=0.1, triton=True, **options), vkw), ps2)
-    times = {name: [] for name in opts}
-    names = list(opts)
-    for r in range(args.step_rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            opt, params = opts[name]
-            times[name].append(step_ms(opt, params, grads, dev, args.reps))
+            opt = Muon(ps2, lr=1e-3, wd=0.1, triton=True, **options)
+            opts[f'{label}, {vname}'] = (opt if vkw is None else Within(opt, lambda vkw=vkw: patched(vkw)), ps2)
+    times = interleaved(opts, grads, dev, args.reps, args.step_rounds)
     lines += ['', f"Muon's step, LLM-like set's 112 hidden matrices, bf16 weights: {args.step_rounds} rounds, each timing every "
               f"optimizer ({args.reps} steps, median) in a rotated order; ratio to torch.optim.Muon in the same round", '',
               '| optimizer | symmetric products | median ms | median ratio | lowest | highest |', '|---|---|---|---|---|---|']
-    for name in names:
+    for name in opts:
         ratios = sorted(t / m for t, m in zip(times['torch.optim.Muon'], times[name]))
         label, _, vname = name.partition(', ')
         lines.append(f"| {label} | {vname} | {float(np.median(times[name])):.1f} | {ratios[len(ratios) // 2]:.3f}× | {ratios[0]:.3f}× | {ratios[-1]:.3f}× |")
