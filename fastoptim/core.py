@@ -7,18 +7,18 @@ Docs: https://fastoptim.github.io/fastoptim/core.html.md"""
 # %% auto #0
 __all__ = ['fp32_max', 'fold_numel', 'residual_dtypes', 'rounding_states', 'group_size', 'code_dtypes', 'backends', 'number_ops',
            'no_reductions', 'backend_flags', 'engine_state', 'engine_counts', 'engine_write', 'retired_graphs',
-           'algorithms', 'check_hyper', 'check_hypers', 'as_math', 'write_back', 'flat', 'pieces_of', 'cut_list',
-           'pieces', 'combine_pieces', 'fold_moments', 'hash32', 'stochastic_round', 'join_master', 'split_master',
-           'held_weights', 'param_math', 'apply_update', 'update_param', 'scale_count', 'dequantize', 'quantize_into',
-           'to_device', 'Bucket', 'compile_source', 'per_tensor_functions', 'reduction_columns', 'combine_totals',
-           'number_value', 'evaluate_numbers', 'host_names', 'upload_hosts', 'shared_hosts', 'check_shared_numbers',
-           'new_numbers', 'number_inputs', 'factor_shapes', 'expanded', 'FactorLayout', 'update_factors',
-           'refuse_partial_steps', 'apply_matrices', 'Stepper', 'ForLoopBackend', 'piece_limit', 'backend_from_flags',
-           'load_backends', 'auto_backend', 'check_state', 'is_sharded', 'local_tensor', 'sharding', 'shard_salt',
-           'full_precision', 'state_of_shards', 'local_state', 'complete_shards', 'no_layout', 'LayoutLink',
-           'ParamState', 'StateTable', 'tensor_kinds', 'OptimizerPart', 'Layout', 'Numbers', 'Preparation',
-           'capture_refusal', 'same_tensors', 'StepGraph', 'GroupView', 'FastOptimizer', 'make_partial', 'OptFunc',
-           'partial_maker', 'make_optimizer']
+           'algorithms', 'check_hyper', 'check_hypers', 'as_math', 'write_back', 'flat', 'end_to_end', 'pieces_of',
+           'cut_list', 'pieces', 'combine_pieces', 'fold_moments', 'hash32', 'stochastic_round', 'join_master',
+           'split_master', 'held_weights', 'param_math', 'apply_update', 'update_param', 'scale_count', 'dequantize',
+           'quantize_into', 'to_device', 'Bucket', 'compile_source', 'per_tensor_functions', 'reduction_columns',
+           'combine_totals', 'number_value', 'evaluate_numbers', 'host_names', 'upload_hosts', 'shared_hosts',
+           'check_shared_numbers', 'new_numbers', 'number_inputs', 'factor_shapes', 'expanded', 'FactorLayout',
+           'update_factors', 'refuse_partial_steps', 'apply_matrices', 'Stepper', 'ForLoopBackend', 'piece_limit',
+           'backend_from_flags', 'load_backends', 'auto_backend', 'check_state', 'is_sharded', 'local_tensor',
+           'sharding', 'shard_salt', 'full_precision', 'state_of_shards', 'local_state', 'complete_shards', 'no_layout',
+           'LayoutLink', 'ParamState', 'StateTable', 'tensor_kinds', 'OptimizerPart', 'Layout', 'Numbers',
+           'Preparation', 'capture_refusal', 'same_tensors', 'StepGraph', 'GroupView', 'FastOptimizer', 'make_partial',
+           'OptFunc', 'partial_maker', 'make_optimizer']
 
 # %% ../nbs/00_core.ipynb #cd5ce8d3
 import copy, gc, inspect, linecache, math, operator, warnings, weakref
@@ -73,6 +73,13 @@ def write_back(t: Tensor, t_math: Tensor):
 def flat(t: Tensor) -> Tensor:
     "A 1-d view of dense `t` in memory order"
     return t.as_strided((t.numel(),), (1,))
+
+def end_to_end(like, dtype):
+    "New tensors shaped and laid out like `like` (as `empty_like` with `preserve_format` lays them out), in `dtype`, lying end to end in one allocation in that order"
+    layouts = [torch.empty_like(t, dtype=dtype, device='meta', memory_format=torch.preserve_format).stride() for t in like]
+    sizes = [t.numel() for t in like]
+    buffer = torch.empty(sum(sizes), dtype=dtype, device=like[0].device)
+    return [buffer.as_strided(t.shape, stride, int(start)) for t, stride, start in zip(like, layouts, np.cumsum([0] + sizes[:-1]))]
 
 # %% ../nbs/00_core.ipynb #ecaa0157
 def pieces_of(t, limit, flatten=False):
@@ -1137,6 +1144,12 @@ class Preparation(OptimizerPart):
                     quantize_into(codes, new_scales, values.to(p.device, torch.float32), spec.quantize)
                 engine_write(s, k, codes); engine_write(s, f'{k}_scales', new_scales)
 
+    def new_states(self, b, name, dtype, init):
+        "A new state `name` (in `dtype`, set by `init(new, p)`) for each of `b`'s parameters that has none, all of them end to end in one allocation: the foreach backend stages and writes back a chunk of them by one copy each way"
+        missing = [i for i, s in enumerate(b.states) if s.get(name) is None]
+        if not missing: return
+        for i, new in zip(missing, end_to_end([b.params[i] for i in missing], dtype)): engine_write(b.states[i], name, init(new, b.params[i]))
+
     def create_state(self, b):
         "Create missing state tensors from the description; move loaded ones to their parameter's device, dtype and layout"
         b.rounding = self.opt.rounding(b.dtype)
@@ -1145,21 +1158,22 @@ class Preparation(OptimizerPart):
         specs = {**{k: spec for k, spec in b.algorithm.states.items() if not spec.number and not spec.factored and spec.dtype != 'q8'},
                  **({'kahan_comp': State()} if b.rounding == 'kahan' else {})}
         residual = residual_dtypes.get(b.rounding)
-        for p, s in zip(b.params, b.states):  # zeros: the master weights start at the bf16 ones (see `seed_master_weights`)
-            t = s.get('master_residual') if residual else None
-            if residual and t is None: engine_write(s, 'master_residual', torch.zeros_like(p, dtype=residual, memory_format=torch.preserve_format))
-            elif residual and (t.device != p.device or t.stride() != p.stride()):
-                engine_write(s, 'master_residual', torch.empty_like(p, dtype=residual, memory_format=torch.preserve_format).copy_(t))
+        if residual:
+            for p, s in zip(b.params, b.states):
+                t = s.get('master_residual')
+                if t is not None and (t.device != p.device or t.stride() != p.stride()):
+                    engine_write(s, 'master_residual', torch.empty_like(p, dtype=residual, memory_format=torch.preserve_format).copy_(t))
+            # zeros: the master weights start at the bf16 ones (see `seed_master_weights`)
+            self.new_states(b, 'master_residual', residual, lambda new, p: new.zero_())
         for s in b.states:  # which weights are in place, saved with the state (a new state: the training ones, stepped)
             if b.algorithm.modes and 'eval_weights' not in s: engine_write(s, 'eval_weights', self.opt.mode == 'eval')
-        for p, s in zip(b.params, b.states):
-            for n, spec in specs.items():
-                t, dtype = s.get(n), torch.float32 if spec.dtype == 'fp32' else p.dtype
-                if t is None:
-                    new = torch.empty_like(p, dtype=dtype, memory_format=torch.preserve_format)
-                    engine_write(s, n, new.copy_(p.detach()) if spec.init == 'param' else new.zero_())
-                elif t.device != p.device or t.dtype != dtype or t.stride() != p.stride():
+        for n, spec in specs.items():
+            dtype = torch.float32 if spec.dtype == 'fp32' else b.dtype
+            for p, s in zip(b.params, b.states):
+                t = s.get(n)
+                if t is not None and (t.device != p.device or t.dtype != dtype or t.stride() != p.stride()):
                     engine_write(s, n, torch.empty_like(p, dtype=dtype, memory_format=torch.preserve_format).copy_(t))
+            self.new_states(b, n, dtype, lambda new, p: new.copy_(p.detach()) if spec.init == 'param' else new.zero_())
         # a factored state: its row and column factors, fp32 and contiguous (the Triton kernels index them), and the scaled
         # column factors each step makes (kept with the layout: the Triton tables hold their addresses)
         factored = b.algorithm.factored_states
