@@ -161,11 +161,11 @@ def foreach_functions(plan):
     return plan.code['foreach']
 
 # %% ../nbs/01_foreach.ipynb #9b3bf3eb
-def stage(tensors, span=None):
-    "fp32 copies of 16-bit flat pieces (a chunk with 16-bit lists is cut flat) in one buffer: the copies (views of the buffer) and the buffer, filled by one foreach copy (by a copy each when there are at most `few_pieces`); where the pieces lie end to end (`span`, all of them as one tensor), by one copy of it, and the copies are None (the buffer is cut only where pieces are needed); wider tensors are used in place (and no buffer)"
+def stage(tensors, span=None, sizes=None):
+    "fp32 copies of 16-bit flat pieces (a chunk with 16-bit lists is cut flat; `sizes`: their numbers of elements, where known) in one buffer: the copies (views of the buffer) and the buffer, filled by one foreach copy (by a copy each when there are at most `few_pieces`); where the pieces lie end to end (`span`, all of them as one tensor), by one copy of it, and the copies are None (the buffer is cut only where pieces are needed); wider tensors are used in place (and no buffer)"
     if not tensors or tensors[0].element_size() >= 4: return tensors, None
     if span is not None: return None, span.float()
-    sizes = [t.numel() for t in tensors]
+    sizes = sizes or [t.numel() for t in tensors]
     buffer = torch.empty(sum(sizes), dtype=torch.float32, device=tensors[0].device)
     staged = list(buffer.split(sizes))
     if len(tensors) > few_pieces: torch._foreach_copy_(staged, tensors)
@@ -315,21 +315,20 @@ class ForeachBackend(Stepper):
                    else np.zeros(0, dtype=np.int64))
         firsts = np.concatenate(([0], changes)).astype(np.int64)
         run_sizes, per_run = np.add.reduceat(sizes, firsts).tolist(), [s.tolist() for s in np.split(sizes, changes)]
-        return Runs({k: list(buffers[k].split(run_sizes)) for k in touched}, firsts,
+        return Runs({k: [buffers[k]] if len(run_sizes) == 1 else list(buffers[k].split(run_sizes)) for k in touched}, firsts,
                     lambda xs: [q for x, n in zip(xs, per_run) for q in (x.split(n) if len(n) > 1 else (x,))])
 
     def _chunk(self, fn, plan, bucket, cache, parts, lo, hi, values, sums, last, made):
         idx = cache['owner'][lo:hi]
         originals = {**{k: ts[lo:hi] for k, ts in parts.items()}, **self.estimates(plan, bucket, cache, lo, hi, made, fn.touches)}
-        staged, buffers, spans = {}, {}, cache['spans'].get((lo, hi), {})
+        staged, buffers, spans, sizes = {}, {}, cache['spans'].get((lo, hi), {}), cache['sizes'][lo:hi].tolist()
         for k, ts in originals.items():  # the tensors it does not read are not staged; 8-bit states are read with their scales
             if k in plan.quantized and k in fn.touches: staged[k], buffers[k] = stage_codes(ts, originals[f'{k}_scales'], plan.quantized[k])
-            else: staged[k], buffers[k] = stage(ts, spans.get(k)) if k in fn.touches and not k.endswith('_scales') else (ts, None)
+            else: staged[k], buffers[k] = stage(ts, spans.get(k), sizes) if k in fn.touches and not k.endswith('_scales') else (ts, None)
         master = bucket.rounding in residual_dtypes  # the staged weights become the master weights, written back split
         if master and 'p' in fn.touches: join_staged(buffers['p'], originals['master_residual'], spans.get('master_residual'))
         runs = self.runs(plan, fn, cache, lo, hi, idx, values, sums, buffers)
         if runs is None:  # the function takes the pieces: cut what was staged by one copy
-            sizes = cache['sizes'][lo:hi].tolist()
             for k, buffer in buffers.items():
                 if staged[k] is None: staged[k] = list(buffer.split(sizes))
         lists = staged if runs is None else {**staged, **runs.lists}
