@@ -6,7 +6,7 @@ Docs: https://fastoptim.github.io/fastoptim/foreach.html.md"""
 
 # %% auto #0
 __all__ = ['few_pieces', 'Runs', 'chunks', 'with_l2', 'add_scaled', 'Rounding', 'update_params', 'ForeachDialect', 'as_tensor',
-           'foreach_source', 'phase_tensors', 'foreach_functions', 'stage', 'end_to_end_span', 'join_staged',
+           'foreach_source', 'phase_tensors', 'foreach_functions', 'stage', 'joined', 'unstage', 'join_staged',
            'split_staged', 'padded_sizes', 'stage_codes', 'unstage_codes', 'ForeachBackend']
 
 # %% ../nbs/01_foreach.ipynb #5a3537c5
@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from collections import namedtuple
 from dataclasses import dataclass
+from typing import Callable
 from .core import backends, to_device, stochastic_round, split_master, residual_dtypes, dequantize, quantize_into, group_size, scale_count, piece_limit, fold_moments, compile_source, Stepper, pieces, pieces_of, cut_list, combine_pieces
 from .algorithm import TorchDialect, emit, ordered_stores, final_args
 
@@ -44,13 +45,13 @@ def add_scaled(tensors, others, scale):
 
 @dataclass
 class Rounding:
-    "How a chunk's parameters are written: `mode` 'nearest', 'kahan' (with `comps` in the maths' precision, updated in place) or 'stochastic' (`seeds`, `starts`); for staged 16-bit parameters, `weights` are the tensors the rounded weights go to (the staged copies are left behind); `pieces`: where the lists are runs of a chunk's staged buffers (see `ForeachBackend.runs`), what cuts such a list into the chunk's pieces, which `seeds`, `starts` and `weights` are per"
+    "How a chunk's parameters are written: `mode` 'nearest', 'kahan' (with `comps` in the maths' precision, updated in place) or 'stochastic' (`seeds`, `starts`); for staged 16-bit parameters, `weights` are the tensors the rounded weights go to (the staged copies are left behind); `cut`: where the lists are runs of a chunk's staged buffers (see `ForeachBackend.runs`), the function that cuts such a list into the chunk's pieces, which `seeds`, `starts` and `weights` are per"
     mode: str
     comps: list = None
     seeds: list = None
     starts: list = None
     weights: list = None
-    pieces: object = None
+    cut: Callable = None
 
 def update_params(params, direction, scale, decay, denom=None, scratch=False, rounding=None):
     "params ← params·(1-decay) + scale·direction[/denom], rounded as `rounding` says; `scale` is floats or 0-d tensors; `direction` is overwritten if `scratch`"
@@ -64,7 +65,7 @@ def update_params(params, direction, scale, decay, denom=None, scratch=False, ro
         else: direction = torch._foreach_mul(direction, scale)
         return torch._foreach_add_(params, direction)
     kahan, device_scale = rounding.mode == 'kahan', isinstance(scale[0], torch.Tensor)
-    cut = rounding.pieces or (lambda xs: xs)  # runs are cut into pieces only where a piece's own tensor is written
+    cut = rounding.cut or (lambda xs: xs)  # runs are cut into pieces only where a piece's own tensor is written
     if kahan and not device_scale:  # the change accumulates into the compensation (its staged copy, or itself), which it replaces
         u = rounding.comps
         if denom is not None: torch._foreach_addcdiv_(u, direction, denom, scale)
@@ -161,10 +162,9 @@ def foreach_functions(plan):
     return plan.code['foreach']
 
 # %% ../nbs/01_foreach.ipynb #9b3bf3eb
-def stage(tensors, span=None, sizes=None):
-    "fp32 copies of 16-bit flat pieces (a chunk with 16-bit lists is cut flat; `sizes`: their numbers of elements, where known) in one buffer: the copies (views of the buffer) and the buffer, filled by one foreach copy (by a copy each when there are at most `few_pieces`); where the pieces lie end to end (`span`, all of them as one tensor), by one copy of it, and the copies are None (the buffer is cut only where pieces are needed); wider tensors are used in place (and no buffer)"
+def stage(tensors, sizes=None):
+    "fp32 copies of 16-bit flat pieces (a chunk with 16-bit lists is cut flat; `sizes`: their numbers of elements, where known) in one buffer filled by one foreach copy (by a copy each when there are at most `few_pieces`): the copies (views of the buffer) and the buffer; wider tensors are used in place (and no buffer)"
     if not tensors or tensors[0].element_size() >= 4: return tensors, None
-    if span is not None: return None, span.float()
     sizes = sizes or [t.numel() for t in tensors]
     buffer = torch.empty(sum(sizes), dtype=torch.float32, device=tensors[0].device)
     staged = list(buffer.split(sizes))
@@ -173,28 +173,33 @@ def stage(tensors, span=None, sizes=None):
         for s, t in zip(staged, tensors): s.copy_(t)
     return staged, buffer
 
-def end_to_end_span(pieces):
-    "Flat `pieces` as one flat tensor where they lie end to end in one storage (a chunk of the engine's states: `end_to_end`), else None"
-    start = offset = pieces[0].storage_offset()
-    storage = pieces[0].untyped_storage().data_ptr()
+def joined(pieces):
+    "Flat `pieces` joined where they lie end to end in one storage (the engine's states: `end_to_end`): the fewer flat tensors that hold them in order, or None where none join"
+    if any(q.dim() != 1 or (q.numel() > 1 and q.stride(0) != 1) for q in pieces): return None
+    runs = []  # [first piece, elements]
     for q in pieces:
-        if q.untyped_storage().data_ptr() != storage or q.storage_offset() != offset or (q.numel() > 1 and q.stride() != (1,)): return None
-        offset += q.numel()
-    return pieces[0].as_strided((offset - start,), (1,))
+        if runs and q.untyped_storage().data_ptr() == runs[-1][0].untyped_storage().data_ptr() and \
+                q.storage_offset() == runs[-1][0].storage_offset() + runs[-1][1]: runs[-1][1] += q.numel()
+        else: runs.append([q, q.numel()])
+    if len(runs) == len(pieces): return None
+    return [q if n == q.numel() else q.as_strided((n,), (1,)) for q, n in runs]
 
-def join_staged(buffer, residuals, span=None):
-    "The staged bf16 weights (`buffer`, their pieces in order) made the master weights by adding their `residuals`' pieces to the bits, as `join_master` does: one copy of the residuals (none where they lie end to end as `span`) and one add for the whole chunk"
-    residual = torch.cat(residuals) if span is None else span
+def unstage(buffer, tensors):
+    "Write a staged `buffer` back into the flat `tensors` it holds in order"
+    if len(tensors) == 1: tensors[0].copy_(buffer)
+    else: torch._foreach_copy_(tensors, list(buffer.split([t.numel() for t in tensors])))
+
+def join_staged(buffer, residuals):
+    "The staged bf16 weights (`buffer`, their pieces in order) made the master weights by adding their `residuals`' pieces (or what holds them: `joined`) to the bits, as `join_master` does: one copy of the residuals and one add for the whole chunk"
+    residual = torch.cat(residuals)
     buffer.view(torch.int32).add_(residual, alpha=256 if residual.dtype == torch.int8 else 1)
 
-def split_staged(buffer, weights, residuals, spans=(None, None)):
-    "Write the updated master weights (`buffer`) back as bf16 `weights` and integer `residuals` (pieces in order), as `split_master` does; `spans`: the weights' and the residuals' pieces as one tensor where they lie end to end (then written by one copy)"
-    sizes = [t.numel() for t in weights]
+def split_staged(buffer, weights, residuals):
+    "Write the updated master weights (`buffer`) back as bf16 `weights` and integer `residuals` (their pieces in order, or what holds them: `joined`), as `split_master` does"
     w, r = torch.empty_like(buffer, dtype=torch.bfloat16), torch.empty_like(buffer, dtype=residuals[0].dtype)
     split_master(buffer, w, r)
-    for new, pieces, span in zip((w, r), (weights, residuals), spans):
-        if span is None: torch._foreach_copy_(pieces, list(new.split(sizes)))
-        else: span.copy_(new)
+    unstage(w, weights)
+    unstage(r, residuals)
 
 def padded_sizes(codes):
     "The size of each 8-bit piece, and that size padded to whole groups of 32"
@@ -251,12 +256,16 @@ class ForeachBackend(Stepper):
             for t in plan.quantized: cut[f'{t}_scales'] = cut_list(bucket.state(f'{t}_scales'), limit // group_size, True)
             sizes = np.array([q.numel() for q in parts[0]], dtype=np.int64)  # a flat cut gives every list the same pieces
             bounds = chunks(sizes.tolist(), limit)
-            # where a chunk's pieces of a list lie end to end, it is staged and written back by one copy
-            spans = {(lo, hi): {k: end_to_end_span(ts[lo:hi]) for k, ts in cut.items() if not k.endswith('_scales')}
-                     for lo, hi in bounds} if narrow else {}
+            # a chunk's pieces of a 16-bit list that lie end to end (the engine's states) are staged and written back
+            # by a copy for each stretch of them
+            joins = {}
+            for lo, hi in bounds:
+                for k, ts in cut.items():
+                    if k in plan.quantized or k.endswith('_scales') or not ts or ts[0].element_size() >= 4: continue
+                    if (stretches := joined(ts[lo:hi])) is not None: joins.setdefault((lo, hi), {})[k] = stretches
             cache.clear()  # what was kept for the last layout (its owners on the device)
             cache.update(key=(bucket.generation, plan.name), limit=limit, flatten=narrow, owner=owner, cut=cut, sizes=sizes,
-                         spans=spans, starts=starts, bounds=bounds, whole=len(owner) == len(bucket))
+                         joins=joins, starts=starts, bounds=bounds, whole=len(owner) == len(bucket))
         parts = dict(cache['cut'])
         if 'g' in plan.tensors: parts['g'] = cut_list(bucket.grads, cache['limit'], cache['flatten'], cache['whole'])
         return parts, plan.host_values(leaves, len(bucket))
@@ -310,7 +319,7 @@ class ForeachBackend(Stepper):
         if not touched or sums is not None or fn.reduces or any(buffers[k] is None or k in plan.quantized or k in plan.factored for k in touched):
             return None
         sizes = cache['sizes'][lo:hi]
-        numbers = [v[idx] for v in values.values()]
+        numbers = [v[idx].view(np.int64) for v in values.values()]  # by their bits: 0.0 and -0.0 are other numbers
         changes = (np.flatnonzero(np.any([n[1:] != n[:-1] for n in numbers], axis=0)) + 1 if numbers and len(sizes) > 1
                    else np.zeros(0, dtype=np.int64))
         firsts = np.concatenate(([0], changes)).astype(np.int64)
@@ -321,12 +330,14 @@ class ForeachBackend(Stepper):
     def _chunk(self, fn, plan, bucket, cache, parts, lo, hi, values, sums, last, made):
         idx = cache['owner'][lo:hi]
         originals = {**{k: ts[lo:hi] for k, ts in parts.items()}, **self.estimates(plan, bucket, cache, lo, hi, made, fn.touches)}
-        staged, buffers, spans, sizes = {}, {}, cache['spans'].get((lo, hi), {}), cache['sizes'][lo:hi].tolist()
+        staged, buffers, joins, sizes = {}, {}, cache['joins'].get((lo, hi), {}), cache['sizes'][lo:hi].tolist()
         for k, ts in originals.items():  # the tensors it does not read are not staged; 8-bit states are read with their scales
             if k in plan.quantized and k in fn.touches: staged[k], buffers[k] = stage_codes(ts, originals[f'{k}_scales'], plan.quantized[k])
-            else: staged[k], buffers[k] = stage(ts, spans.get(k), sizes) if k in fn.touches and not k.endswith('_scales') else (ts, None)
+            elif k not in fn.touches or k.endswith('_scales'): staged[k], buffers[k] = ts, None
+            elif k in joins: staged[k], buffers[k] = None, stage(joins[k])[1]  # the pieces' copies are cut below if needed
+            else: staged[k], buffers[k] = stage(ts, sizes)
         master = bucket.rounding in residual_dtypes  # the staged weights become the master weights, written back split
-        if master and 'p' in fn.touches: join_staged(buffers['p'], originals['master_residual'], spans.get('master_residual'))
+        if master and 'p' in fn.touches: join_staged(buffers['p'], joins.get('master_residual', originals['master_residual']))
         runs = self.runs(plan, fn, cache, lo, hi, idx, values, sums, buffers)
         if runs is None:  # the function takes the pieces: cut what was staged by one copy
             for k, buffer in buffers.items():
@@ -341,14 +352,14 @@ class ForeachBackend(Stepper):
             if buffers['p'] is not None and bucket.rounding != 'nearest': rounded = {'p'}
             kwargs['rounding'] = Rounding(bucket.rounding, lists.get('kahan_comp'),
                 bucket.seeds[idx].tolist() if bucket.seeds is not None else None, cache['starts'][lo:hi].tolist(),
-                weights=originals['p'] if rounded else None, pieces=runs.cut if runs is not None else None)
+                weights=originals['p'] if rounded else None, cut=runs.cut if runs is not None else None)
         out = fn(**kwargs)
         if last and master:
-            split_staged(buffers['p'], originals['p'], originals['master_residual'], (spans.get('p'), spans.get('master_residual')))
+            split_staged(buffers['p'], joins.get('p', originals['p']), joins.get('master_residual', originals['master_residual']))
         for k, o in originals.items():
             if k in fn.writes and k in plan.quantized: unstage_codes(buffers[k], o, originals[f'{k}_scales'], plan.quantized[k])
             elif k in fn.writes and k not in rounded and buffers[k] is not None:
-                if spans.get(k) is not None: spans[k].copy_(buffers[k])
+                if k in joins: unstage(buffers[k], joins[k])
                 else: torch._foreach_copy_(o, staged[k])
         return out
 
