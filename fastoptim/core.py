@@ -95,13 +95,17 @@ def end_to_end(like, dtype):
     return [buffer.as_strided(t.shape, stride, start) for t, stride, start in zip(like, strides, offsets)]
 
 def lies_end_to_end(tensors, like, dtype):
-    "Whether `tensors` lie as `end_to_end(like, dtype)` lays out new ones: in one allocation, in order, on `like`'s devices"
+    "Whether `tensors` lie in one allocation in order, each laid out as `end_to_end(like, dtype)` lays out new ones and starting as aligned from the first: gaps allowed, as where a bucket holds some of the parameters whose states were laid out together (the others frozen)"
     if any(t is None for t in tensors): return False
-    strides, offsets, _ = end_to_end_layout(like, dtype)
+    strides, _, _ = end_to_end_layout(like, dtype)
     storage, base = tensors[0].untyped_storage().data_ptr(), tensors[0].storage_offset()
-    return all(t.dtype == dtype and t.device == p.device and t.shape == p.shape and t.stride() == stride and
-               t.storage_offset() == base + start and t.untyped_storage().data_ptr() == storage
-               for t, p, stride, start in zip(tensors, like, strides, offsets))
+    align, end = max(1, state_alignment // dtype.itemsize), base
+    for t, p, stride in zip(tensors, like, strides):
+        start = t.storage_offset()
+        if not (t.dtype == dtype and t.device == p.device and t.shape == p.shape and t.stride() == stride and
+                t.untyped_storage().data_ptr() == storage and start >= end and (start - base) % align == 0): return False
+        end = start + t.numel()
+    return True
 
 # %% ../nbs/00_core.ipynb #ecaa0157
 def pieces_of(t, limit, flatten=False):
