@@ -9,44 +9,43 @@ tensor.
 
     PYTHONPATH=$PWD/.site:$PWD python3 bench/foreach_bf16_profile_gpu.py --out $OUT/foreach_bf16_profile.md
 """
-import argparse, os, sys, time
+import argparse, os, sys
 sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
 import numpy as np
 import torch
 from torch.profiler import profile, ProfilerActivity
 from fastoptim.all import Adam
-from fastoptim.core import backends
 import fastoptim.foreach as foreach
-from muon_gpu import replaced
+from fastoptim.foreach import ForeachBackend
+from muon_gpu import replaced, Within
 from shapes import llm_shapes, resnet50_shapes
-from timing import median_ms
+from timing import idle_ms, median_ms
 
 dev = torch.device('cuda')
 HP = dict(lr=1e-3, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=1e-2)
+
+
+def adam(ps, **kw):
+    return Adam(ps, HP['lr'], mom=HP['mom'], sqr_mom=HP['sqr_mom'], eps=HP['eps'], wd=HP['wd'], foreach=True, **kw)
+
+
+def pieces(opt):
+    "`opt` stepped with the foreach backend's runs turned off: each piece its own tensor, as before runs"
+    return Within(opt, lambda: replaced(ForeachBackend, 'runs', lambda self, *args: None))
+
+
+def unjoined(opt):
+    "`opt` stepped with the joined stretches turned off: each piece of a state staged and written back by its own copy, as before the states lay end to end"
+    return Within(opt, lambda: replaced(foreach, 'joined', lambda pieces: None))
+
+
 IMPLS = {
-    'fastoptim foreach, Kahan': lambda ps: Adam(ps, HP['lr'], mom=HP['mom'], sqr_mom=HP['sqr_mom'], eps=HP['eps'], wd=HP['wd'], foreach=True, kahan_sum=True),
-    'fastoptim foreach, nearest': lambda ps: Adam(ps, HP['lr'], mom=HP['mom'], sqr_mom=HP['sqr_mom'], eps=HP['eps'], wd=HP['wd'], foreach=True, kahan_sum=False),
-    'fastoptim foreach, Kahan, pieces': lambda ps: pieces(Adam(ps, HP['lr'], mom=HP['mom'], sqr_mom=HP['sqr_mom'], eps=HP['eps'], wd=HP['wd'], foreach=True, kahan_sum=True)),
-    'fastoptim foreach, nearest, pieces': lambda ps: pieces(Adam(ps, HP['lr'], mom=HP['mom'], sqr_mom=HP['sqr_mom'], eps=HP['eps'], wd=HP['wd'], foreach=True, kahan_sum=False)),
-    'fastoptim foreach, Kahan, unjoined': lambda ps: Unjoined(Adam(ps, HP['lr'], mom=HP['mom'], sqr_mom=HP['sqr_mom'], eps=HP['eps'], wd=HP['wd'], foreach=True, kahan_sum=True)),
+    'fastoptim foreach, Kahan': lambda ps: adam(ps, kahan_sum=True),
+    'fastoptim foreach, nearest': lambda ps: adam(ps, kahan_sum=False),
+    'fastoptim foreach, Kahan, pieces': lambda ps: pieces(adam(ps, kahan_sum=True)),
+    'fastoptim foreach, nearest, pieces': lambda ps: pieces(adam(ps, kahan_sum=False)),
+    'fastoptim foreach, Kahan, unjoined': lambda ps: unjoined(adam(ps, kahan_sum=True)),
     'torch foreach AdamW': lambda ps: torch.optim.AdamW(ps, lr=HP['lr'], betas=(HP['mom'], HP['sqr_mom']), eps=HP['eps'], weight_decay=HP['wd'], foreach=True)}
-
-
-class pieces:
-    "An optimizer whose steps run with the foreach backend's runs turned off (each piece its own tensor, as before runs)"
-    def __init__(self, opt): self.opt = opt
-    def step(self):
-        backend = backends['foreach']
-        backend.runs = lambda *args: None
-        try: self.opt.step()
-        finally: del backend.runs
-
-
-class Unjoined:
-    "An optimizer whose steps run with the foreach backend's joined stretches turned off: each piece of a state staged and written back by its own copy, as before the states lay end to end"
-    def __init__(self, opt): self.opt = opt
-    def step(self):
-        with replaced(foreach, 'joined', lambda pieces: None): self.opt.step()
 
 
 def same_bits(shapes):
@@ -74,16 +73,6 @@ def params(shapes):
     ps = [torch.randn(s, device=dev, generator=g).mul_(0.02).bfloat16().requires_grad_() for s in shapes]
     for p in ps: p.grad = torch.randn(p.shape, device=dev, generator=g).bfloat16()
     return ps
-
-
-def host_ms(fn, reps=10):
-    "The call alone, the GPU idle before each"
-    ts = []
-    for _ in range(reps):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter(); fn(); ts.append((time.perf_counter() - t0) * 1e3)
-    torch.cuda.synchronize()
-    return float(np.median(ts))
 
 
 def kernels(fn, steps=3):
@@ -117,7 +106,7 @@ def main():
             opt = make(ps)
             for _ in range(3): opt.step()
             step = median_ms(opt.step, args.reps, dev, warmup=2)
-            host = host_ms(opt.step)
+            host = idle_ms(opt.step)
             count, kernel_ms = kernels(opt.step)
             lines.append(f'| {set_name} | {name} | {step:.3f} | {host:.3f} | {count:.0f} | {kernel_ms:.3f} |')
             print(lines[-1], flush=True)
@@ -148,7 +137,7 @@ def main():
         a, b = torch.randn(sum(cut), device=dev), torch.randn(sum(cut), device=dev)
         la, lb = list(a.split(cut)), list(b.split(cut))
         fn = lambda: torch._foreach_add_(la, lb)
-        lines.append(f'| {label} | {len(cut)} | {sum(cut)} | {median_ms(fn, args.reps, dev, warmup=3):.3f} | {host_ms(fn):.3f} |')
+        lines.append(f'| {label} | {len(cut)} | {sum(cut)} | {median_ms(fn, args.reps, dev, warmup=3):.3f} | {idle_ms(fn):.3f} |')
         print(lines[-1], flush=True)
     open(args.out, 'w').write('\n'.join(lines) + '\n')
 

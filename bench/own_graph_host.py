@@ -4,14 +4,14 @@ backends' `prepare`, the replay, the counts), and a replay alone, beside a graph
 
     PYTHONPATH=$PWD/.site:$PWD python3 bench/own_graph_host.py --out $OUT/own_graph_host.md
 """
-import argparse, os, statistics, sys, time
+import argparse, os, statistics, sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch
 import fastoptim.core as core
 from fastoptim.all import SGD, Adam
 from graphed import Graphed
 from shapes import resnet50_shapes
-from timing import timed
+from timing import idle_ms, timed
 
 ap = argparse.ArgumentParser()
 ap.add_argument('--out', default='own_graph_host.md')
@@ -27,16 +27,6 @@ def params():
     return ps
 
 
-def idle_us(fn, n=100):
-    "Median host µs of `fn()` started with the GPU idle"
-    ts = []
-    for _ in range(n):
-        torch.cuda.synchronize()
-        t = time.perf_counter(); fn(); ts.append((time.perf_counter() - t) * 1e6)
-    torch.cuda.synchronize()
-    return statistics.median(ts)
-
-
 stages = {}
 
 
@@ -48,11 +38,11 @@ for name, make in (('SGD momentum', lambda ps, **kw: SGD(ps, 1e-2, mom=0.9, wd=1
                    ('AdamW', lambda ps, **kw: Adam(ps, 1e-3, wd=1e-2, triton=True, **kw))):
     opt = make(params())
     for _ in range(5): opt.step()
-    step = idle_us(opt.step)
-    replay = idle_us(opt.graph.graph.replay)
+    step = idle_ms(opt.step, 100) * 1e3
+    replay = idle_ms(opt.graph.graph.replay, 100) * 1e3
     user = Graphed(make(params(), step_graph=False))
     for _ in range(3): user.step()
-    user_replay = idle_us(user.graph.replay)
+    user_replay = idle_ms(user.graph.replay, 100) * 1e3
     lines.append(f'| {name} | {step:.1f} | {replay:.1f} | {user_replay:.1f} |')
     print(lines[-1], flush=True)
 
@@ -66,7 +56,7 @@ timed(core.backends['triton'], 'prepare', 'triton prepare (per bucket)', stages)
 timed(opt.graph.graph, 'replay', 'graph.replay', stages)
 timed(opt, '_count', 'opt._count (per bucket)', stages)
 timed(opt.graph, 'step', 'graph.step (all but the layout and numbers)', stages)
-total = idle_us(opt.step)
+total = idle_ms(opt.step, 100) * 1e3
 lines += ['', f'AdamW, each stage (median µs; the whole call {total:.1f}):', '', '| stage | µs |', '|---|---|']
 lines += [f'| {k} | {statistics.median(v):.1f} |' for k, v in stages.items()]
 open(args.out, 'w').write('\n'.join(lines) + '\n')

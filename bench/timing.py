@@ -21,6 +21,16 @@ def median_ms(fn, reps, device, warmup=0):
     return float(np.median(ts))
 
 
+def idle_ms(fn, reps=10):
+    "Median host ms of `fn()` started with the GPU idle: the call alone, where `median_ms` counts the GPU's time too"
+    ts = []
+    for _ in range(reps):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter(); fn(); ts.append((time.perf_counter() - t0) * 1e3)
+    torch.cuda.synchronize()
+    return float(np.median(ts))
+
+
 def bytes_per_step(opt):
     "Bytes a one-pass step of fastoptim optimizer `opt` moves at least, on average, and its passes: every tensor its plan reads, every state it writes, and the weights; a state gated by lookahead's sync number once every `lookahead_k` steps; what the rounding keeps (a Kahan compensation, a master residual) and an 8-bit state's scales, read and written"
     n, phases = 0., 1

@@ -8,17 +8,18 @@ Docs: https://fastoptim.github.io/fastoptim/core.html.md"""
 __all__ = ['fp32_max', 'state_alignment', 'fold_numel', 'residual_dtypes', 'rounding_states', 'group_size', 'code_dtypes',
            'backends', 'number_ops', 'no_reductions', 'backend_flags', 'engine_state', 'engine_counts', 'engine_write',
            'retired_graphs', 'algorithms', 'check_hyper', 'check_hypers', 'as_math', 'write_back', 'flat',
-           'end_to_end_layout', 'end_to_end', 'lies_end_to_end', 'pieces_of', 'cut_list', 'pieces', 'combine_pieces',
-           'fold_moments', 'hash32', 'stochastic_round', 'join_master', 'split_master', 'held_weights', 'param_math',
-           'apply_update', 'update_param', 'scale_count', 'dequantize', 'quantize_into', 'to_device', 'Bucket',
-           'compile_source', 'per_tensor_functions', 'reduction_columns', 'combine_totals', 'number_value',
-           'evaluate_numbers', 'host_names', 'upload_hosts', 'shared_hosts', 'check_shared_numbers', 'new_numbers',
-           'number_inputs', 'factor_shapes', 'expanded', 'FactorLayout', 'update_factors', 'refuse_partial_steps',
-           'apply_matrices', 'Stepper', 'ForLoopBackend', 'piece_limit', 'backend_from_flags', 'load_backends',
-           'auto_backend', 'check_state', 'is_sharded', 'local_tensor', 'sharding', 'shard_salt', 'full_precision',
-           'state_of_shards', 'local_state', 'complete_shards', 'no_layout', 'LayoutLink', 'ParamState', 'StateTable',
-           'tensor_kinds', 'OptimizerPart', 'Layout', 'Numbers', 'Preparation', 'capture_refusal', 'same_tensors',
-           'StepGraph', 'GroupView', 'FastOptimizer', 'make_partial', 'OptFunc', 'partial_maker', 'make_optimizer']
+           'aligned_elements', 'end_to_end_layout', 'end_to_end', 'lies_end_to_end', 'pieces_of', 'cut_list', 'pieces',
+           'combine_pieces', 'fold_moments', 'hash32', 'stochastic_round', 'join_master', 'split_master',
+           'held_weights', 'param_math', 'apply_update', 'update_param', 'scale_count', 'dequantize', 'quantize_into',
+           'to_device', 'Bucket', 'compile_source', 'per_tensor_functions', 'reduction_columns', 'combine_totals',
+           'number_value', 'evaluate_numbers', 'host_names', 'upload_hosts', 'shared_hosts', 'check_shared_numbers',
+           'new_numbers', 'number_inputs', 'factor_shapes', 'expanded', 'FactorLayout', 'update_factors',
+           'refuse_partial_steps', 'apply_matrices', 'Stepper', 'ForLoopBackend', 'piece_limit', 'backend_from_flags',
+           'load_backends', 'auto_backend', 'check_state', 'is_sharded', 'local_tensor', 'sharding', 'shard_salt',
+           'full_precision', 'state_of_shards', 'local_state', 'complete_shards', 'no_layout', 'LayoutLink',
+           'ParamState', 'StateTable', 'tensor_kinds', 'OptimizerPart', 'Layout', 'Numbers', 'Preparation',
+           'capture_refusal', 'same_tensors', 'StepGraph', 'GroupView', 'FastOptimizer', 'make_partial', 'OptFunc',
+           'partial_maker', 'make_optimizer']
 
 # %% ../nbs/00_core.ipynb #cd5ce8d3
 import copy, gc, inspect, linecache, math, operator, warnings, weakref
@@ -74,11 +75,15 @@ def flat(t: Tensor) -> Tensor:
     "A 1-d view of dense `t` in memory order"
     return t.as_strided((t.numel(),), (1,))
 
+def aligned_elements(dtype):
+    "How many elements of `dtype` make `state_alignment` bytes"
+    return max(1, state_alignment // dtype.itemsize)
+
 def end_to_end_layout(like, dtype):
     "Where `end_to_end` puts tensors like `like` in `dtype`: the strides of each (as `empty_like` with `preserve_format` lays it out), its first element's offset (each start a multiple of `state_alignment` bytes), and the elements in all"
     strides = [t.stride() if t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last) else
                torch.empty_like(t, dtype=dtype, device='meta', memory_format=torch.preserve_format).stride() for t in like]
-    align = max(1, state_alignment // dtype.itemsize)
+    align = aligned_elements(dtype)
     ends = np.cumsum([-(-t.numel() // align) * align for t in like])
     return strides, [0] + ends[:-1].tolist(), int(ends[-1]) if len(like) else 0
 
@@ -99,7 +104,7 @@ def lies_end_to_end(tensors, like, dtype):
     if any(t is None for t in tensors): return False
     strides, _, _ = end_to_end_layout(like, dtype)
     storage, base = tensors[0].untyped_storage().data_ptr(), tensors[0].storage_offset()
-    align, end = max(1, state_alignment // dtype.itemsize), base
+    align, end = aligned_elements(dtype), base
     for t, p, stride in zip(tensors, like, strides):
         start = t.storage_offset()
         if not (t.dtype == dtype and t.device == p.device and t.shape == p.shape and t.stride() == stride and

@@ -176,13 +176,13 @@ def stage(tensors, sizes=None):
 def joined(pieces):
     "Flat `pieces` joined where they lie end to end in one storage (the engine's states: `end_to_end`): the fewer flat tensors that hold them in order, or None where none join"
     if any(q.dim() != 1 or (q.numel() > 1 and q.stride(0) != 1) for q in pieces): return None
-    runs = []  # [first piece, elements]
+    stretches = []  # [first piece, elements]
     for q in pieces:
-        if runs and q.untyped_storage().data_ptr() == runs[-1][0].untyped_storage().data_ptr() and \
-                q.storage_offset() == runs[-1][0].storage_offset() + runs[-1][1]: runs[-1][1] += q.numel()
-        else: runs.append([q, q.numel()])
-    if len(runs) == len(pieces): return None
-    return [q if n == q.numel() else q.as_strided((n,), (1,)) for q, n in runs]
+        if stretches and q.untyped_storage().data_ptr() == stretches[-1][0].untyped_storage().data_ptr() and \
+                q.storage_offset() == stretches[-1][0].storage_offset() + stretches[-1][1]: stretches[-1][1] += q.numel()
+        else: stretches.append([q, q.numel()])
+    if len(stretches) == len(pieces): return None
+    return [q if n == q.numel() else q.as_strided((n,), (1,)) for q, n in stretches]
 
 def unstage(buffer, tensors):
     "Write a staged `buffer` back into the flat `tensors` it holds in order"
