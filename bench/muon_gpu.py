@@ -8,7 +8,8 @@ One process (`python bench/muon_gpu.py --out $OUT`):
    upper tiles only; the default on CUDA in bf16) (ms, TFLOP/s counted as torch's iteration does: 4m²n + 2m³ per matrix
    and step of the iteration, m ≤ n);
 4. `opt.step()` (CUDA events, median): torch.optim.Muon and fastoptim's Muon (each backend), bf16 and fp32 weights;
-   then torch.optim.Muon, fastoptim's default and `aol=True` again in interleaved rounds, each round's ratio.
+   then torch.optim.Muon, fastoptim's default (`gram_form=True`), `aol=True`, and each with `gram_form=False` (the quintic
+   throughout) again in interleaved rounds, each round's ratio.
 
 Two processes (`torchrun --nproc_per_node=2 bench/muon_gpu.py --out $OUT`): every process has the same
 gradients (as under DDP); the step of torch.optim.Muon (all of the work on every process), fastoptim's with the
@@ -74,16 +75,6 @@ class Within:
     def __init__(self, opt, context): self.opt, self.context = opt, context
     def step(self):
         with self.context(): self.opt.step()
-
-def warps_for(warps):
-    "Within: `fastoptim.symmetric.square_plus` (bA + cA²) launched at `warps` warps instead of its launch's"
-    import fastoptim.symmetric as symmetric
-    plain, defaults = symmetric.square_plus, symmetric.symmetric_product.__kwdefaults__
-    def square_plus(*args, **kwargs):
-        before, defaults['warps'] = defaults['warps'], warps
-        try: return plain(*args, **kwargs)
-        finally: defaults['warps'] = before
-    return replaced(symmetric, 'square_plus', square_plus)
 
 def unfolded():
     "Within: the iteration's update as it was before the folded form, aX + (bA + cA²)X by `torch.baddbmm` after the upper tiles' bA + cA²"
@@ -165,9 +156,9 @@ def single(args, device, lines, record):
             outs = {}
             for name, aol, steps in (('quintic, 5 steps', False, 5), ('quintic, 5 steps, aX + BX by baddbmm', False, 5),
                                      ("quintic, 5 steps, torch's products", False, 5), ('AOL + quintic, 4 steps', True, 4),
-                                     ('quintic, 4 steps', False, 4)):
+                                     ('quintic, 4 steps', False, 4), ('Gram form, 5 steps', False, 5), ('AOL + Gram form, 4 steps', True, 4)):
                 with unfolded() if 'baddbmm' in name else tiled_from(math.inf) if 'torch' in name else contextlib.nullcontext():
-                    o = newton_schulz(g[None].to(torch.bfloat16), steps=steps, aol=aol)[0].double()
+                    o = newton_schulz(g[None].to(torch.bfloat16), steps=steps, aol=aol, gram_form='Gram' in name)[0].double()
                 outs[name] = o
                 sv_o = torch.linalg.svdvals(o)
                 err = ((o - polar).norm() / polar.norm()).item()
@@ -180,24 +171,27 @@ def single(args, device, lines, record):
     by_shape = {}
     for s in mats: by_shape[s] = by_shape.get(s, 0) + 1
     lines += ['', '| stack | symmetric products | ms | TFLOP/s (torch-equivalent) |', '|---|---|---|---|']
-    totals = dict(full=0., unfolded=0., tiles=0., aol=0.)
+    totals = dict(full=0., unfolded=0., tiles=0., aol=0., gram=0., aol_gram=0.)
     for shape, k in by_shape.items():
         stack = torch.randn(k, *shape, device=device, dtype=torch.bfloat16)
         work = stack.clone()
-        for name, steps, aol in (('full', 5, False), ('unfolded', 5, False), ('tiles', 5, False), ('aol', 4, True)):
+        for name, steps, aol in (('full', 5, False), ('unfolded', 5, False), ('tiles', 5, False), ('aol', 4, True), ('gram', 5, False),
+                                 ('aol_gram', 4, True)):
             with tiled_from(math.inf) if name == 'full' else unfolded() if name == 'unfolded' else contextlib.nullcontext():
-                ms = median_ms(lambda: newton_schulz(work.copy_(stack), steps=steps, aol=aol), args.reps, device, warmup=2)
+                ms = median_ms(lambda: newton_schulz(work.copy_(stack), steps=steps, aol=aol, gram_form='gram' in name), args.reps, device, warmup=2)
             totals[name] += ms
             record[f'ns_{k}x{shape[0]}x{shape[1]}_{name}_ms'] = ms
             label = dict(full="torch's, in full", unfolded='upper tiles, aX + BX by baddbmm', tiles='upper tiles, (aI + B)X (default)',
-                         aol='upper tiles, (aI + B)X, AOL + 4 steps')[name]
+                         aol='upper tiles, (aI + B)X, AOL + 4 steps', gram='gram_form=True (the Gram form where 2× longer than wide)',
+                         aol_gram='gram_form=True, AOL + 4 steps')[name]
             lines.append(f"| {k} × {shape[0]}×{shape[1]} | {label} | {ms:.2f} | {k * ns_flops(shape) / (ms * 1e-3) / 1e12:.0f} |")
     flops = sum(ns_flops(s) for s in mats)
     record['ns_tflop_torch_equivalent'] = flops / 1e12
     record.update({f'ns_total_{k}_ms': v for k, v in totals.items()})
     lines.append(f"\nIteration, 112 matrices: {flops / 1e12:.1f} TFLOP as torch computes it; torch's products {totals['full']:.1f} ms, "
                  f"upper tiles {totals['tiles']:.1f} ms ({flops / (totals['tiles'] * 1e-3) / 1e12:.0f} TFLOP/s torch-equivalent), "
-                 f"with AOL {totals['aol']:.1f} ms; upper tiles with aX + BX by baddbmm {totals['unfolded']:.1f} ms")
+                 f"with AOL {totals['aol']:.1f} ms; upper tiles with aX + BX by baddbmm {totals['unfolded']:.1f} ms; "
+                 f"gram_form=True {totals['gram']:.1f} ms, with AOL {totals['aol_gram']:.1f} ms")
 
     # the optimizer steps
     lines += ['', '| weights | optimizer | step ms | ratio to torch.optim.Muon | TFLOP/s (torch-equivalent) |', '|---|---|---|---|---|']
@@ -207,13 +201,15 @@ def single(args, device, lines, record):
         base = step_ms(torch_opt, ps, grads, device, args.reps)
         del torch_opt
         rows = [('torch.optim.Muon', base)]
-        for backend, options, variant in (('triton', {}, None), ('triton', {}, 'full'), ('triton', {}, 'unfolded'), ('foreach', {}, None),
-                                          ('jit', {}, None), ('triton', dict(aol=True), None)):
+        quintic = dict(gram_form=False)
+        for backend, options, variant in (('triton', {}, None), ('triton', quintic, None), ('triton', quintic, 'full'), ('triton', quintic, 'unfolded'),
+                                          ('foreach', {}, None), ('jit', {}, None), ('triton', dict(aol=True), None),
+                                          ('triton', dict(aol=True, **quintic), None)):
             ps2 = [p.detach().clone().requires_grad_() for p in ps]
             opt = Muon(ps2, lr=1e-3, wd=0.1, **{backend: True}, **options)
             label = {None: '', 'full': ', torch products in full', 'unfolded': ', aX + BX by baddbmm'}[variant]
             with tiled_from(math.inf) if variant == 'full' else unfolded() if variant == 'unfolded' else contextlib.nullcontext():
-                rows.append((f"fastoptim Muon ({backend}{', aol=True' if options else ''}{label})",
+                rows.append((f"fastoptim Muon ({''.join([backend] + [f', {k}={v}' for k, v in options.items()])}{label})",
                              step_ms(opt, ps2, grads, device, args.reps)))
             del opt, ps2
             torch.cuda.empty_cache()
@@ -248,10 +244,10 @@ def single(args, device, lines, record):
         ps, grads = make(mats, dtype, device)
         opts = {'torch.optim.Muon': (torch.optim.Muon(ps, lr=1e-3, weight_decay=0.1, adjust_lr_fn='match_rms_adamw'), ps)}
         for label, options in (('fastoptim Muon (triton)', {}), ('fastoptim Muon (triton, aol=True)', dict(aol=True)),
-                               ('fastoptim Muon (triton, aol=True, bA + cA² at 4 warps)', dict(aol=True))):
+                               ('fastoptim Muon (triton, gram_form=False)', dict(gram_form=False)),
+                               ('fastoptim Muon (triton, aol=True, gram_form=False)', dict(aol=True, gram_form=False))):
             ps2 = [p.detach().clone().requires_grad_() for p in ps]
-            opt = Muon(ps2, lr=1e-3, wd=0.1, triton=True, **options)
-            opts[label] = (Within(opt, lambda: warps_for(4)) if '4 warps' in label else opt, ps2)
+            opts[label] = (Muon(ps2, lr=1e-3, wd=0.1, triton=True, **options), ps2)
         times = interleaved(opts, grads, device, args.reps, rounds)
         for name in opts:
             ratios = sorted(t / m for t, m in zip(times['torch.optim.Muon'], times[name]))
@@ -270,10 +266,10 @@ def single(args, device, lines, record):
     ps, grads = make(convs, torch.float32, device)
     base = step_ms(torch.optim.Muon(ps, lr=1e-3, weight_decay=0.1, adjust_lr_fn='match_rms_adamw'), ps, grads, device, args.reps)
     rows = [('torch.optim.Muon', base)]
-    for options, tiled in (({}, False), (dict(aol=True), False), ({}, True)):
+    for options, tiled in (({}, False), (dict(aol=True), False), (dict(gram_form=False), True)):
         ps2 = [p.detach().clone().requires_grad_() for p in ps]
         with tiled_from(0) if tiled else contextlib.nullcontext():
-            rows.append((f"fastoptim Muon (triton{', aol=True' if options else ''}{', every stack in upper tiles' if tiled else ''})",
+            rows.append((f"fastoptim Muon ({''.join(['triton'] + [f', {k}={v}' for k, v in options.items()])}{', every stack in upper tiles' if tiled else ''})",
                          step_ms(Muon(ps2, lr=1e-3, wd=0.1, triton=True, **options), ps2, grads, device, args.reps)))
     for name, ms in rows:
         record[f'resnet_step_{name}'] = ms

@@ -1,14 +1,16 @@
-"""GPU check of `fastoptim.symmetric` at the launches the interpreter does not compile: bf16 and fp32 (each at its
+"""GPU check of `fastoptim.symmetric` at the launches the interpreter does not compile: bf16, fp16 and fp32 (each at its
 default stages), contiguous, transposed, rows apart by more than their length, a size-1 dimension with an odd
 stride, with the addend and shift, against torch in fp64; `polynomial_product` against torch's form; and AOL's start
 (`aol_rescale`) and the scaled matrices of the default start against torch's form; the whole iteration, both starts, by
-the kernels against torch's products. Prints one
+the kernels against torch's products; the product of two commuting symmetric matrices (`commuting_product`) and the
+iteration in its Gram form (`gram_form=True`, fp16), wide and tall, both starts, by the kernels against torch's products
+and against the quintic's bf16 error. Prints one
 line per case and the number of failures.
 
     PYTHONPATH=$PWD/.site:$PWD python3 bench/symmetric_check_gpu.py
 """
 import torch
-from fastoptim.symmetric import symmetric_product, polynomial_product, symmetric_tiles, aol_rescale, aol_by_torch, scaled_matrices, frobenius_normalized
+from fastoptim.symmetric import symmetric_product, polynomial_product, commuting_product, symmetric_tiles, aol_rescale, aol_by_torch, scaled_matrices, frobenius_normalized
 
 dev, g = torch.device('cuda'), torch.Generator(device='cuda').manual_seed(0)
 failures = 0
@@ -22,7 +24,7 @@ def report_symmetric(name, t):
         failures += 1
         print(f"{name}: FAILED, not exactly symmetric", flush=True)
 
-for dtype, bound in ((torch.bfloat16, 8e-3), (torch.float32, 1e-5)):
+for dtype, bound in ((torch.bfloat16, 8e-3), (torch.float16, 1e-3), (torch.float32, 1e-5)):
     base = torch.randn(4, 264, 520, device=dev, generator=g)
     sym = torch.randn(4, 264, 264, device=dev, generator=g); sym = sym + sym.mT
     for name, y, kw in (('contiguous', base[:, :256, :512], {}),  # rows apart by 520: not contiguous, rows contiguous
@@ -83,4 +85,27 @@ for aol, steps in ((False, 5), (True, 4)):
         error = lambda got: ((got - exact).abs().max() / exact.abs().max()).item()
         report(f"newton_schulz(aol={aol}), bf16 {name} {tuple(x.shape)}, by the kernels against fp64 (by torch's products: {error(by_torch):.2e})",
                error(by_kernels), 1.5 * error(by_torch) + 1e-3)
+for dtype, bound in ((torch.float16, 2e-3), (torch.bfloat16, 1e-2)):  # two commuting symmetric matrices: polynomials of one
+    a = torch.randn(16, 2048, 2048, device=dev, generator=g, dtype=torch.float64)
+    a = (a + a.mT) / 200
+    p, q = 3.4445 * torch.eye(2048, device=dev, dtype=torch.float64) - 4.775 * a + 2.0315 * a @ a, a - 0.5 * a @ a
+    p16, q16 = p.to(dtype), q.to(dtype)
+    assert symmetric_tiles(p16)
+    got = commuting_product(p16, q16)
+    exact = p16.double() @ q16.double()
+    report(f"commuting_product {str(dtype)[6:]} {tuple(p16.shape)} against fp64 (torch's bmm: "
+           f"{((torch.bmm(p16, q16).double() - exact).abs().max() / exact.abs().max()).item():.2e})", ((got.double() - exact).abs().max() / exact.abs().max()).item(), bound)
+    report_symmetric(f"commuting_product {str(dtype)[6:]}", got)
+for aol, steps in ((False, 5), (True, 4)):  # the Gram form: by the kernels against torch's products, and against the quintic in bf16
+    for name, x in (('wide', torch.randn(8, 2048, 5504, device=dev, generator=g)), ('tall', torch.randn(8, 5504, 2048, device=dev, generator=g))):
+        x = x.bfloat16()
+        least, symmetric.min_tiled_work = symmetric.min_tiled_work, math.inf
+        try: by_torch = newton_schulz(x.clone(), steps=steps, aol=aol, gram_form=True).double()
+        finally: symmetric.min_tiled_work = least
+        by_kernels = newton_schulz(x.clone(), steps=steps, aol=aol, gram_form=True).double()
+        quintic = newton_schulz(x.clone(), steps=steps, aol=aol).double()
+        exact = newton_schulz(x.double(), steps=steps, aol=aol)
+        error = lambda got: ((got - exact).norm() / exact.norm()).item()
+        report(f"newton_schulz(aol={aol}, gram_form=True), bf16 {name} {tuple(x.shape)}, by the kernels against fp64 (by torch's products: "
+               f"{error(by_torch):.2e}; the quintic in bf16 by the kernels: {error(quintic):.2e})", error(by_kernels), min(1.5 * error(by_torch), error(quintic)), '‖diff‖ / ‖fp64‖')
 print(f"{failures} failed", flush=True)
