@@ -255,7 +255,7 @@ def derive_source(plan, kernel, hypers):
     loads = [f'{k} = tl.load(hypers + t * {H} + {j}, mask=mask, other=0.5)' for j, k in enumerate(hypers)]
     leaf_names = {k for k in hypers} | {'step'}
     lines, value = triton_expressions(list(plan.frontier.values()), lambda a: a.name if a.op == 'input' and a.name in leaf_names else None)
-    stores = [f'tl.store(scalars + t * {K} + {j}, ({value(v)} + tl.zeros_like(step)).to(tl.float32), mask=mask)'
+    stores = [f'tl.store(scalars + t * {K} + {j}, ({value(v)} + tl.zeros([BLOCK], tl.float64)).to(tl.float32), mask=mask)'  # a number broadcast over the block, as `step` is
               for j, v in enumerate(plan.frontier.values())]
     body = ['t = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)', 'mask = t < n',
             'step_count = tl.load(steps + t, mask=mask, other=0) + 1', 'tl.store(steps + t, step_count, mask=mask)',

@@ -30,6 +30,15 @@ def interpreting():
 # kernels read globals only as constexpr: helpers choose their instructions by it, at compile time
 INTERPRETED = tl.constexpr(interpreting()) if triton is not None else False
 
+if interpreting():
+    from triton.runtime.interpreter import InterpretedFunction
+
+    class InterpretedHelper(InterpretedFunction):
+        "A jit function in Triton's interpreter whose calls from a running kernel skip Triton's re-patching of `triton.language`, which the kernel's launch has patched for its whole grid: the same code run, without the module scans"
+        def __call__(self, *args, **kwargs): return self.rewrite()(*args, **kwargs)
+
+    def triton_jit(fn): return InterpretedHelper(fn)
+
 @triton_jit
 def round_to(x, DTYPE: tl.constexpr):
     "fp32 `x` rounded to nearest-even in `DTYPE`: on the GPU by its conversion (bf16: two values per instruction); in the interpreter, whose conversion to bf16 truncates, by bit operations (the same bits, NaN's payload aside)"
