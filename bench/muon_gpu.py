@@ -90,7 +90,7 @@ def matmul_rate(device, m=2048, k=64):
 
 def single(args, device, lines, record):
     from fastoptim.all import Muon
-    from fastoptim.muon import newton_schulz
+    from fastoptim.muon import newton_schulz, gram_newton_schulz
     from timing import copy_bandwidth
     args.bandwidth = copy_bandwidth(device)
     record['copy_bandwidth_GBps'] = args.bandwidth
@@ -158,7 +158,8 @@ def single(args, device, lines, record):
                                      ("quintic, 5 steps, torch's products", False, 5), ('AOL + quintic, 4 steps', True, 4),
                                      ('quintic, 4 steps', False, 4), ('Gram form, 5 steps', False, 5), ('AOL + Gram form, 4 steps', True, 4)):
                 with unfolded() if 'baddbmm' in name else tiled_from(math.inf) if 'torch' in name else contextlib.nullcontext():
-                    o = newton_schulz(g[None].to(torch.bfloat16), steps=steps, aol=aol, gram_form='Gram' in name)[0].double()
+                    one = g[None].to(torch.bfloat16)  # a single matrix: the Gram form called directly (newton_schulz takes it for larger stacks)
+                    o = (gram_newton_schulz if 'Gram' in name and shape[0] != shape[1] else newton_schulz)(one, steps=steps, aol=aol)[0].double()
                 outs[name] = o
                 sv_o = torch.linalg.svdvals(o)
                 err = ((o - polar).norm() / polar.norm()).item()

@@ -73,7 +73,7 @@ assert symmetric_tiles(x)
 report('frobenius_normalized, bf16 (16, 2048, 4096), against x / ‖x‖ in fp64', ((frobenius_normalized(x).double() - x.double() / torch.linalg.vector_norm(x.double(), dim=(-2, -1), keepdim=True)).abs().max()
                                                     / (x.double() / torch.linalg.vector_norm(x.double(), dim=(-2, -1), keepdim=True)).abs().max()).item(), 2 ** -8)
 import math, fastoptim.symmetric as symmetric  # the iteration by the kernels against the same iteration by torch's products and operations
-from fastoptim.muon import newton_schulz
+from fastoptim.muon import newton_schulz, gram_newton_schulz
 for aol, steps in ((False, 5), (True, 4)):
     for name, x in (('wide', torch.randn(8, 2048, 4096, device=dev, generator=g)), ('tall', torch.randn(8, 4096, 2048, device=dev, generator=g))):
         x = x.bfloat16()
@@ -99,8 +99,8 @@ for dtype, bound in ((torch.float16, 2e-3), (torch.bfloat16, 1e-2)):  # two comm
 for aol, steps in ((False, 5), (True, 4)):  # the Gram form: by the kernels against torch's products, and against the quintic in bf16
     for name, x in (('wide', torch.randn(8, 2048, 5504, device=dev, generator=g)), ('tall', torch.randn(8, 5504, 2048, device=dev, generator=g))):
         x = x.bfloat16()
-        least, symmetric.min_tiled_work = symmetric.min_tiled_work, math.inf
-        try: by_torch = newton_schulz(x.clone(), steps=steps, aol=aol, gram_form=True).double()
+        least, symmetric.min_tiled_work = symmetric.min_tiled_work, math.inf  # torch's products: called directly, as newton_schulz
+        try: by_torch = gram_newton_schulz(x.clone(), steps=steps, aol=aol).double()  # would take the quintic for them
         finally: symmetric.min_tiled_work = least
         by_kernels = newton_schulz(x.clone(), steps=steps, aol=aol, gram_form=True).double()
         quintic = newton_schulz(x.clone(), steps=steps, aol=aol).double()

@@ -25,12 +25,13 @@ gram_restart = 2  # the Gram form starts again from its iterate Q·X₀ after th
 gram_min_aspect = 2.  # the Gram form for stacks whose long side is at least this many times the short one (measured: below)
 
 def newton_schulz(stack, steps:int=5, eps:float=1e-7, aol:bool=False, gram_form:bool=False):
-    "Each matrix of `stack` (k, rows, cols) replaced, in place, by `steps` quintic Newton–Schulz iterations towards its orthogonal factor, in the stack's dtype; `aol`: started from AOL's rescaling instead of the Frobenius norm's; `gram_form`: for stacks of matrices at least `gram_min_aspect` times longer than wide and large enough for the GPU's arithmetic to bound them (`large_stack`), the iteration run on their Gram matrices (`gram_newton_schulz`)"
+    "Each matrix of `stack` (k, rows, cols) replaced, in place, by `steps` quintic Newton–Schulz iterations towards its orthogonal factor, in the stack's dtype; `aol`: started from AOL's rescaling instead of the Frobenius norm's; `gram_form`: for stacks of matrices at least `gram_min_aspect` times longer than wide whose m × m products are large enough for the GPU's arithmetic to bound them (`large_stack`), the iteration run on their Gram matrices (`gram_newton_schulz`)"
     if stack.ndim != 3: raise ValueError(f"newton_schulz takes a stack of matrices (k, rows, cols), got shape {tuple(stack.shape)}.")
     if stack.numel() == 0: return stack
     tall = stack.shape[-2] > stack.shape[-1]
     x = stack.mT if tall else stack  # wide: the Gram matrix is the smaller one
-    if gram_form and x.shape[-1] >= gram_min_aspect * x.shape[-2] and large_stack(x): return gram_newton_schulz(stack, steps, eps, aol)
+    k, m, n = x.shape
+    if gram_form and steps >= 1 and n >= gram_min_aspect * m and large_stack((k, m, m)): return gram_newton_schulz(stack, steps, eps, aol)
     a, b, c = ns_coefficients
     if aol: x, A = aol_start(x, eps)  # rows scaled by s = (Σⱼ|A|ᵢⱼ)^-½ (Prach & Lampert), A = XXᵀ to diag(s)·A·diag(s)
     else: x = frobenius_normalized(x, eps)  # spectral norm at most 1
@@ -44,10 +45,11 @@ def gram_newton_schulz(stack, steps:int=5, eps:float=1e-7, aol:bool=False):
     tall = stack.shape[-2] > stack.shape[-1]
     x = stack.mT if tall else stack
     a, b, c = ns_coefficients
-    dtype = torch.float16 if stack.dtype == torch.bfloat16 else stack.dtype  # normalised, every iterate lies in fp16's range
+    if steps < 1: raise ValueError(f"gram_newton_schulz runs at least one iteration, got steps={steps!r}.")
+    dtype = torch.float16 if stack.dtype == torch.bfloat16 else None  # normalised, no iterate overflows fp16 (below)
     if aol:
         x, R = aol_start(x, eps, dtype=dtype)  # XXᵀ of the raw stack is not normalised: taken in bf16, rescaled, then fp16
-        R = R.to(dtype)
+        R = R.to(x.dtype)
     else:
         x = frobenius_normalized(x, eps, dtype=dtype)
         R = gram(x)
@@ -60,7 +62,7 @@ def gram_newton_schulz(stack, steps:int=5, eps:float=1e-7, aol:bool=False):
         Q = h if Q is None else commuting_product(Q, h)
         if i + 1 < steps and i + 1 != gram_restart: R = commuting_product(h, commuting_product(R, h))
     first, second = (x.mT, Q.mT) if tall else (Q, x)  # (QX)ᵀ = XᵀQᵀ: the result in the stack's own layout
-    if dtype == stack.dtype: return torch.bmm(first, second, out=stack)
+    if first.dtype == stack.dtype: return torch.bmm(first, second, out=stack)
     return stack.copy_(torch.bmm(first, second))
 
 newton_schulz_bf16 = MatrixFunction('newton_schulz', newton_schulz, dtype='bf16')

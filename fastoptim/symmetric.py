@@ -136,14 +136,15 @@ def symmetric_product(y, alpha:float=1., addend=None, beta:float=0., out=None, *
 # %% ../nbs/08_symmetric.ipynb #db65fba5
 min_tiled_work = 2**34  # multiply-adds of a stack's full product k·m²·n from which the upper tiles pay for their launch
 
-def large_stack(x) -> bool:
-    "Whether the Gram product of the stack `x` (k, m, n) has at least `min_tiled_work` multiply-adds: where the GPU's arithmetic, not its launches, bounds the iteration"
-    return x.shape[0] * x.shape[1] ** 2 * x.shape[2] >= min_tiled_work
+def large_stack(shape) -> bool:
+    "Whether the Gram product of a stack of `shape` (k, m, n) has at least `min_tiled_work` multiply-adds: where the GPU's arithmetic, not its launches, bounds the iteration"
+    k, m, n = shape
+    return k * m * m * n >= min_tiled_work
 
 def symmetric_tiles(x) -> bool:
     "Whether `gram`, `square_plus`, `polynomial_product` and `commuting_product` compute only the upper tiles of the stack `x`'s products (bf16 or fp16 on CUDA, with Triton 3.4 or later, large enough, laid out as the tensor accelerator reads it) rather than calling torch"
     return (x.ndim == 3 and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and TensorDescriptor is not None and not interpreting()
-            and large_stack(x) and x.shape[1] * x.element_size() % 16 == 0 and _described(x) is not None)  # else torch's products, and their errors
+            and large_stack(x.shape) and x.shape[1] * x.element_size() % 16 == 0 and _described(x) is not None)  # else torch's products, and their errors
 
 def gram(x):
     "x·xᵀ for a stack `x` (k, m, n)"
@@ -212,10 +213,10 @@ def aol_gram_kernel(a, s, m, BLOCK: tl.constexpr):
     tl.store(a + offsets, round_to(tl.load(a + offsets, mask=mask).to(tl.float32) * scale, a.dtype.element_ty), mask=mask)
 
 def aol_rescale(x, A, eps:float=1e-7, *, dtype=None, rows:int=64, cols:int=128, block:int=128, warps:int=8):
-    "diag(s)·X as a new stack in `dtype` (default x's; with `x`'s strides where `x` is dense), and `A` rescaled in place to diag(s)·A·diag(s), for a stack `x` (k, m, n) of bf16 or fp32 matrices and `A` (k, m, m), contiguous, their Gram matrices; s = max(Σⱼ|Aᵢⱼ|, eps)^-½; by two Triton kernels, each value rounded once: the first over `rows` rows at a time, `cols` columns a block, the second over `block` × `block` tiles"
+    "diag(s)·X as a new stack in `dtype` (default x's; with `x`'s strides where `x` is dense), and `A` rescaled in place to diag(s)·A·diag(s), for a stack `x` (k, m, n) of bf16, fp16 or fp32 matrices and `A` (k, m, m), contiguous, their Gram matrices; s = max(Σⱼ|Aᵢⱼ|, eps)^-½; by two Triton kernels, each value rounded once: the first over `rows` rows at a time, `cols` columns a block, the second over `block` × `block` tiles"
     if triton is None: raise ImportError("aol_rescale needs Triton: pip install -U triton")
-    if x.ndim != 3 or x.dtype not in (torch.bfloat16, torch.float32): raise ValueError(
-        f"aol_rescale takes a bf16 or fp32 stack of matrices (k, m, n), got {x.dtype} of shape {tuple(x.shape)}.")
+    if x.ndim != 3 or x.dtype not in (torch.bfloat16, torch.float16, torch.float32): raise ValueError(
+        f"aol_rescale takes a bf16, fp16 or fp32 stack of matrices (k, m, n), got {x.dtype} of shape {tuple(x.shape)}.")
     k, m, n = x.shape
     if A.shape != (k, m, m) or A.dtype != x.dtype or A.device != x.device or not A.is_contiguous():
         raise ValueError(f"A must be a contiguous {x.dtype} stack of shape {(k, m, m)} on {x.device}, got {A.dtype} {tuple(A.shape)} on {A.device}.")
@@ -235,10 +236,10 @@ def _check_result_dtype(dtype):
         raise ValueError(f"dtype must be None (the stack's), torch.bfloat16, torch.float16 or torch.float32, got {dtype!r}.")
 
 def scaled_matrices(x, s, *, dtype=None, rows:int=64, cols:int=128, warps:int=8):
-    "Each matrix of a stack `x` (k, m, n) of bf16 or fp32 matrices times its scale in `s` (k,), fp32, as a new stack in `dtype` (default x's; with `x`'s strides where `x` is dense): by a Triton kernel, each value rounded once, as torch's `(x * s[:, None, None]).to(dtype)`"
+    "Each matrix of a stack `x` (k, m, n) of bf16, fp16 or fp32 matrices times its scale in `s` (k,), fp32, as a new stack in `dtype` (default x's; with `x`'s strides where `x` is dense): by a Triton kernel, each value rounded once, as torch's `(x * s[:, None, None]).to(dtype)`"
     if triton is None: raise ImportError("scaled_matrices needs Triton: pip install -U triton")
-    if x.ndim != 3 or x.dtype not in (torch.bfloat16, torch.float32): raise ValueError(
-        f"scaled_matrices takes a bf16 or fp32 stack of matrices (k, m, n), got {x.dtype} of shape {tuple(x.shape)}.")
+    if x.ndim != 3 or x.dtype not in (torch.bfloat16, torch.float16, torch.float32): raise ValueError(
+        f"scaled_matrices takes a bf16, fp16 or fp32 stack of matrices (k, m, n), got {x.dtype} of shape {tuple(x.shape)}.")
     if s.shape != x.shape[:1] or s.dtype != torch.float32 or s.device != x.device or not s.is_contiguous():
         raise ValueError(f"s must be a contiguous fp32 vector of {x.shape[0]} scales on {x.device}, got {s.dtype} {tuple(s.shape)} on {s.device}.")
     _check_result_dtype(dtype)
