@@ -6,7 +6,7 @@ Docs: https://fastoptim.github.io/fastoptim/muon.html.md"""
 
 # %% auto #0
 __all__ = ['ns_coefficients', 'gram_restart', 'gram_min_aspect', 'newton_schulz_bf16', 'newton_schulz_fp32', 'muon_hypers',
-           'muon_moments', 'muon_adamw_algorithm', 'Muon', 'muon', 'newton_schulz', 'gram_newton_schulz',
+           'muon_moments', 'muon_adamw_algorithm', 'Muon', 'muon', 'newton_schulz', 'started', 'gram_newton_schulz',
            'muon_algorithm', 'mark_roles', 'muon_route', 'muon_router', 'muon_hybrid']
 
 # %% ../nbs/56_muon.ipynb #13edbe3a
@@ -33,26 +33,27 @@ def newton_schulz(stack, steps:int=5, eps:float=1e-7, aol:bool=False, gram_form:
     k, m, n = x.shape
     if gram_form and steps >= 1 and n >= gram_min_aspect * m and large_stack((k, m, m)): return gram_newton_schulz(stack, steps, eps, aol)
     a, b, c = ns_coefficients
-    if aol: x, A = aol_start(x, eps)  # rows scaled by s = (Σⱼ|A|ᵢⱼ)^-½ (Prach & Lampert), A = XXᵀ to diag(s)·A·diag(s)
-    else: x = frobenius_normalized(x, eps)  # spectral norm at most 1
+    x, A = started(x, eps, aol)
     for i in range(steps):
-        if i or not aol: A = gram(x)
+        if i: A = gram(x)
         x = polynomial_product(x, A, a, b, c, out=(stack.mT if tall else stack) if i == steps - 1 else None)  # the last into the stack
     return stack
+
+def started(x, eps:float, aol:bool, dtype=None):
+    "The iteration's start for a wide stack `x`: X₀ in `dtype` (default x's) and its Gram matrices — AOL's rows scaled by s = (Σⱼ|A|ᵢⱼ)^-½ (Prach & Lampert) with A = XXᵀ rescaled to diag(s)·A·diag(s), or X over its Frobenius norm (spectral norm at most 1) and X₀X₀ᵀ"
+    if not aol:
+        x = frobenius_normalized(x, eps, dtype=dtype)
+        return x, gram(x)
+    x, A = aol_start(x, eps, dtype=dtype)  # XXᵀ of the raw stack is not normalised: taken in x's dtype, rescaled, then converted
+    return x, A.to(x.dtype)
 
 def gram_newton_schulz(stack, steps:int=5, eps:float=1e-7, aol:bool=False):
     "`newton_schulz` run on the Gram matrices R = XXᵀ of the stack's wide form X (Zhang, Amsel, Chen & Dao 2026), restarted once, in fp16 where the stack is bf16; the result into `stack`"
     tall = stack.shape[-2] > stack.shape[-1]
-    x = stack.mT if tall else stack
-    a, b, c = ns_coefficients
     if steps < 1: raise ValueError(f"gram_newton_schulz runs at least one iteration, got steps={steps!r}.")
-    dtype = torch.float16 if stack.dtype == torch.bfloat16 else None  # normalised, no iterate overflows fp16 (below)
-    if aol:
-        x, R = aol_start(x, eps, dtype=dtype)  # XXᵀ of the raw stack is not normalised: taken in bf16, rescaled, then fp16
-        R = R.to(x.dtype)
-    else:
-        x = frobenius_normalized(x, eps, dtype=dtype)
-        R = gram(x)
+    a, b, c = ns_coefficients
+    # normalised, no iterate overflows fp16 (below)
+    x, R = started(stack.mT if tall else stack, eps, aol, torch.float16 if stack.dtype == torch.bfloat16 else None)
     Q = None
     for i in range(steps):
         if i == gram_restart:  # rounding drifts R away from the Gram matrix of Q·X₀: start again from that

@@ -110,8 +110,9 @@ def symmetric_product(y, alpha:float=1., addend=None, beta:float=0., out=None, *
         return out
     described = [(name, t, _described(t)) for name, t in (('y', y), ('z', z), ('addend', addend), ('out', out)) if t is not None]
     for name, t, d in described:
-        if d is None or (name not in 'yz' and d[1]): raise ValueError(
-            f"{name} must be {'a stack with contiguous rows or columns' if name in 'yz' else 'contiguous'}, starting on 16 bytes, "
+        factor = name in ('y', 'z')  # the factors may come transposed; the addend and the result are contiguous
+        if d is None or (not factor and d[1]): raise ValueError(
+            f"{name} must be {'a stack with contiguous rows or columns' if factor else 'contiguous'}, starting on 16 bytes, "
             f"with rows and matrices of a multiple of 16 bytes (the tensor memory accelerator reads it); got shape {tuple(t.shape)}, "
             f"strides {t.stride()}.")
     source, transposed = described[0][2]  # y's
