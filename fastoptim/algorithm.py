@@ -604,12 +604,13 @@ def carry_values(algorithm, leaves, lasts):
 
 def moment_values(algorithm, leaves):
     "Per moment state: (decay, weight, power) as per-tensor arrays, from the description's formulas"
-    h = trace_hypers(algorithm)
-    out = {}
-    for k, m in algorithm.moments.items():
-        decay, weight = evaluate([_const(m.decay(h) if m.decay else 0.), _const(m.weight(h))], leaves)
-        out[k] = (decay, weight, m.power)
-    return out
+    if 'moments' not in algorithm._plans:  # traced once, in evaluation order: every micro-batch of optimizer accumulation reads them
+        h = trace_hypers(algorithm)
+        formulas = [f for m in algorithm.moments.values() for f in (_const(m.decay(h) if m.decay else 0.), _const(m.weight(h)))]
+        algorithm._plans['moments'] = formulas, nodes_of(formulas)
+    formulas, order = algorithm._plans['moments']
+    values = evaluate(formulas, leaves, order)
+    return {k: (values[2 * j], values[2 * j + 1], m.power) for j, (k, m) in enumerate(algorithm.moments.items())}
 
 # %% ../nbs/00_algorithm.ipynb #a5e79ea3
 # Code generation for PyTorch: one tensor at a time (forloop, TorchScript) or lists of tensors (foreach)

@@ -552,6 +552,10 @@ class Stepper:
         apply_matrices(plan, bucket)
         self.finish(plan, bucket, leaves, cache, reds)
 
+    def fold(self, bucket, moments, l2, decays, weights, cache):
+        "Optimizer accumulation's fold of one micro-batch (see `fold_moments`); `cache`: the bucket's, kept between micro-batches (the PyTorch backends keep nothing in it)"
+        fold_moments(bucket, moments, l2, decays, weights)
+
     def check_bucket(self, plan, bucket):
         "Why this backend cannot step `bucket` with `plan` (its tensors, not only their device and dtype), or None"
         return None
@@ -581,7 +585,6 @@ class ForLoopBackend(Stepper):
         copies = len(plan.tensors) + 4 * (bucket.rounding_state is not None)
         return 1 << max(self.piece_bytes[device] // (4 * copies), 1).bit_length() - 1  # at least one element
     def check(self, device, dtype): return None
-    fold = staticmethod(fold_moments)
 
     def rows(self, plan, bucket, leaves):
         "Per tensor, its frontier numbers as Python floats, in the order of the function's arguments"
@@ -1339,7 +1342,7 @@ class StepGraph(OptimizerPart):
         caches, eager = opt.layout.caches, False
         with torch.no_grad():
             try:
-                work, hosts = opt._prepare(buckets)
+                work, hosts = opt._prepare(buckets, caches)
                 for key, b, leaves, _ in work: backends[b.backend].prepare(b.algorithm.plan('step'), b, leaves, caches[key])
                 buffers = [x for key, b, _, _ in work for x in backends[b.backend].graph_buffers(caches[key])]
                 if not same_tensors(buffers, self.seen):  # tables rebuilt (gradients moved off their alignment): their kernels may
@@ -1712,12 +1715,12 @@ class FastOptimizer(Optimizer):
     def _run(self, buckets, caches, capturing=False, divide=None):
         "Count the steps, compute the per-tensor numbers and call the backends (or fold a micro-batch); `divide`: see `apply_matrices`"
         with torch.no_grad():
-            try: self._launch(buckets, caches, *self._prepare(buckets, capturing), divide)
+            try: self._launch(buckets, caches, *self._prepare(buckets, caches, capturing), divide)
             finally:
                 for b in buckets.values(): b.grads = None  # the buckets outlive the step (the layout, `step_params`' cache); the gradients must not
 
-    def _prepare(self, buckets, capturing=False):
-        "The host's part of a step before any launch: refuse what a capture cannot do, each bucket's numbers (`work`: key, bucket, leaves, step counts after this step; a micro-batch is folded instead), and the host numbers the step checks or uploads (`hosts`)"
+    def _prepare(self, buckets, caches, capturing=False):
+        "The host's part of a step before any launch: refuse what a capture cannot do, each bucket's numbers (`work`: key, bucket, leaves, step counts after this step; a micro-batch is folded instead, with the bucket's cache of `caches`), and the host numbers the step checks or uploads (`hosts`)"
         for b in buckets.values():
             reason = capture_refusal(b) if capturing else None
             if reason: raise RuntimeError(reason)
@@ -1730,7 +1733,7 @@ class FastOptimizer(Optimizer):
         work = []
         for key, b in buckets.items():
             leaves, step = self.numbers.leaves(b, groups)
-            if self._accumulation is not None and not self._fold(b, leaves): continue
+            if self._accumulation is not None and not self._fold(b, leaves, caches.setdefault(key, {})): continue
             b.capturing = capturing
             if b.rounding == 'stochastic': b.seeds = hash32(b.seed_bases ^ step)
             work.append((key, b, leaves, step))
@@ -1784,19 +1787,19 @@ class FastOptimizer(Optimizer):
         b.step_counts = step
         self.backends_used[key] = b.backend
 
-    def _fold(self, b, leaves):
+    def _fold(self, b, leaves, cache):
         "Fold this micro-batch into the moments; True on the last one, whose step then writes the weights"
         weight, last, total = self._accumulation
         forms = moment_values(b.algorithm, leaves) or {'grad_acc': (0., 1., 1)}  # no state: sum the gradients
         for p, s in zip(b.params, b.states):
             for k in forms:
                 if k not in s: engine_write(s, k, torch.zeros_like(p, memory_format=torch.preserve_format))
-        first = np.array([s.get('micro', 0) == 0 for s in b.states])  # a parameter's first micro-batch decays its moments
         n = len(b)
-        decays = [np.where(first, np.broadcast_to(d, (n,)), 1.) for d, _, _ in forms.values()]
+        first = np.fromiter((s.get('micro', 0) == 0 for s in b.states), bool, n)  # a parameter's first micro-batch decays its moments
+        decays = [np.where(first, d, 1.) for d, _, _ in forms.values()]
         # a squared moment scales like the square of the accumulated gradient Σwᵢgᵢ, whose weights sum to `total`
-        weights = [np.broadcast_to(w, (n,)) * weight * (total if power == 2 else 1.) for _, w, power in forms.values()]
-        backends[b.backend].fold(b, [(k, power) for k, (_, _, power) in forms.items()], leaves['l2'], decays, weights)
+        weights = [np.full(n, w * weight * (total if power == 2 else 1.)) for _, w, power in forms.values()]
+        backends[b.backend].fold(b, [(k, power) for k, (_, _, power) in forms.items()], leaves['l2'], decays, weights, cache)
         for s in b.states: engine_write(s, 'micro', 0 if last else s.get('micro', 0) + 1)
         return last
 

@@ -15,7 +15,7 @@ import torch
 from collections import namedtuple
 from dataclasses import dataclass
 from typing import Callable
-from .core import backends, to_device, stochastic_round, split_master, residual_dtypes, dequantize, quantize_into, group_size, scale_count, piece_limit, fold_moments, compile_source, Stepper, pieces, pieces_of, cut_list, combine_pieces
+from .core import backends, to_device, stochastic_round, split_master, residual_dtypes, dequantize, quantize_into, group_size, scale_count, piece_limit, compile_source, Stepper, pieces, pieces_of, cut_list, combine_pieces
 from .algorithm import TorchDialect, emit, ordered_stores, final_args
 
 # %% ../nbs/01_foreach.ipynb #3718159d
@@ -240,7 +240,6 @@ class ForeachBackend(Stepper):
         self.narrow_chunk_numel = narrow_chunk_numel or ({'cuda': 2**24, 'cpu': 2**18} if chunk_numel is None else
                                                          {k: max(1, v // 4) for k, v in chunk_numel.items()})
     def check(self, device, dtype): return None
-    fold = staticmethod(fold_moments)
 
     def prepare(self, plan, bucket, leaves, cache):
         "The pieces of every tensor the plan reads (views cut once per layout; the gradients' every step), and its numbers"
