@@ -608,11 +608,11 @@ class TritonBackend(Stepper):
         kernel[(cache['n_blocks'],)](*args, **meta, maxnreg=cache['registers'][key])
 
     def fold(self, bucket, moments, l2, decays, weights, cache):
-        "Optimizer accumulation's fold (`fastoptim.core.fold_moments`) in one launch over the bucket; its tables kept in `cache['fold']` for the next micro-batch (pointed at moved gradients as a step's are), its scalars uploaded when they change"
+        "Optimizer accumulation's fold (`fastoptim.core.fold_moments`) in one launch over the bucket; its tables kept in `cache['fold']` for the next micro-batch (pointed at moved gradients as a step's are), its scalars uploaded once for each set of values in use"
         if len(bucket) == 0: return
         block, warps = 512, 8 if bucket.params[0].element_size() == 4 else 4
         forms, fold = bucket.quantized, cache.setdefault('fold', {})
-        key = (bucket.generation, tuple(moments))
+        key = (bucket.generation, tuple(moments), bucket.rounding)
         if fold.get('key') == key and fold['grads'] != bucket.grad_generation: self.move_grads(bucket, fold)
         if fold.get('key') != key:
             tensors = [bucket.params, bucket.grads, *[bucket.state(name) for name, _ in moments]]
@@ -622,17 +622,20 @@ class TritonBackend(Stepper):
                 tensors += [bucket.state(f'{name}_scales') if name in forms else bucket.params for name, _ in moments]
             fold.clear()
             fold['table'], fold['block_tensors'], fold['n_blocks'], fold['align'] = build_tables(tensors, bucket.device, block, aligned=aligned)
-            fold.update(key=key, width=len(tensors) + 2, grads=bucket.grad_generation, grad_column=3)  # the gradients' column: after numel, first block, params
+            fold.update(key=key, grads=bucket.grad_generation, grad_column=3)  # the gradients' column: after numel, first block, params
+            fold['meta'] = dict(WIDTH=len(tensors) + 2, K=1 + 2 * len(moments), MOMENTS=len(moments), SQUARED=sum(1 << j for j, (_, power) in enumerate(moments) if power == 2),
+                                DTYPE=getattr(tl, tl_dtypes[bucket.dtype]), BLOCK=block, ALIGN=fold['align'], ROUNDING=roundings[bucket.rounding], num_warps=warps,
+                                SIGNED=sum(1 << j for j, (name, _) in enumerate(moments) if forms.get(name) == 'signed'),
+                                POSITIVE=sum(1 << j for j, (name, _) in enumerate(moments) if forms.get(name) == 'positive'))
         if fold['n_blocks'] == 0: return
         values = np.stack([l2, *[c for pair in zip(decays, weights) for c in pair]], 1).astype(np.float32)
-        if not np.array_equal(values, fold.get('values')):  # a micro-batch's decays and weights are mostly the last one's
-            fold['scalars'], fold['values'] = to_device(values, bucket.device), values
-        fold_gradients[(fold['n_blocks'],)](fold['table'], fold['block_tensors'], fold['scalars'], WIDTH=fold['width'], K=values.shape[1],
-                                    MOMENTS=len(moments), SQUARED=sum(1 << j for j, (_, power) in enumerate(moments) if power == 2),
-                                    DTYPE=getattr(tl, tl_dtypes[bucket.dtype]), BLOCK=block, ALIGN=fold['align'],
-                                    ROUNDING=roundings[bucket.rounding], num_warps=warps,
-                                    SIGNED=sum(1 << j for j, (name, _) in enumerate(moments) if forms.get(name) == 'signed'),
-                                    POSITIVE=sum(1 << j for j, (name, _) in enumerate(moments) if forms.get(name) == 'positive'))
+        # the scalars of a step's first micro-batch (which decays the moments) and of the others: each uploaded once
+        uploaded = fold.setdefault('scalars', {})
+        scalars = uploaded.get(values.tobytes())
+        if scalars is None:
+            if len(uploaded) == 2: uploaded.clear()  # the hypers changed
+            scalars = uploaded[values.tobytes()] = to_device(values, bucket.device)
+        fold_gradients[(fold['n_blocks'],)](fold['table'], fold['block_tensors'], scalars, **fold['meta'])
 
     def check_replay(self, plan, bucket, leaves, cache, own=False):
         captured = cache.get('own_factor_l2' if own else 'factor_l2')

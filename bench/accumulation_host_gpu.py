@@ -1,0 +1,74 @@
+"""Where the time goes in optimizer accumulation with gradient release ((d) of `release_memory.py`) against gradient
+accumulation ((c)) and release alone ((b)), on its 0.94B LM (pure bf16, Kahan AdamW, Triton, 4 micro-batches a step):
+per optimizer step, the host's time to issue the step's work (before the closing synchronisation) and the synchronised
+step time; per `step_params` call (a gradient-release group), its host time; then a cProfile of two steps of (d).
+
+    python3 bench/accumulation_host_gpu.py [--steps 6] [--out accumulation_host.md]
+"""
+import argparse, cProfile, io, os, pstats, statistics, sys, time
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+ap = argparse.ArgumentParser()
+ap.add_argument('--steps', type=int, default=6, help='timed optimizer steps per configuration, after two of warm-up')
+ap.add_argument('--out', default='accumulation_host.md')
+ap.add_argument('--tiny', action='store_true', help="release_memory's tiny model on the CPU (foreach backend): a dry run")
+mine = ap.parse_args()
+sys.argv = sys.argv[:1] + (['--tiny', '--device', 'cpu'] if mine.tiny else [])
+import release_memory as rm  # its model, data and configurations; its own arguments at their defaults
+import torch
+from fastoptim.gradient_release import prepare_for_gradient_release, remove_gradient_release
+
+args = rm.parse_args()
+device = torch.device(args.device)
+g = torch.Generator().manual_seed(0)
+toks = torch.randint(0, args.vocab, (args.n_acc, args.batch, args.ctx + 1), generator=g).to(device)
+data = [(t[:, :-1].contiguous(), t[:, 1:].contiguous()) for t in toks]
+
+def one_step(name, model, opt):
+    "One optimizer step of configuration `name` (as `release_memory.run`): seconds until all is issued, and until done"
+    n = args.n_acc if name in 'cd' else 1
+    rm.sync(device); t0 = time.perf_counter()
+    for i in range(n):
+        if name == 'd': opt.accumulate(1 / n, i == n - 1)
+        rm.micro_batch(model, *data[i], args.loss_chunks)
+    opt.step()
+    model.zero_grad(set_to_none=True)
+    issued = time.perf_counter() - t0
+    rm.sync(device)
+    return issued, time.perf_counter() - t0
+
+def measure(name, profile=False):
+    rm.free(device)
+    model, opt = rm.build(args, device)
+    if name in 'bd': prepare_for_gradient_release(model, opt, args.group_bytes)
+    calls, stepping = [], opt.step_params
+    def timed(*a, **k):
+        t = time.perf_counter()
+        try: return stepping(*a, **k)
+        finally: calls.append(time.perf_counter() - t)
+    opt.step_params = timed  # the release hooks call it through the optimizer
+    for _ in range(2): one_step(name, model, opt)
+    calls.clear()
+    rows = [one_step(name, model, opt) for _ in range(mine.steps)]
+    per_step = len(calls) / mine.steps
+    report = None
+    if profile:
+        pr = cProfile.Profile(); pr.enable()
+        for _ in range(2): one_step(name, model, opt)
+        pr.disable()
+        s = io.StringIO(); pstats.Stats(pr, stream=s).sort_stats('tottime').print_stats(30); report = s.getvalue()
+    opt.stop_accumulation()
+    if name in 'bd': remove_gradient_release(model)
+    del model, opt
+    return dict(issued=statistics.median(r[0] for r in rows), step=statistics.median(r[1] for r in rows),
+                calls=per_step, call_us=statistics.median(calls) * 1e6 if calls else 0., profile=report)
+
+results = {name: measure(name, profile=name == 'd') for name in 'bcd'}
+lines = [f'# Optimizer accumulation with release: host time ({torch.cuda.get_device_name() if device.type == "cuda" else "CPU"})', '',
+         f'torch {torch.__version__}; `{" ".join(["python3", *sys.argv[:1], *[f"--{k} {v}" for k, v in vars(mine).items()]])}`; '
+         f'{args.n_acc} micro-batches a step in (c) and (d); medians of {mine.steps} steps after 2 of warm-up', '',
+         '| config | s/step | host s/step (all issued) | step_params calls/step | host µs/call (median) |', '|---|---|---|---|---|']
+for name, r in results.items():
+    lines.append(f"| ({name}) {rm.CONFIGS[name][0]} | {r['step']:.3f} | {r['issued']:.3f} | {r['calls']:.0f} | {r['call_us']:.0f} |")
+lines += ['', '## cProfile of two steps of (d), by own time', '', '```', results['d']['profile'].strip(), '```']
+open(mine.out, 'w').write('\n'.join(lines) + '\n')
+print('\n'.join(lines[:9 + len(results)]))
