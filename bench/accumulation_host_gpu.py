@@ -1,7 +1,8 @@
 """Where the time goes in optimizer accumulation with gradient release ((d) of `release_memory.py`) against gradient
 accumulation ((c)) and release alone ((b)), on its 0.94B LM (pure bf16, Kahan AdamW, Triton, 4 micro-batches a step):
 per optimizer step, the host's time to issue the step's work (before the closing synchronisation) and the synchronised
-step time; per `step_params` call (a gradient-release group), its host time; then a cProfile of two steps of (d).
+step time; per `step_params` call (a gradient-release group), its host time; then a cProfile of two steps of each
+configuration in `--profile` ((d) by default).
 
     python3 bench/accumulation_host_gpu.py [--steps 6] [--out accumulation_host.md]
 """
@@ -10,6 +11,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 ap = argparse.ArgumentParser()
 ap.add_argument('--steps', type=int, default=6, help='timed optimizer steps per configuration, after two of warm-up')
 ap.add_argument('--out', default='accumulation_host.md')
+ap.add_argument('--profile', default='d', help='the configurations (of b, c, d) to profile two steps of')
 ap.add_argument('--tiny', action='store_true', help="release_memory's tiny model on the CPU (foreach backend): a dry run")
 mine = ap.parse_args()
 sys.argv = sys.argv[:1] + (['--tiny', '--device', 'cpu'] if mine.tiny else [])
@@ -62,13 +64,14 @@ def measure(name, profile=False):
     return dict(issued=statistics.median(r[0] for r in rows), step=statistics.median(r[1] for r in rows),
                 calls=per_step, call_us=statistics.median(calls) * 1e6 if calls else 0., profile=report)
 
-results = {name: measure(name, profile=name == 'd') for name in 'bcd'}
+results = {name: measure(name, profile=name in mine.profile) for name in 'bcd'}
 lines = [f'# Optimizer accumulation with release: host time ({torch.cuda.get_device_name() if device.type == "cuda" else "CPU"})', '',
          f'torch {torch.__version__}; `{" ".join(["python3", *sys.argv[:1], *[f"--{k} {v}" for k, v in vars(mine).items()]])}`; '
          f'{args.n_acc} micro-batches a step in (c) and (d); medians of {mine.steps} steps after 2 of warm-up', '',
          '| config | s/step | host s/step (all issued) | step_params calls/step | host µs/call (median) |', '|---|---|---|---|---|']
 for name, r in results.items():
     lines.append(f"| ({name}) {rm.CONFIGS[name][0]} | {r['step']:.3f} | {r['issued']:.3f} | {r['calls']:.0f} | {r['call_us']:.0f} |")
-lines += ['', '## cProfile of two steps of (d), by own time', '', '```', results['d']['profile'].strip(), '```']
+for name, r in results.items():
+    if r['profile']: lines += ['', f'## cProfile of two steps of ({name}), by own time', '', '```', r['profile'].strip(), '```']
 open(mine.out, 'w').write('\n'.join(lines) + '\n')
 print('\n'.join(lines[:9 + len(results)]))
