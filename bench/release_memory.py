@@ -16,7 +16,7 @@ On the GPU machine, from the repository root (fastoptim imports fastai: wheels f
     export PYTHONPATH=$PWD/.site:$PWD; python3 bench/release_memory.py --out $OUT
 CPU dry run: python bench/release_memory.py --device cpu --tiny --out /tmp/rm
 """
-import argparse, datetime, gc, json, os, platform, re, shlex, statistics, sys, time
+import argparse, datetime, gc, json, os, platform, re, shlex, statistics, sys, time, types
 from pathlib import Path
 
 
@@ -304,7 +304,9 @@ def versions():
 
 def main(args):
     t_start = time.perf_counter()
-    if args.torch_fold: fastoptim.core.backends[args.backend].fold = fastoptim.core.fold_moments
+    if args.torch_fold:  # the PyTorch backends' fold (`fold_moments`), bound to this backend
+        backend = fastoptim.core.backends[args.backend]
+        backend.fold = types.MethodType(fastoptim.core.Stepper.fold, backend)
     device = torch.device(args.device)
     if args.tiny: torch.set_num_threads(1)
     out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
