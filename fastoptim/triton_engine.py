@@ -630,11 +630,11 @@ class TritonBackend(Stepper):
         if fold['n_blocks'] == 0: return
         values = np.stack([l2, *[c for pair in zip(decays, weights) for c in pair]], 1).astype(np.float32)
         # the scalars of a step's first micro-batch (which decays the moments) and of the others: each uploaded once
-        uploaded = fold.setdefault('scalars', {})
-        scalars = uploaded.get(values.tobytes())
-        if scalars is None:
+        uploaded, known = fold.setdefault('scalars', {}), values.tobytes()
+        if known not in uploaded:
             if len(uploaded) == 2: uploaded.clear()  # the hypers changed
-            scalars = uploaded[values.tobytes()] = to_device(values, bucket.device)
+            uploaded[known] = to_device(values, bucket.device)
+        scalars = uploaded[known]
         fold_gradients[(fold['n_blocks'],)](fold['table'], fold['block_tensors'], scalars, **fold['meta'])
 
     def check_replay(self, plan, bucket, leaves, cache, own=False):
