@@ -44,6 +44,8 @@ def parse_args():
                     help='gradient release steps the completed gradients in groups of this many bytes (0: each tensor alone)')
     ap.add_argument('--torch-fold', action='store_true',
                     help="fold micro-batches with the engine's PyTorch fold_moments instead of the Triton backend's fused kernel")
+    ap.add_argument('--through-triton', action='store_true',
+                    help="launch every Triton kernel through Triton's own launch (`kernel[grid](...)`), as before the engine's KernelLauncher")
     ap.add_argument('--profile', action='store_true',
                     help='record the allocations of the measured steps and report what is alive at each peak, by kind')
     ap.add_argument('--loss-chunks', type=int, default=8,
@@ -307,6 +309,10 @@ def main(args):
     if args.torch_fold:  # the PyTorch backends' fold (`fold_moments`), bound to this backend
         backend = fastoptim.core.backends[args.backend]
         backend.fold = types.MethodType(fastoptim.core.Stepper.fold, backend)
+    if args.through_triton:  # launchers made from now on go through Triton at every call
+        import fastoptim.triton_engine as te
+        made = te.KernelLauncher.__init__
+        te.KernelLauncher.__init__ = lambda self, kernel, meta, direct=None, current_device=None: made(self, kernel, meta, False, current_device)
     device = torch.device(args.device)
     if args.tiny: torch.set_num_threads(1)
     out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
@@ -345,6 +351,7 @@ def main(args):
           f"{'all at once' if args.loss_chunks <= 1 else f'head + loss in {args.loss_chunks} checkpointed token chunks (the full fp32 logits never exist)'}.",
           f"Gradient release steps completed gradients in groups of {args.group_bytes:,} bytes. "
           f"{'Micro-batches folded by the PyTorch fold_moments (--torch-fold). ' if args.torch_fold else ''}"
+          f"{'Every Triton kernel launched through Triton (--through-triton). ' if args.through_triton else ''}"
           f"Batch: {args.batch} sequences × {args.ctx} tokens per micro-batch of random tokens (torch.randint); (c) and (d) "
           f"accumulate {args.n_acc} micro-batches per optimizer step.", '',
           f"Peak: torch.cuda.max_memory_allocated over {args.steps} optimizer steps after {args.warmup} warm-up steps (peak stats "

@@ -9,7 +9,8 @@ __all__ = ['triton_ops', 'phase_ops', 'tl_dtypes', 'sum_slots', 'SUM_SLOTS', 'ro
            'load_factored', 'compiled_kernel', 'divide', 'scalar', 'load_math', 'store', 'gated', 'hash32',
            'stochastic_round', 'load_param', 'store_param', 'load_q8', 'store_q8', 'power', 'atan2',
            'triton_expressions', 'derive_source', 'numbers_phase', 'phase_source', 'kernel_helpers', 'triton_code',
-           'build_tables', 'table_align', 'fold_gradients', 'add_to_sum', 'max_to_slot', 'fits_wide', 'TritonBackend']
+           'build_tables', 'table_align', 'specialisation', 'KernelLauncher', 'fold_gradients', 'add_to_sum',
+           'max_to_slot', 'fits_wide', 'TritonBackend']
 
 # %% ../nbs/03_triton.ipynb #221169c5
 import math
@@ -20,7 +21,7 @@ from types import SimpleNamespace
 from torch.autograd.graph import increment_version
 from .core import backends, to_device, compile_source, Stepper, update_factors, residual_dtypes
 from .algorithm import Phase, nodes_of, substitute
-from .triton_support import triton, tl, libdevice, triton_jit, interpreting, INTERPRETED, round_to
+from .triton_support import triton, tl, libdevice, triton_jit, interpreting, INTERPRETED, round_to, CompiledKernel
 
 # %% ../nbs/03_triton.ipynb #0fb31e87
 @triton_jit
@@ -392,6 +393,37 @@ def table_align(addresses) -> int:
     if not isinstance(addresses, np.ndarray): addresses = np.array([t.data_ptr() for ts in addresses for t in ts], dtype=np.int64)
     return 16 if not (addresses % 16).any() else 1
 
+# %% ../nbs/03_triton.ipynb #05fb299f
+def specialisation(a):
+    "What Triton compiles into a kernel from argument `a`'s value: a tensor's dtype and whether its address is a multiple of 16; an integer's width, whether it is 1, whether a multiple of 16; otherwise its type"
+    if isinstance(a, torch.Tensor): return a.dtype, a.data_ptr() % 16 == 0
+    if isinstance(a, int) and not isinstance(a, bool): return a == 1, a % 16 == 0, -2**31 <= a < 2**31, a < 2**63
+    return type(a)
+
+class KernelLauncher:
+    "Launch `kernel` with its compile-time arguments `meta` (constexprs by name, and options such as `num_warps`) over a 1-D grid: through Triton at an argument specialisation's first call, then by the compiled kernel's own launcher (see above); `direct=False` (Triton's interpreter): always through Triton"
+    def __init__(self, kernel, meta, direct=None, current_device=None):
+        self.kernel, self.meta, self.compiled = kernel, meta, {}
+        self.direct = not interpreting() if direct is None else direct
+        self.current_device = current_device or torch.cuda.current_device
+        if self.direct:  # the launcher takes every parameter in order: the positional ones, then the constexprs by name
+            names = kernel.arg_names
+            self.n_args = len(names) - sum(n in meta for n in names)
+            if [n for n in names[self.n_args:]] != [n for n in names if n in meta]:
+                raise ValueError(f"{kernel.__name__}: the compile-time arguments must be its last parameters, got {sorted(meta)} of {names}.")
+            self.constants = tuple(meta[n] for n in names[self.n_args:])
+
+    def __call__(self, programs, *args):
+        if not self.direct: return self.kernel[(programs,)](*args, **self.meta)
+        if len(args) != self.n_args: raise TypeError(f"{self.kernel.__name__} takes {self.n_args} arguments at launch, got {len(args)}.")
+        key = (self.current_device(), *map(specialisation, args))
+        compiled = self.compiled.get(key)
+        if compiled is None:
+            compiled = self.kernel[(programs,)](*args, **self.meta)
+            if isinstance(compiled, CompiledKernel): self.compiled[key] = compiled  # not a future (asynchronous compilation)
+            return
+        compiled[(programs, 1, 1)](*args, *self.constants)
+
 # %% ../nbs/03_triton.ipynb #4cbbebf4
 @triton_jit
 def fold_gradients(table, block_tensors, scalars, WIDTH: tl.constexpr, K: tl.constexpr, MOMENTS: tl.constexpr,
@@ -524,7 +556,7 @@ class TritonBackend(Stepper):
             reductions = max(triton_code(plan).reductions, 1)
             cache['sums'] = torch.empty(len(bucket) * reductions * sum_slots, device=bucket.device)  # set before use
             cache['reds'] = torch.empty(len(bucket), reductions, device=bucket.device)
-            cache.update(key=key, width=len(tensors) + 2, captured=False, block=block, warps=warps, cap=wide and wide[2], registers={}, params=tuple(bucket.params),
+            cache.update(key=key, width=len(tensors) + 2, captured=False, block=block, warps=warps, cap=wide and wide[2], registers={}, launchers={}, params=tuple(bucket.params),
                          grads=bucket.grad_generation, grad_column=2 + names.index('g') if 'g' in names else None)
         self.upload(plan, bucket, leaves, cache)  # raises, before anything changes, if a capture cannot
         cache['captured'] |= bucket.capturing is True  # a user's graph: its replays advance the device's step counts alone
@@ -541,8 +573,10 @@ class TritonBackend(Stepper):
         "`prepare`, then derive the numbers; run the first phase if there are two (reading `inputs`, its device numbers)"
         self.prepare(plan, bucket, leaves, cache)
         code, n = triton_code(plan), len(bucket)
-        code.derive[(-(-n // 128),)](cache['hypers'], cache['steps'], cache['scalars'], n,
-                                     SEED=bucket.seed_bases is not None, BLOCK=128, num_warps=4)
+        seeded = bucket.seed_bases is not None
+        derive = cache['launchers'].get(('derive', seeded))
+        if derive is None: derive = cache['launchers'][('derive', seeded)] = KernelLauncher(code.derive, dict(SEED=seeded, BLOCK=128, num_warps=4))
+        derive(-(-n // 128), cache['hypers'], cache['steps'], cache['scalars'], n)
         if plan.factored:  # with this step's numbers as the derive kernel left them on the device: a CUDA graph replays them
             columns = {k: j for j, k in enumerate(plan.frontier)}
             l2, with_l2 = cache['scalars'][:, columns['l2']], np.broadcast_to(leaves['l2'], (n,)) != 0
@@ -599,13 +633,15 @@ class TritonBackend(Stepper):
 
     def launch_phase(self, kernel, plan, bucket, cache, inputs, sums):
         args = (cache['table'], cache['block_tensors'], cache['scalars'], inputs, sums)
-        meta = dict(WIDTH=cache['width'], K=cache['scalars'].shape[1], DTYPE=getattr(tl, tl_dtypes[bucket.dtype]), BLOCK=cache['block'],
-                    ROUNDING=roundings[bucket.rounding], ALIGN=cache['align'], num_warps=cache['warps'])
         key = kernel.__name__  # unique among the plan's kernels
-        if key not in cache['registers']:  # compiled once as the compiler chooses, to read its register count
-            cache['registers'][key] = cache['cap'] if cache['cap'] else None if interpreting() else self.register_cap(
-                lambda: getattr(compiled_kernel(kernel, args, meta), 'n_regs', None), bucket.params[0].element_size(), bool(plan.gates), bool(plan.quantized))
-        kernel[(cache['n_blocks'],)](*args, **meta, maxnreg=cache['registers'][key])
+        if key not in cache['launchers']:  # its compile-time arguments are the cache's while its key stays
+            meta = dict(WIDTH=cache['width'], K=cache['scalars'].shape[1], DTYPE=getattr(tl, tl_dtypes[bucket.dtype]), BLOCK=cache['block'],
+                        ROUNDING=roundings[bucket.rounding], ALIGN=cache['align'], num_warps=cache['warps'])
+            if key not in cache['registers']:  # compiled once as the compiler chooses, to read its register count
+                cache['registers'][key] = cache['cap'] if cache['cap'] else None if interpreting() else self.register_cap(
+                    lambda: getattr(compiled_kernel(kernel, args, meta), 'n_regs', None), bucket.params[0].element_size(), bool(plan.gates), bool(plan.quantized))
+            cache['launchers'][key] = KernelLauncher(kernel, dict(meta, maxnreg=cache['registers'][key]))
+        cache['launchers'][key](cache['n_blocks'], *args)
 
     def fold(self, bucket, moments, l2, decays, weights, cache):
         "Optimizer accumulation's fold (`fastoptim.core.fold_moments`) in one launch over the bucket; its tables kept in `cache['fold']` for the next micro-batch (pointed at moved gradients as a step's are), its scalars uploaded once for each set of values in use"
@@ -623,10 +659,10 @@ class TritonBackend(Stepper):
             fold.clear()
             fold['table'], fold['block_tensors'], fold['n_blocks'], fold['align'] = build_tables(tensors, bucket.device, block, aligned=aligned)
             fold.update(key=key, grads=bucket.grad_generation, grad_column=3)  # the gradients' column: after numel, first block, params
-            fold['meta'] = dict(WIDTH=len(tensors) + 2, K=1 + 2 * len(moments), MOMENTS=len(moments), SQUARED=sum(1 << j for j, (_, power) in enumerate(moments) if power == 2),
+            fold['launcher'] = KernelLauncher(fold_gradients, dict(WIDTH=len(tensors) + 2, K=1 + 2 * len(moments), MOMENTS=len(moments), SQUARED=sum(1 << j for j, (_, power) in enumerate(moments) if power == 2),
                                 DTYPE=getattr(tl, tl_dtypes[bucket.dtype]), BLOCK=block, ALIGN=fold['align'], ROUNDING=roundings[bucket.rounding], num_warps=warps,
                                 SIGNED=sum(1 << j for j, (name, _) in enumerate(moments) if forms.get(name) == 'signed'),
-                                POSITIVE=sum(1 << j for j, (name, _) in enumerate(moments) if forms.get(name) == 'positive'))
+                                POSITIVE=sum(1 << j for j, (name, _) in enumerate(moments) if forms.get(name) == 'positive')))
         if fold['n_blocks'] == 0: return
         values = np.stack([l2, *[c for pair in zip(decays, weights) for c in pair]], 1).astype(np.float32)
         # the scalars of a step's first micro-batch (which decays the moments) and of the others: each uploaded once
@@ -635,7 +671,7 @@ class TritonBackend(Stepper):
             if len(uploaded) == 2: uploaded.clear()  # the hypers changed
             uploaded[known] = to_device(values, bucket.device)
         scalars = uploaded[known]
-        fold_gradients[(fold['n_blocks'],)](fold['table'], fold['block_tensors'], scalars, **fold['meta'])
+        fold['launcher'](fold['n_blocks'], fold['table'], fold['block_tensors'], scalars)
 
     def check_replay(self, plan, bucket, leaves, cache, own=False):
         captured = cache.get('own_factor_l2' if own else 'factor_l2')

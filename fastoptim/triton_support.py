@@ -19,6 +19,8 @@ except ImportError:
     def triton_jit(fn): return fn
 try: from triton.tools.tensor_descriptor import TensorDescriptor  # host-side tensor descriptors: Triton 3.4 and later
 except ImportError: TensorDescriptor = None
+try: from triton.compiler import CompiledKernel  # what a launch returns: a kernel compiled and loaded (see `KernelLauncher`)
+except ImportError: CompiledKernel = None
 
 @triton_jit
 def _probe(): pass
