@@ -393,7 +393,7 @@ def table_align(addresses) -> int:
     if not isinstance(addresses, np.ndarray): addresses = np.array([t.data_ptr() for ts in addresses for t in ts], dtype=np.int64)
     return 16 if not (addresses % 16).any() else 1
 
-# %% ../nbs/03_triton.ipynb #05fb299f
+# %% ../nbs/03_triton.ipynb #6a0c56f9
 def specialisation(a):
     "What Triton compiles into a kernel from argument `a`'s value: a tensor's dtype and whether its address is a multiple of 16; an integer's width, whether it is 1, whether a multiple of 16; otherwise its type"
     if isinstance(a, torch.Tensor): return a.dtype, a.data_ptr() % 16 == 0
