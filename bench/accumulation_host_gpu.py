@@ -4,11 +4,13 @@ per optimizer step, the host's time to issue the step's work (before the closing
 step time; per `step_params` call (a gradient-release group), its host time, apart for calls whose gradients moved
 (the Triton backend pointing its kept tables at new addresses, `move_grads`, timed too); (b)'s calls of one step made
 again outside backward, on a plain backward's gradients with the GPU idle before each; then a cProfile of two steps of
-each configuration in `--profile` ((d) by default), by own time and fastoptim's functions by cumulative time.
+each configuration in `--profile` ((d) by default), by own time and fastoptim's functions by cumulative time; and small
+calls (Python, numpy, torch, a Triton launch) timed before the model exists and again with (b)'s model alive.
 
     python3 bench/accumulation_host_gpu.py [--steps 6] [--out accumulation_host.md]
 """
 import argparse, cProfile, io, os, pstats, statistics, sys, time
+import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 ap = argparse.ArgumentParser()
 ap.add_argument('--steps', type=int, default=6, help='timed optimizer steps per configuration, after two of warm-up')
@@ -42,6 +44,33 @@ def one_step(name, model, opt):
     return issued, time.perf_counter() - t0
 
 moving = getattr(type(backends['triton']), 'move_grads', None) if 'triton' in backends else None
+
+def probes():
+    "Mean host µs of small calls, 1000 each after the GPU is idle: whether this process's host is slow at everything or at some things"
+    x, a = torch.zeros(8, device=device), np.arange(8)
+    items = {'Python: sum(range(100))': lambda: sum(range(100)), 'numpy: an 8-element add': lambda: a + 1,
+             'torch: an 8-element add_ on the device': lambda: x.add_(1)}
+    if device.type == 'cuda':
+        items['torch.cuda.is_current_stream_capturing()'] = torch.cuda.is_current_stream_capturing
+        touch = KernelLauncher(touch_kernel, dict(BLOCK=8))
+        items["Triton: a one-program kernel, `KernelLauncher`"] = lambda: touch(1, x)
+    out = {}
+    for name, fn in items.items():
+        fn(); rm.sync(device)
+        t = time.perf_counter()
+        for _ in range(1000): fn()
+        out[name] = (time.perf_counter() - t) * 1e3
+        rm.sync(device)
+    return out
+
+if device.type == 'cuda':
+    import triton, triton.language as tl
+    from fastoptim.triton_engine import KernelLauncher
+    @triton.jit
+    def touch_kernel(x, BLOCK: tl.constexpr):
+        offsets = tl.arange(0, BLOCK)
+        tl.store(x + offsets, tl.load(x + offsets) + 1)
+probed = {'before the model': probes()}
 
 def measure(name, profile=False):
     rm.free(device)
@@ -82,6 +111,7 @@ def measure(name, profile=False):
         for params in last:
             rm.sync(device); t = time.perf_counter(); stepping(params); times.append(time.perf_counter() - t)
         outside = statistics.median(times) * 1e6
+        probed["with (b)'s model and optimizer alive"] = probes()
         model.zero_grad(set_to_none=True)
     del model, opt
     return dict(issued=statistics.median(r[0] for r in rows), step=statistics.median(r[1] for r in rows),
@@ -99,9 +129,11 @@ for name, r in results.items():
     lines.append(f"| ({name}) {rm.CONFIGS[name][0]} | {r['step']:.3f} | {r['issued']:.3f} | {r['calls']:.0f} | {r['call_us']:.0f} | "
                  f"{r['moved']:.0f} | {r['moved_us']:.0f} / {r['kept_us']:.0f} | {r['move_us']:.0f} |")
 lines += [f"| (b), the same calls outside backward (GPU idle before each) | | | {results['b']['calls']:.0f} | {results['b']['outside']:.0f} | | | |"]
+lines += ['', '| small call, mean host µs of 1000 | ' + ' | '.join(probed) + ' |', '|---|' + '---|' * len(probed)]
+lines += [f'| {k} | ' + ' | '.join(f'{v[k]:.2f}' for v in probed.values()) + ' |' for k in probed['before the model']]
 lines += ['', "A call moved gradients where the Triton backend pointed a kept table at new gradient addresses (`move_grads`, "
           "which also runs for a fold's tables)."]
 for name, r in results.items():
     if r['profile']: lines += ['', f'## cProfile of two steps of ({name}), by own time, then fastoptim by cumulative time', '', '```', r['profile'].strip(), '```']
 open(mine.out, 'w').write('\n'.join(lines) + '\n')
-print('\n'.join(lines[:12 + len(results)]))
+print('\n'.join(lines[:18 + len(results)]))
