@@ -395,19 +395,22 @@ def table_align(addresses) -> int:
 
 # %% ../nbs/03_triton.ipynb #6a0c56f9
 def specialisation(a):
-    "What Triton compiles into a kernel from argument `a`'s value: a tensor's dtype and whether its address is a multiple of 16; an integer's width, whether it is 1, whether a multiple of 16; otherwise its type"
+    "What Triton's NVIDIA backend compiles into a kernel from argument `a`'s value: a tensor's dtype and whether its address is a multiple of 16; an integer's width (32-bit, 64-bit, unsigned), whether it is 1, whether a multiple of 16; a bool's, a float's or None's type alone"
     if isinstance(a, torch.Tensor): return a.dtype, a.data_ptr() % 16 == 0
-    if isinstance(a, int) and not isinstance(a, bool): return a == 1, a % 16 == 0, -2**31 <= a < 2**31, a < 2**63
-    return type(a)
+    if isinstance(a, (bool, float)) or a is None: return type(a)
+    if isinstance(a, int): return a == 1, a % 16 == 0, -2**31 <= a < 2**31, a < 2**63
+    raise TypeError(f"A kernel launched by `KernelLauncher` takes tensors, numbers and None at launch, not {type(a).__name__}: pass it in `meta`.")
 
 class KernelLauncher:
-    "Launch `kernel` with its compile-time arguments `meta` (constexprs by name, and options such as `num_warps`) over a 1-D grid: through Triton at an argument specialisation's first call, then by the compiled kernel's own launcher (see above); `direct=False` (Triton's interpreter): always through Triton"
+    "Launch `kernel` with its compile-time arguments `meta` (constexprs by name, and options such as `num_warps`) over a 1-D grid: through Triton at an argument specialisation's first call, then by the compiled kernel's own launcher (see above); `direct=False` (Triton's interpreter, AMD GPUs): always through Triton"
     def __init__(self, kernel, meta, direct=None, current_device=None):
         self.kernel, self.meta, self.compiled = kernel, meta, {}
-        self.direct = not interpreting() if direct is None else direct
+        self.direct = not interpreting() and torch.version.hip is None if direct is None else direct
         self.current_device = current_device or torch.cuda.current_device
         if self.direct:  # the launcher takes every parameter in order: the positional ones, then the constexprs by name
             names = kernel.arg_names
+            missing = [names[i] for i in kernel.constexprs if names[i] not in meta]
+            if missing: raise ValueError(f"{kernel.__name__}: a launch keys only on the launch arguments' kinds, so its constexprs {missing} must be in `meta`.")
             self.n_args = len(names) - sum(n in meta for n in names)
             if [n for n in names[self.n_args:]] != [n for n in names if n in meta]:
                 raise ValueError(f"{kernel.__name__}: the compile-time arguments must be its last parameters, got {sorted(meta)} of {names}.")
