@@ -3,7 +3,8 @@ accumulation ((c)) and release alone ((b)), on its 0.94B LM (pure bf16, Kahan Ad
 per optimizer step, the host's time to issue the step's work (before the closing synchronisation) and the synchronised
 step time; per `step_params` call (a gradient-release group), its host time, apart for calls whose gradients moved
 (the Triton backend pointing its kept tables at new addresses, `move_grads`, timed too); (b)'s calls of one step made
-again outside backward, on a plain backward's gradients with the GPU idle before each; then a cProfile of two steps of
+again outside backward, on a plain backward's gradients with the GPU idle before each, each twice (the second call
+finds the gradients the first did); then a cProfile of two steps of
 each configuration in `--profile` ((d) by default), by own time and fastoptim's functions by cumulative time; and small
 calls (Python, numpy, torch, a Triton launch) timed before the model exists and again with (b)'s model alive.
 
@@ -107,10 +108,10 @@ def measure(name, profile=False):
     if name == 'b':  # the last step's calls again, outside backward, on gradients a plain backward left, the GPU idle before each
         last = groups[-int(per_step):]
         rm.micro_batch(model, *data[0], args.loss_chunks)
-        times = []
+        times = []  # each group twice: the first call finds new gradients, the second the same ones
         for params in last:
-            rm.sync(device); t = time.perf_counter(); stepping(params); times.append(time.perf_counter() - t)
-        outside = statistics.median(times) * 1e6
+            for _ in range(2): rm.sync(device); t = time.perf_counter(); stepping(params); times.append(time.perf_counter() - t)
+        outside = statistics.median(times[::2]) * 1e6, statistics.median(times[1::2]) * 1e6
         probed["with (b)'s model and optimizer alive"] = probes()
         model.zero_grad(set_to_none=True)
     del model, opt
@@ -128,7 +129,8 @@ lines = [f'# Optimizer accumulation with release: host time ({torch.cuda.get_dev
 for name, r in results.items():
     lines.append(f"| ({name}) {rm.CONFIGS[name][0]} | {r['step']:.3f} | {r['issued']:.3f} | {r['calls']:.0f} | {r['call_us']:.0f} | "
                  f"{r['moved']:.0f} | {r['moved_us']:.0f} / {r['kept_us']:.0f} | {r['move_us']:.0f} |")
-lines += [f"| (b), the same calls outside backward (GPU idle before each) | | | {results['b']['calls']:.0f} | {results['b']['outside']:.0f} | | | |"]
+first, again = results['b']['outside']
+lines += [f"| (b), the same calls outside backward (GPU idle before each), then each again on the same gradients | | | {results['b']['calls']:.0f} | {first:.0f}, again {again:.0f} | | | |"]
 lines += ['', '| small call, mean host µs of 1000 | ' + ' | '.join(probed) + ' |', '|---|' + '---|' * len(probed)]
 lines += [f'| {k} | ' + ' | '.join(f'{v[k]:.2f}' for v in probed.values()) + ' |' for k in probed['before the model']]
 lines += ['', "A call moved gradients where the Triton backend pointed a kept table at new gradient addresses (`move_grads`, "
