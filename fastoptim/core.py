@@ -911,6 +911,9 @@ class Layout(OptimizerPart):
         self.param_kinds = None  # the buckets' parameters and their `tensor_kinds`, made at the layout's first `rebind`
         self.one_off = {}  # `step_params`' buckets and backend caches, by the parameters they step: see `one_off_buckets`
         self.edits = 0  # how many times the state was edited by hand: who checked it can tell whether to check again
+        # the signature before the last, whose gradients were checked when it was current: with `set_to_none=True`
+        # backward puts the gradients at one of two sets of addresses, step after step (`bench/grad_addresses_gpu.py`)
+        self.other_sig = None
 
     def signature(self):
         "This step's gradients (None where a parameter is not stepped) and what identifies the layout they make"
@@ -964,12 +967,16 @@ class Layout(OptimizerPart):
                 "opt.step() is being captured in a CUDA graph, but no step was taken outside the graph with these "
                 "parameters and gradients (or they moved since): take one first, with the gradients at the addresses "
                 "the graph will use, so that the device tables exist before the capture.")
+            if sig == self.other_sig:  # the gradients are back where they were the step before last: taken as they were then
+                self.take({key: [grads[i] for i in b.indices] for key, b in self.buckets.items()}, sig)
+                return self.buckets
             if self.rebind(grads, sig): return self.buckets
             self.sync_steps()
             buckets = self.group(self.opt.flat_params, grads, range(len(grads)))
             self.generation += 1
             self.opt.preparation(buckets, self.generation)
             self.buckets, self.sig, self.present, self.param_kinds = buckets, sig, tuple(map(operator.is_not, grads, repeat(None))), None
+            self.other_sig = None
         else:
             for b in self.buckets.values():
                 b.grads = [local_tensor(grads[i]) for i in b.indices] if self.opt.sharded else list(map(grads.__getitem__, b.indices))
@@ -988,13 +995,17 @@ class Layout(OptimizerPart):
             self.param_kinds = params, tensor_kinds(params)
         params, kinds = self.param_kinds
         if list(map(Tensor.stride, params)) != kinds[1] or tensor_kinds([g for gs in moved.values() for g in gs]) != kinds: return False
-        for key, b in self.buckets.items(): b.grads, b.grad_generation = moved[key], b.grad_generation + 1
-        self.sig = sig
+        self.take(moved, sig)
         return True
+
+    def take(self, moved, sig):
+        "The buckets take their moved gradients (`moved`: a list per bucket) and a new `grad_generation`, so that the backends re-read the addresses; `sig` becomes the layout's signature, and the last one the other it knows"
+        for key, b in self.buckets.items(): b.grads, b.grad_generation = moved[key], b.grad_generation + 1
+        self.other_sig, self.sig = self.sig, sig
 
     def forget_step(self):
         "Make the next `step()` rebuild its buckets (and the backends their caches) from the state as it is"
-        self.sig, self.buckets, self.param_kinds = None, {}, None
+        self.sig, self.buckets, self.param_kinds, self.other_sig = None, {}, None, None
 
     def forget(self):
         "`forget_step`, and `step_params`' buckets too"
