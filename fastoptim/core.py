@@ -968,7 +968,7 @@ class Layout(OptimizerPart):
                 "parameters and gradients (or they moved since): take one first, with the gradients at the addresses "
                 "the graph will use, so that the device tables exist before the capture.")
             if sig == self.other_sig:  # the gradients are back where they were the step before last: taken as they were then
-                self.take({key: [grads[i] for i in b.indices] for key, b in self.buckets.items()}, sig)
+                self.take(self.by_bucket(grads), sig)
                 return self.buckets
             if self.rebind(grads, sig): return self.buckets
             self.sync_steps()
@@ -978,8 +978,10 @@ class Layout(OptimizerPart):
             self.buckets, self.sig, self.present, self.param_kinds = buckets, sig, tuple(map(operator.is_not, grads, repeat(None))), None
             self.other_sig = None
         else:
-            for b in self.buckets.values():
-                b.grads = [local_tensor(grads[i]) for i in b.indices] if self.opt.sharded else list(map(grads.__getitem__, b.indices))
+            if self.opt.sharded:
+                for b in self.buckets.values(): b.grads = [local_tensor(grads[i]) for i in b.indices]
+            else:
+                for key, moved in self.by_bucket(grads).items(): self.buckets[key].grads = moved
         return self.buckets
 
     def rebind(self, grads, sig):
@@ -987,7 +989,7 @@ class Layout(OptimizerPart):
         n = len(grads)
         if (self.sig is None or self.opt.sharded or sig[:n] != self.sig[:n]
             or tuple(map(operator.is_not, grads, repeat(None))) != self.present): return False
-        moved = {key: [grads[i] for i in b.indices] for key, b in self.buckets.items()}
+        moved = self.by_bucket(grads)
         # what `_grad_error` checks, in bulk; the parameters' kinds are kept with the layout, but their strides read again:
         # `p.data = p.data.t()` keeps the address and changes the strides
         if self.param_kinds is None:
@@ -997,6 +999,10 @@ class Layout(OptimizerPart):
         if list(map(Tensor.stride, params)) != kinds[1] or tensor_kinds([g for gs in moved.values() for g in gs]) != kinds: return False
         self.take(moved, sig)
         return True
+
+    def by_bucket(self, grads):
+        "`grads` (one per parameter) as a list per bucket"
+        return {key: list(map(grads.__getitem__, b.indices)) for key, b in self.buckets.items()}
 
     def take(self, moved, sig):
         "The buckets take their moved gradients (`moved`: a list per bucket) and a new `grad_generation`, so that the backends re-read the addresses; `sig` becomes the layout's signature, and the last one the other it knows"

@@ -412,12 +412,14 @@ class KernelLauncher:
             missing = [names[i] for i in kernel.constexprs if names[i] not in meta]
             if missing: raise ValueError(f"{kernel.__name__}: a launch keys only on the launch arguments' kinds, so its constexprs {missing} must be in `meta`.")
             self.n_args = len(names) - sum(n in meta for n in names)
-            if [n for n in names[self.n_args:]] != [n for n in names if n in meta]:
+            if list(names[self.n_args:]) != [n for n in names if n in meta]:
                 raise ValueError(f"{kernel.__name__}: the compile-time arguments must be its last parameters, got {sorted(meta)} of {names}.")
             self.constants = tuple(meta[n] for n in names[self.n_args:])
 
     def __call__(self, programs, *args):
-        if not self.direct: return self.kernel[(programs,)](*args, **self.meta)
+        if not self.direct:
+            self.kernel[(programs,)](*args, **self.meta)
+            return
         if len(args) != self.n_args: raise TypeError(f"{self.kernel.__name__} takes {self.n_args} arguments at launch, got {len(args)}.")
         key = (self.current_device(), *map(specialisation, args))
         compiled = self.compiled.get(key)
